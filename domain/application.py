@@ -1,0 +1,107 @@
+"""The conversation application service: one method per use case.
+
+Methods block (eventsourcing is synchronous); async callers run them off the
+event loop. Persistence is chosen by the environment the composition root passes in.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import IntegrityError, Recording
+
+from threadlog.domain.conversation import Conversation, PostedMessage, validate_content
+from threadlog.domain.errors import ConcurrentWrite, ConversationNotFound
+from threadlog.domain.events import Cause
+
+T = TypeVar("T")
+
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class Written(Generic[T]):
+    """The outcome of a write and the global position the store reached with it."""
+
+    value: T
+    global_position: int | None
+
+
+def last_global_position(recordings: Sequence[Recording[UUID]]) -> int | None:
+    return recordings[-1].notification.id if recordings else None
+
+
+class ConversationService(Application[UUID]):
+    name = "threadlog"
+    is_snapshotting_enabled = True
+
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        super().__init__(env)
+        self.max_message_bytes = max_message_bytes
+
+    def start_conversation(
+        self,
+        *,
+        owner: str,
+        agent: str,
+        title: str,
+        metadata: dict[str, Any],
+        cause: Cause,
+    ) -> Written[Conversation]:
+        conversation = Conversation.start(
+            owner=owner, agent=agent, title=title, metadata=metadata, cause=cause
+        )
+        recordings = self.save(conversation)
+        return Written(value=conversation, global_position=last_global_position(recordings))
+
+    def get_conversation(self, conversation_id: UUID) -> Conversation:
+        try:
+            conversation: Conversation = self.repository.get(conversation_id)
+        except AggregateNotFoundError:
+            raise ConversationNotFound(conversation_id) from None
+        return conversation
+
+    def post_message(
+        self,
+        conversation_id: UUID,
+        *,
+        content: str,
+        client_message_id: str | None,
+        model: str,
+        cause: Cause,
+    ) -> Written[PostedMessage]:
+        """Appends a user message and the run it starts; retries once on a conflict."""
+        validate_content(content, self.max_message_bytes)
+        for attempt in range(2):
+            conversation = self.get_conversation(conversation_id)
+            posted = conversation.post_message(
+                content=content, client_message_id=client_message_id, model=model, cause=cause
+            )
+            if posted.duplicate:
+                return Written(value=posted, global_position=None)
+            try:
+                recordings = self.save(conversation)
+            except IntegrityError:
+                if attempt == 0:
+                    continue
+                raise ConcurrentWrite(conversation_id) from None
+            return Written(value=posted, global_position=last_global_position(recordings))
+        raise AssertionError("unreachable")
+
+    def append(self, events: Sequence[DomainEventProtocol[UUID]]) -> list[Recording[UUID]]:
+        """Stores events already decided by a live aggregate (the run executor's path)."""
+        return self.save(*events)
+
+    def snapshot(self, conversation: Conversation) -> None:
+        """Snapshots a live aggregate whose every event is stored, bounding load time."""
+        assert self.snapshots is not None
+        assert not conversation.pending_events
+        self.snapshots.put([Conversation.Snapshot.take(conversation)])

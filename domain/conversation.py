@@ -1,0 +1,212 @@
+"""The Conversation aggregate: one event stream per conversation.
+
+Its version is the position of each event (1, 2, 3 …). State stays small: the
+chain's last hash, the active run, and what idempotent posting needs. Messages
+themselves are read back from the events, not kept here.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID, uuid4
+
+from eventsourcing.domain import Aggregate
+
+from threadlog.domain.chain import GENESIS_HASH, chain_hash
+from threadlog.domain.errors import (
+    InvalidMessage,
+    MessageTooLarge,
+    RunAlreadyActive,
+    RunNotActive,
+)
+from threadlog.domain.events import (
+    Cause,
+    ConversationEvent,
+    ConversationStarted,
+    MessageCompleted,
+    MessagePosted,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    TokenStreamed,
+    chain_document,
+    schema_version,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PostedMessage:
+    """What posting a user message produced."""
+
+    message_id: str
+    run_id: str
+    position: int
+    duplicate: bool = False
+
+
+def _chained_fields(
+    aggregate_id: UUID,
+    position: int,
+    prev_hash: str,
+    event_class: type[ConversationEvent],
+    cause: Cause,
+    data: dict[str, Any],
+) -> dict[str, Any]:
+    """The envelope of a new event, its hash computed over the whole document."""
+    event_id = uuid4()
+    timestamp = event_class.create_timestamp()
+    document = chain_document(
+        type_name=event_class.__name__,
+        event_id=event_id,
+        conversation_id=aggregate_id,
+        position=position,
+        timestamp=timestamp,
+        cause=cause,
+        version=schema_version(event_class),
+        data=data,
+        prev_hash=prev_hash,
+    )
+    return {
+        "event_id": event_id,
+        "timestamp": timestamp,
+        "actor": cause.actor,
+        "correlation_id": cause.correlation_id,
+        "causation_id": cause.causation_id,
+        "prev_hash": prev_hash,
+        "hash": chain_hash(document),
+        **data,
+    }
+
+
+def validate_content(content: str, max_bytes: int) -> bytes:
+    """Checks a user message and returns its UTF-8 encoding."""
+    if not content.strip():
+        raise InvalidMessage("content must not be empty or only white space")
+    try:
+        encoded = content.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidMessage(
+            "content is not valid Unicode text (it holds a lone surrogate)"
+        ) from None
+    if len(encoded) > max_bytes:
+        raise MessageTooLarge(
+            f"content is {len(encoded)} bytes; the limit is {max_bytes} bytes"
+        )
+    return encoded
+
+
+class Conversation(Aggregate):
+    def __init__(self, owner: str, agent: str, title: str, metadata: dict[str, Any]) -> None:
+        self.owner = owner
+        self.agent = agent
+        self.title = title
+        self.metadata = metadata
+        self.last_hash = GENESIS_HASH
+        self.active_run_id: str | None = None
+        self.message_count = 0
+        # client_message_id -> [message_id, run_id, position], for idempotent posts.
+        self.client_messages: dict[str, list[Any]] = {}
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        owner: str,
+        agent: str,
+        title: str,
+        metadata: dict[str, Any],
+        cause: Cause,
+    ) -> "Conversation":
+        conversation_id = uuid4()
+        data = {"owner": owner, "agent": agent, "title": title, "metadata": metadata}
+        fields = _chained_fields(
+            conversation_id, 1, GENESIS_HASH, ConversationStarted, cause, data
+        )
+        return cls._create(ConversationStarted, id=conversation_id, **fields)
+
+    def _record(
+        self, event_class: type[ConversationEvent], cause: Cause, **data: Any
+    ) -> None:
+        fields = _chained_fields(
+            self.id, self.version + 1, self.last_hash, event_class, cause, data
+        )
+        self.trigger_event(event_class, **fields)
+
+    def post_message(
+        self, *, content: str, client_message_id: str | None, model: str, cause: Cause
+    ) -> PostedMessage:
+        """Records a user message and the run it starts (the `reject` policy)."""
+        if client_message_id is not None and client_message_id in self.client_messages:
+            message_id, run_id, position = self.client_messages[client_message_id]
+            return PostedMessage(
+                message_id=message_id, run_id=run_id, position=position, duplicate=True
+            )
+        if self.active_run_id is not None:
+            raise RunAlreadyActive(self.id, self.active_run_id)
+        message_id, run_id = str(uuid4()), str(uuid4())
+        self._record(
+            MessagePosted,
+            cause,
+            message_id=message_id,
+            run_id=run_id,
+            role="user",
+            content=content,
+            client_message_id=client_message_id,
+        )
+        position = self.version
+        self._record(
+            RunStarted,
+            Cause(actor="system", correlation_id=cause.correlation_id, causation_id=message_id),
+            run_id=run_id,
+            message_id=message_id,
+            agent=self.agent,
+            model=model,
+            settings={},
+        )
+        return PostedMessage(message_id=message_id, run_id=run_id, position=position)
+
+    def _require_active(self, run_id: str) -> None:
+        if self.active_run_id != run_id:
+            raise RunNotActive(run_id)
+
+    def stream_token(self, *, run_id: str, part: int, delta: str, cause: Cause) -> None:
+        self._require_active(run_id)
+        self._record(TokenStreamed, cause, run_id=run_id, part=part, delta=delta)
+
+    def complete_message(
+        self, *, run_id: str, content: str, model_messages: str, cause: Cause
+    ) -> str:
+        self._require_active(run_id)
+        message_id = str(uuid4())
+        self._record(
+            MessageCompleted,
+            cause,
+            message_id=message_id,
+            run_id=run_id,
+            role="assistant",
+            content=content,
+            model_messages=model_messages,
+        )
+        return message_id
+
+    def complete_run(
+        self,
+        *,
+        run_id: str,
+        usage: dict[str, int],
+        duration_ms: float,
+        time_to_first_token_ms: float | None,
+        cause: Cause,
+    ) -> None:
+        self._require_active(run_id)
+        self._record(
+            RunCompleted,
+            cause,
+            run_id=run_id,
+            usage=usage,
+            duration_ms=duration_ms,
+            time_to_first_token_ms=time_to_first_token_ms,
+        )
+
+    def fail_run(self, *, run_id: str, error: str, message: str, cause: Cause) -> None:
+        self._require_active(run_id)
+        self._record(RunFailed, cause, run_id=run_id, error=error, message=message)
