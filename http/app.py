@@ -1,0 +1,54 @@
+"""The Litestar application, built by one factory from settings."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from pydantic_ai.models import Model
+
+from threadlog.http.context import request_context
+from threadlog.http.conversations import ConversationController
+from threadlog.http.errors import exception_handlers
+from threadlog.http.health import HealthController
+from threadlog.infra.runtime import Runtime
+from threadlog.infra.settings import Settings
+
+VERSION = "0.1.0"
+
+
+def _runtime(state: State) -> Runtime:
+    return cast(Runtime, state.runtime)
+
+
+def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
+    """The whole service: `model` replaces the configured one (tests pass fakes here)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with Runtime.open(settings, model=model) as runtime:
+            app.state.runtime = runtime
+            yield
+
+    handlers: Any = exception_handlers()
+    return Litestar(
+        route_handlers=[ConversationController, HealthController],
+        dependencies={"runtime": Provide(_runtime, sync_to_thread=False)},
+        lifespan=[lifespan],
+        exception_handlers=handlers,
+        middleware=[request_context],
+        request_max_body_size=settings.max_request_bytes,
+        openapi_config=OpenAPIConfig(
+            title="threadlog",
+            version=VERSION,
+            description="Event-sourced conversations for AI agents.",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        logging_config=None,
+        debug=False,
+    )

@@ -1,0 +1,184 @@
+"""Conversations: create, read, post messages, and their event stream."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import UUID
+
+from litestar import Controller, Request, Response, get, post
+from litestar.params import Parameter
+from litestar.response import Stream
+
+from threadlog.domain.conversation import Conversation
+from threadlog.domain.errors import ConversationNotFound
+from threadlog.domain.events import Cause
+from threadlog.http.context import request_id_of
+from threadlog.http.errors import BadRequest
+from threadlog.http.schemas import (
+    ConversationOut,
+    CreateConversation,
+    EventPage,
+    MessageAccepted,
+    PostMessage,
+)
+from threadlog.infra.envelope import envelope_of
+from threadlog.infra.feed import FeedEvent
+from threadlog.infra.runs import RunRequest
+from threadlog.infra.runtime import Runtime
+
+ANONYMOUS = "anonymous"
+
+
+def conversation_out(conversation: Conversation, global_position: int | None = None) -> ConversationOut:
+    return ConversationOut(
+        id=str(conversation.id),
+        owner=conversation.owner,
+        agent=conversation.agent,
+        title=conversation.title,
+        metadata=conversation.metadata,
+        created_at=conversation.created_on.isoformat(),
+        updated_at=conversation.modified_on.isoformat(),
+        position=conversation.version,
+        message_count=conversation.message_count,
+        active_run_id=conversation.active_run_id,
+        global_position=global_position,
+    )
+
+
+def cause_of(request: Request[Any, Any, Any]) -> Cause:
+    return Cause(actor=f"user:{ANONYMOUS}", correlation_id=request_id_of(request) or "")
+
+
+def parse_cursor(name: str, value: str | int | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        position = int(value)
+    except ValueError:
+        raise BadRequest(
+            f"{name} must be an event position (a whole number ≥ 0)", extra={"field": name}
+        ) from None
+    if position < 0:
+        raise BadRequest(f"{name} must be ≥ 0", extra={"field": name})
+    return position
+
+
+def wants_json(request: Request[Any, Any, Any]) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/event-stream" not in accept
+
+
+def sse_frame(item: FeedEvent) -> bytes:
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (item.position, item.type.encode(), item.payload)
+
+
+class ConversationController(Controller):
+    path = "/v1/conversations"
+    tags = ["conversations"]
+
+    @post("/", status_code=201, summary="Start a conversation")
+    async def create(
+        self, request: Request[Any, Any, Any], runtime: Runtime, data: CreateConversation
+    ) -> ConversationOut:
+        settings = runtime.settings
+        written = await asyncio.to_thread(
+            runtime.service.start_conversation,
+            owner=ANONYMOUS,
+            agent=data.agent or settings.agent,
+            title=data.title or "New conversation",
+            metadata=data.metadata,
+            cause=cause_of(request),
+        )
+        return conversation_out(written.value, written.global_position)
+
+    @get("/{conversation_id:uuid}", summary="A conversation's current state")
+    async def read(self, runtime: Runtime, conversation_id: UUID) -> ConversationOut:
+        conversation = await asyncio.to_thread(runtime.service.get_conversation, conversation_id)
+        return conversation_out(conversation)
+
+    @post(
+        "/{conversation_id:uuid}/messages",
+        status_code=202,
+        summary="Post a user message; it starts an agent run",
+    )
+    async def post_message(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: Runtime,
+        conversation_id: UUID,
+        data: PostMessage,
+    ) -> MessageAccepted:
+        written = await asyncio.to_thread(
+            runtime.service.post_message,
+            conversation_id,
+            content=data.content,
+            client_message_id=data.client_message_id,
+            model=runtime.model_name,
+            cause=cause_of(request),
+        )
+        posted = written.value
+        if not posted.duplicate:
+            runtime.executor.start(
+                RunRequest(
+                    conversation_id=conversation_id,
+                    run_id=posted.run_id,
+                    message_id=posted.message_id,
+                    correlation_id=request_id_of(request) or "",
+                )
+            )
+        return MessageAccepted(
+            conversation_id=str(conversation_id),
+            message_id=posted.message_id,
+            run_id=posted.run_id,
+            position=posted.position,
+            global_position=written.global_position,
+            duplicate=posted.duplicate,
+            events_url=f"/v1/conversations/{conversation_id}/events?after={posted.position - 1}",
+        )
+
+    @get(
+        "/{conversation_id:uuid}/events",
+        summary="The conversation's events: Server-Sent Events, or JSON pages",
+        description=(
+            "With `Accept: text/event-stream` (the default) streams every event after the "
+            "cursor (`Last-Event-ID` or `after`), stored ones first, then live ones, each "
+            "with `id:` = its position. With `Accept: application/json` answers one page "
+            "`{items, next}`; pass `next` back as `after`."
+        ),
+        response_description="text/event-stream, or an EventPage as JSON",
+    )
+    async def events(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: Runtime,
+        conversation_id: UUID,
+        after: str | None = Parameter(default=None, description="Position to start after"),
+        limit: int | None = Parameter(default=None, ge=1, description="Page size (JSON)"),
+        last_event_id: str | None = Parameter(header="Last-Event-ID", default=None),
+    ) -> Response[Any]:
+        start = parse_cursor("Last-Event-ID", last_event_id)
+        if start is None:
+            start = parse_cursor("after", after) or 0
+        event_log = runtime.event_log
+        if not await asyncio.to_thread(event_log.exists, conversation_id):
+            raise ConversationNotFound(conversation_id)
+        if wants_json(request):
+            page_size = min(limit or runtime.settings.page_size, runtime.settings.max_page_size)
+            logged = await asyncio.to_thread(
+                event_log.read, conversation_id, after=start, limit=page_size + 1
+            )
+            items = [envelope_of(item) for item in logged[:page_size]]
+            more = len(logged) > page_size
+            return Response(EventPage(items=items, next=items[-1].position if more else None))
+        return Stream(
+            self._sse(runtime, conversation_id, start),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _sse(self, runtime: Runtime, conversation_id: UUID, after: int) -> AsyncIterator[bytes]:
+        yield b"retry: 1000\n\n"
+        async for item in runtime.feed.follow(
+            conversation_id, after=after, heartbeat_seconds=runtime.settings.sse_heartbeat_seconds
+        ):
+            yield sse_frame(item) if isinstance(item, FeedEvent) else b": heartbeat\n\n"

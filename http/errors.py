@@ -1,0 +1,160 @@
+"""The one place that maps errors to HTTP: one error body everywhere, no tracebacks."""
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import nats.errors
+import psycopg
+import psycopg_pool
+import structlog
+from eventsourcing.persistence import InterfaceError, OperationalError
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from threadlog.domain.errors import (
+    ConcurrentWrite,
+    ConversationNotFound,
+    DomainError,
+    InvalidMessage,
+    MessageTooLarge,
+    RunAlreadyActive,
+    RunNotActive,
+)
+from threadlog.http.context import request_id_of
+from threadlog.http.schemas import ErrorBody
+
+log = structlog.get_logger(__name__)
+
+DOMAIN_STATUS: dict[type[DomainError], int] = {
+    ConversationNotFound: 404,
+    RunAlreadyActive: 409,
+    ConcurrentWrite: 409,
+    RunNotActive: 409,
+    InvalidMessage: 400,
+    MessageTooLarge: 413,
+}
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    408: "request_timeout",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    431: "headers_too_large",
+    503: "unavailable",
+}
+
+UNAVAILABLE = (
+    OperationalError,
+    InterfaceError,
+    psycopg.OperationalError,
+    psycopg_pool.PoolTimeout,
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoServersError,
+    nats.errors.TimeoutError,
+)
+
+RequestAny = Request[Any, Any, Any]
+
+
+class BadRequest(HTTPException):
+    """A request parameter is wrong; `details` names it."""
+
+    status_code = 400
+
+
+def error_response(
+    request: RequestAny,
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: dict[str, str] | None = None,
+) -> Response[ErrorBody]:
+    body = ErrorBody(error=code, message=message, details=details, request_id=request_id_of(request))
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def _domain(request: RequestAny, error: Exception) -> Response[ErrorBody]:
+    assert isinstance(error, DomainError)
+    status = DOMAIN_STATUS.get(type(error), 400)
+    return error_response(request, status, error.code, str(error))
+
+
+def _validation(request: RequestAny, error: Exception) -> Response[ErrorBody]:
+    assert isinstance(error, ValidationException)
+    details = _field_details(error.extra)
+    fields = ", ".join(d["field"] for d in details if d.get("field")) or "request"
+    message = "; ".join(d["message"] for d in details) or (error.detail or "invalid request")
+    return error_response(request, 400, "validation_error", f"invalid {fields}: {message}", details)
+
+
+def _field_details(extra: Any) -> list[dict[str, Any]]:
+    items = extra if isinstance(extra, list) else ([extra] if extra else [])
+    details = []
+    for item in items:
+        if isinstance(item, dict):
+            field = item.get("key") or _path_field(str(item.get("message", "")))
+            details.append(
+                {"field": field, "source": item.get("source"), "message": str(item.get("message", ""))}
+            )
+    return details
+
+
+def _path_field(message: str) -> str | None:
+    # msgspec names the location as "… - at `$.content`".
+    marker = "at `$."
+    if marker in message:
+        return message.split(marker, 1)[1].rstrip("`").split("`")[0]
+    return None
+
+
+def _http(request: RequestAny, error: Exception) -> Response[ErrorBody]:
+    assert isinstance(error, HTTPException)
+    status = error.status_code
+    code = HTTP_CODES.get(status, "error" if status < 500 else "internal_error")
+    if status >= 500:
+        log.error("http.server_error", error=repr(error))
+        return error_response(request, status, code, "the server failed to handle the request")
+    return error_response(request, status, code, str(error.detail), error.extra or None)
+
+
+def _unavailable(request: RequestAny, error: Exception) -> Response[ErrorBody]:
+    log.warning("http.dependency_unavailable", error=repr(error))
+    return error_response(
+        request,
+        503,
+        "unavailable",
+        "a dependency (event store or NATS) is unavailable; retry shortly",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _decode(request: RequestAny, error: Exception) -> Response[ErrorBody]:
+    return error_response(request, 400, "validation_error", f"invalid request body: {error}")
+
+
+def _internal(request: RequestAny, error: Exception) -> Response[ErrorBody]:
+    log.exception("http.unhandled_error", error=repr(error))
+    return error_response(request, 500, "internal_error", "the server failed to handle the request")
+
+
+def exception_handlers() -> dict[type[Exception], Callable[[RequestAny, Any], Response[ErrorBody]]]:
+    handlers: dict[type[Exception], Callable[[RequestAny, Any], Response[ErrorBody]]] = {
+        DomainError: _domain,
+        ValidationException: _validation,
+        HTTPException: _http,
+        msgspec.DecodeError: _decode,
+        UnicodeDecodeError: _decode,
+        Exception: _internal,
+    }
+    for kind in UNAVAILABLE:
+        handlers[kind] = _unavailable
+    return handlers

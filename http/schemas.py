@@ -1,0 +1,63 @@
+"""Wire schemas: msgspec Structs that validate at the boundary."""
+
+from typing import Annotated, Any
+
+import msgspec
+
+from threadlog.infra.envelope import EventEnvelope
+
+Title = Annotated[str, msgspec.Meta(max_length=200)]
+AgentName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+ClientMessageId = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class CreateConversation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    agent: AgentName | None = None
+    title: Title | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ConversationOut(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    owner: str
+    agent: str
+    title: str
+    metadata: dict[str, Any]
+    created_at: str
+    updated_at: str
+    position: int
+    message_count: int
+    active_run_id: str | None
+    global_position: int | None = None
+
+
+class PostMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    content: str
+    client_message_id: ClientMessageId | None = None
+
+
+class MessageAccepted(msgspec.Struct, frozen=True, kw_only=True):
+    conversation_id: str
+    message_id: str
+    run_id: str
+    position: int
+    global_position: int | None
+    duplicate: bool
+    events_url: str
+
+
+class EventPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[EventEnvelope]
+    next: int | None
+
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
+    error: str
+    message: str
+    details: Any
+    request_id: str | None
+
+
+class HealthOut(msgspec.Struct, frozen=True, kw_only=True):
+    status: str
+    checks: dict[str, str] = msgspec.field(default_factory=dict)

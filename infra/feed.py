@@ -1,0 +1,94 @@
+"""A conversation's events from a position on: stored ones, then live ones.
+
+The order matters: subscribe to the conversation's NATS subject first, then read
+the store from the cursor, then follow the subscription, skipping positions
+already sent and filling any gap from the store. Whether the client arrives
+before, during or after a run, it gets every event once, in position order.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from uuid import UUID
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NatsClient
+
+from threadlog.infra.envelope import encode_envelope, envelope_of
+from threadlog.infra.nats import HEADER_POSITION, HEADER_TYPE, StreamNames
+from threadlog.infra.store import EventLog
+
+CATCH_UP_PAGE = 1000
+# Far more than a client can fall behind by; beyond it NATS drops and we refill from the store.
+LIVE_PENDING_LIMIT = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEvent:
+    position: int
+    type: str
+    payload: bytes  # the event's wire JSON (EventEnvelope)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    pass
+
+
+class ConversationFeed:
+    def __init__(self, log: EventLog, nc: NatsClient, names: StreamNames) -> None:
+        self._log = log
+        self._nc = nc
+        self._names = names
+
+    async def follow(
+        self, conversation_id: UUID, *, after: int, heartbeat_seconds: float
+    ) -> AsyncIterator[FeedEvent | Heartbeat]:
+        subscription = await self._nc.subscribe(
+            self._names.conversation_wildcard(conversation_id),
+            pending_msgs_limit=LIVE_PENDING_LIMIT,
+        )
+        try:
+            last = after
+            async for item in self._stored(conversation_id, after=last):
+                yield item
+                last = item.position
+            while True:
+                try:
+                    message = await subscription.next_msg(timeout=heartbeat_seconds)
+                except nats.errors.TimeoutError:
+                    yield Heartbeat()
+                    continue
+                headers = message.headers or {}
+                position = int(headers[HEADER_POSITION])
+                if position <= last:
+                    continue
+                if position > last + 1:
+                    async for item in self._stored(conversation_id, after=last, up_to=position - 1):
+                        yield item
+                        last = item.position
+                yield FeedEvent(position, headers[HEADER_TYPE], message.data)
+                last = position
+        finally:
+            if not self._nc.is_closed:
+                await subscription.unsubscribe()
+
+    async def _stored(
+        self, conversation_id: UUID, *, after: int, up_to: int | None = None
+    ) -> AsyncIterator[FeedEvent]:
+        while True:
+            page = await asyncio.to_thread(
+                self._log.read, conversation_id, after=after, up_to=up_to, limit=CATCH_UP_PAGE
+            )
+            for logged in page:
+                item = envelope_of(logged)
+                yield FeedEvent(item.position, item.type, encode_envelope(item))
+                after = item.position
+            if len(page) < CATCH_UP_PAGE:
+                return
+
+
+def decode_payload(payload: bytes) -> dict[str, object]:
+    decoded: dict[str, object] = msgspec.json.decode(payload)
+    return decoded

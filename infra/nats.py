@@ -1,0 +1,101 @@
+"""NATS JetStream: connection, the THREADLOG stream, subjects and headers."""
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import nats
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+log = structlog.get_logger(__name__)
+
+HEADER_MSG_ID = "Nats-Msg-Id"
+HEADER_TYPE = "Threadlog-Type"
+HEADER_SCHEMA_VERSION = "Threadlog-Schema-Version"
+HEADER_POSITION = "Threadlog-Position"
+HEADER_GLOBAL_POSITION = "Threadlog-Global-Position"
+HEADER_CONVERSATION = "Threadlog-Conversation-Id"
+
+DUPLICATE_WINDOW_SECONDS = 120.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamNames:
+    stream: str = "THREADLOG"
+    prefix: str = "threadlog"
+
+    def conversation_subject(self, conversation_id: UUID | str, event_type: str) -> str:
+        return f"{self.prefix}.conversation.{conversation_id}.{event_type}"
+
+    def conversation_wildcard(self, conversation_id: UUID | str) -> str:
+        return f"{self.prefix}.conversation.{conversation_id}.>"
+
+    @property
+    def all_subjects(self) -> str:
+        return f"{self.prefix}.>"
+
+
+async def connect(url: str, *, name: str = "threadlog") -> NatsClient:
+    async def on_error(error: Exception) -> None:
+        log.warning("nats.error", error=str(error))
+
+    async def on_disconnect() -> None:
+        log.warning("nats.disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats.reconnected")
+
+    client: NatsClient = await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+    )
+    return client
+
+
+async def ensure_stream(js: JetStreamContext, names: StreamNames) -> None:
+    """Creates the stream, or brings an existing one's settings up to date."""
+    config = StreamConfig(
+        name=names.stream,
+        subjects=[names.all_subjects],
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    )
+    try:
+        await js.stream_info(names.stream)
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+            return
+        except BadRequestError:
+            pass  # created concurrently by another process
+    await js.update_stream(config)
+
+
+def event_headers(
+    *,
+    event_id: str,
+    event_type: str,
+    schema_version: int,
+    position: int,
+    global_position: int,
+    conversation_id: str,
+) -> dict[str, Any]:
+    return {
+        HEADER_MSG_ID: event_id,
+        HEADER_TYPE: event_type,
+        HEADER_SCHEMA_VERSION: str(schema_version),
+        HEADER_POSITION: str(position),
+        HEADER_GLOBAL_POSITION: str(global_position),
+        HEADER_CONVERSATION: conversation_id,
+    }

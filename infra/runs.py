@@ -1,0 +1,286 @@
+"""The run executor: a pydantic-ai agent's run, every step an event.
+
+The live aggregate stays in memory for the whole run (reloading a long stream per
+flush would cost more than the flush). Token events are appended in batches: at
+most `batch_size` pending, and no later than `flush_interval` after the first.
+"""
+
+import asyncio
+import time
+from dataclasses import dataclass
+from uuid import UUID
+
+import structlog
+from pydantic_ai import Agent
+from pydantic_ai.exceptions import ModelHTTPError, UnexpectedModelBehavior
+from pydantic_ai.messages import (
+    AgentStreamEvent,
+    ModelMessage,
+    ModelMessagesTypeAdapter,
+    ModelRequest,
+    PartDeltaEvent,
+    PartStartEvent,
+    TextPart,
+    TextPartDelta,
+    UserPromptPart,
+)
+from pydantic_ai.run import AgentRunResult, AgentRunResultEvent
+
+from threadlog.domain.application import ConversationService
+from threadlog.domain.conversation import Conversation
+from threadlog.domain.events import Cause, MessageCompleted, MessagePosted
+from threadlog.infra.store import EventLog, topics_of
+from threadlog.infra.writer import EventWriter
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRequest:
+    conversation_id: UUID
+    run_id: str
+    message_id: str
+    correlation_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlushPolicy:
+    batch_size: int = 64
+    interval_seconds: float = 0.005
+
+
+class _Flusher:
+    """Appends a live aggregate's pending events: by count, or after an interval."""
+
+    def __init__(self, conversation: Conversation, writer: EventWriter, policy: FlushPolicy):
+        self._conversation = conversation
+        self._writer = writer
+        self._policy = policy
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._error: BaseException | None = None
+
+    async def added(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if len(self._conversation.pending_events) >= self._policy.batch_size:
+            await self.flush()
+        elif self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._policy.interval_seconds, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._timer = None
+        task = asyncio.create_task(self._flush_noting_error())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _flush_noting_error(self) -> None:
+        try:
+            await self.flush()
+        except Exception as error:
+            self._error = error
+
+    async def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        async with self._lock:
+            if self._error is not None:
+                raise self._error
+            events = self._conversation.collect_events()
+            if events:
+                await self._writer.append(events)
+
+
+def _text_delta(event: AgentStreamEvent | AgentRunResultEvent[str]) -> tuple[int, str] | None:
+    # The first text of a part arrives in PartStartEvent, not as a delta.
+    if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
+        return (event.index, event.part.content) if event.part.content else None
+    if isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
+        return (event.index, event.delta.content_delta) if event.delta.content_delta else None
+    return None
+
+
+def safe_failure(error: BaseException) -> tuple[str, str]:
+    """An error code and a message that are safe to show to the conversation's users."""
+    if isinstance(error, ModelHTTPError):
+        return "model_error", f"The model provider answered with an error (HTTP {error.status_code})."
+    if isinstance(error, UnexpectedModelBehavior):
+        return "model_error", "The model returned a response threadlog could not use."
+    if isinstance(error, (ConnectionError, TimeoutError, OSError)):
+        return "model_unavailable", "The model provider could not be reached."
+    return "run_error", "The run failed because of an internal error."
+
+
+def usage_of(result: AgentRunResult[str]) -> dict[str, int]:
+    usage = result.usage
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "requests": usage.requests,
+    }
+
+
+class RunExecutor:
+    def __init__(
+        self,
+        service: ConversationService,
+        event_log: EventLog,
+        writer: EventWriter,
+        agent: Agent[None, str],
+        *,
+        policy: FlushPolicy,
+        snapshot_interval: int,
+    ) -> None:
+        self._service = service
+        self._log = event_log
+        self._writer = writer
+        self._agent = agent
+        self._policy = policy
+        self._snapshot_interval = snapshot_interval
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def active_runs(self) -> int:
+        return len(self._tasks)
+
+    def start(self, request: RunRequest) -> None:
+        task = asyncio.create_task(self._run(request), name=f"run-{request.run_id}")
+        self._tasks[request.run_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(request.run_id, None))
+
+    async def stop(self) -> None:
+        """Interrupts every run in flight; each records why it ended."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, request: RunRequest) -> None:
+        service = self._service
+        conversation = await asyncio.to_thread(service.get_conversation, request.conversation_id)
+        if conversation.active_run_id != request.run_id:
+            return
+        first_version = conversation.version
+        cause = Cause(
+            actor=f"agent:{conversation.agent}",
+            correlation_id=request.correlation_id,
+            causation_id=request.run_id,
+        )
+        flusher = _Flusher(conversation, self._writer, self._policy)
+        bound = log.bind(run_id=request.run_id, conversation_id=str(request.conversation_id))
+        try:
+            prompt, history = await asyncio.to_thread(self._history, request)
+            await self._stream(conversation, flusher, request, cause, prompt, history)
+            bound.info("run.completed", events=conversation.version - first_version)
+        except asyncio.CancelledError:
+            await self._fail(
+                conversation, flusher, request, cause,
+                ("interrupted", "The run was interrupted because the server stopped."),
+            )
+            raise
+        except Exception as error:
+            bound.warning("run.failed", error=repr(error))
+            await self._fail(conversation, flusher, request, cause, safe_failure(error))
+        if conversation.version // self._snapshot_interval > first_version // self._snapshot_interval:
+            await asyncio.to_thread(service.snapshot, conversation)
+
+    async def _stream(
+        self,
+        conversation: Conversation,
+        flusher: _Flusher,
+        request: RunRequest,
+        cause: Cause,
+        prompt: str,
+        history: list[ModelMessage],
+    ) -> None:
+        started = time.perf_counter()
+        first_token: float | None = None
+        text: list[str] = []
+        result: AgentRunResult[str] | None = None
+        async with self._agent.run_stream_events(prompt, message_history=history) as stream:
+            async for event in stream:
+                if isinstance(event, AgentRunResultEvent):
+                    result = event.result
+                    continue
+                delta = _text_delta(event)
+                if delta is None:
+                    continue
+                first_token = first_token or time.perf_counter()
+                part, chunk = delta
+                text.append(chunk)
+                conversation.stream_token(run_id=request.run_id, part=part, delta=chunk, cause=cause)
+                await flusher.added()
+        if result is None:
+            raise UnexpectedModelBehavior("the run ended without a result")
+        conversation.complete_message(
+            run_id=request.run_id,
+            content="".join(text) if text else str(result.output),
+            model_messages=result.new_messages_json().decode(),
+            cause=cause,
+        )
+        finished = time.perf_counter()
+        conversation.complete_run(
+            run_id=request.run_id,
+            usage=usage_of(result),
+            duration_ms=round((finished - started) * 1000, 3),
+            time_to_first_token_ms=(
+                round((first_token - started) * 1000, 3) if first_token is not None else None
+            ),
+            cause=cause,
+        )
+        await flusher.flush()
+
+    async def _fail(
+        self,
+        conversation: Conversation,
+        flusher: _Flusher,
+        request: RunRequest,
+        cause: Cause,
+        failure: tuple[str, str],
+    ) -> None:
+        error, message = failure
+        try:
+            # Keep the partial reply: its tokens are stored before the failure.
+            await flusher.flush()
+            conversation.fail_run(run_id=request.run_id, error=error, message=message, cause=cause)
+            await flusher.flush()
+        except Exception as flush_error:
+            log.warning("run.fail_on_reloaded", error=repr(flush_error), run_id=request.run_id)
+            await asyncio.to_thread(self._fail_reloaded, request, cause, error, message)
+
+    def _fail_reloaded(self, request: RunRequest, cause: Cause, error: str, message: str) -> None:
+        """The live aggregate is out of step with the store: record the failure on a fresh one."""
+        try:
+            fresh = self._service.get_conversation(request.conversation_id)
+            if fresh.active_run_id == request.run_id:
+                fresh.fail_run(run_id=request.run_id, error=error, message=message, cause=cause)
+                self._service.save(fresh)
+        except Exception as store_error:
+            log.error("run.failure_not_recorded", error=repr(store_error), run_id=request.run_id)
+
+    def _history(self, request: RunRequest) -> tuple[str, list[ModelMessage]]:
+        """The prompt of this run and the history before it, rebuilt from events."""
+        logged = self._log.read(
+            request.conversation_id, topics=topics_of(MessagePosted, MessageCompleted)
+        )
+        replies = {
+            item.event.run_id: item.event.model_messages
+            for item in logged
+            if isinstance(item.event, MessageCompleted)
+        }
+        history: list[ModelMessage] = []
+        for item in logged:
+            event = item.event
+            if not isinstance(event, MessagePosted):
+                continue
+            if event.message_id == request.message_id:
+                return event.content, history
+            reply = replies.get(event.run_id)
+            if reply:
+                history.extend(ModelMessagesTypeAdapter.validate_json(reply))
+            else:
+                history.append(ModelRequest(parts=[UserPromptPart(event.content)]))
+        raise LookupError(f"message {request.message_id} is not in the conversation")

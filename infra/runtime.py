@@ -1,0 +1,122 @@
+"""The running service's adapters, built from settings in one place.
+
+This decides SQLite or PostgreSQL, embedded or external NATS, the demo model or a
+pydantic-ai model string. `create_app` (http/) and the CLI call it; nothing else
+builds adapters.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from pydantic_ai import Agent
+from pydantic_ai.exceptions import UserError
+from pydantic_ai.models import Model
+
+from threadlog.domain.application import ConversationService
+from threadlog.infra.demo_model import demo_model
+from threadlog.infra.embedded import EmbeddedNats
+from threadlog.infra.feed import ConversationFeed
+from threadlog.infra.nats import StreamNames, connect, ensure_stream
+from threadlog.infra.relay import Relay
+from threadlog.infra.runs import FlushPolicy, RunExecutor
+from threadlog.infra.settings import Settings, SettingsError
+from threadlog.infra.store import EventLog, open_service
+from threadlog.infra.writer import EventWriter
+
+log = structlog.get_logger(__name__)
+
+
+def build_agent(settings: Settings, model: Model | None) -> Agent[None, str]:
+    chosen: Model | str = model or (
+        demo_model(settings.demo_token_delay_ms / 1000) if settings.model == "demo" else settings.model
+    )
+    try:
+        return Agent(chosen, instructions=settings.system_prompt, name=settings.agent)
+    except UserError as error:
+        raise SettingsError(f"THREADLOG_MODEL={settings.model!r}: {error}") from None
+
+
+@dataclass(kw_only=True)
+class Runtime:
+    settings: Settings
+    service: ConversationService
+    event_log: EventLog
+    writer: EventWriter
+    nc: NatsClient
+    js: JetStreamContext
+    names: StreamNames
+    feed: ConversationFeed
+    executor: RunExecutor
+    model_name: str
+    relay: Relay | None = None
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, settings: Settings, *, model: Model | None = None) -> AsyncIterator["Runtime"]:
+        agent = build_agent(settings, model)
+        async with contextlib.AsyncExitStack() as stack:
+            nats_url = settings.nats_url or await _start_embedded_nats(settings, stack)
+            service = await asyncio.to_thread(open_service, settings)
+            stack.callback(service.close)
+            writer = EventWriter(service, max_events=settings.writer_max_events)
+            writer.start()
+            stack.callback(writer.stop)
+            nc = await connect(nats_url)
+            stack.push_async_callback(nc.close)
+            names = StreamNames(stream=settings.nats_stream, prefix=settings.nats_subject_prefix)
+            js = nc.jetstream()
+            await ensure_stream(js, names)
+            event_log = EventLog(service)
+            runtime = cls(
+                settings=settings,
+                service=service,
+                event_log=event_log,
+                writer=writer,
+                nc=nc,
+                js=js,
+                names=names,
+                feed=ConversationFeed(event_log, nc, names),
+                executor=RunExecutor(
+                    service,
+                    event_log,
+                    writer,
+                    agent,
+                    policy=FlushPolicy(
+                        batch_size=settings.token_batch_size,
+                        interval_seconds=settings.token_flush_interval_ms / 1000,
+                    ),
+                    snapshot_interval=settings.snapshot_interval,
+                ),
+                model_name=settings.model if model is None else model.model_name,
+            )
+            if settings.relay:
+                runtime.relay = Relay(service, js, names, batch_size=settings.relay_batch_size)
+                runtime.background.append(asyncio.create_task(runtime.relay.run_forever()))
+            stack.push_async_callback(runtime._stop_background)
+            stack.push_async_callback(runtime.executor.stop)
+            log.info(
+                "runtime.started",
+                store="postgresql" if settings.database_url else f"sqlite:{settings.sqlite_path}",
+                nats=nats_url,
+                model=runtime.model_name,
+            )
+            yield runtime
+
+    async def _stop_background(self) -> None:
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+
+
+async def _start_embedded_nats(settings: Settings, stack: contextlib.AsyncExitStack) -> str:
+    server = EmbeddedNats(settings.nats_data_dir)
+    await asyncio.to_thread(server.start)
+    stack.callback(server.stop)
+    log.info("nats.embedded_started", url=server.url, data_dir=str(settings.nats_data_dir))
+    return server.url

