@@ -35,12 +35,11 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
             yield
 
     handlers: Any = exception_handlers()
-    return Litestar(
+    app = Litestar(
         route_handlers=[ConversationController, HealthController],
         dependencies={"runtime": Provide(_runtime, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers=handlers,
-        middleware=[request_context],
         request_max_body_size=settings.max_request_bytes,
         openapi_config=OpenAPIConfig(
             title="threadlog",
@@ -52,3 +51,6 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
         logging_config=None,
         debug=False,
     )
+    # Outermost, not as route middleware: unrouted requests (404, 405) get a request id too.
+    app.asgi_handler = request_context(app.asgi_handler)
+    return app

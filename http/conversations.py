@@ -2,11 +2,13 @@
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
+import structlog
 from litestar import Controller, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from threadlog.domain.conversation import Conversation
@@ -27,6 +29,12 @@ from threadlog.infra.runs import RunRequest
 from threadlog.infra.runtime import Runtime
 
 ANONYMOUS = "anonymous"
+STREAM_INTERRUPTED = (
+    b'event: error\ndata: {"error":"unavailable","message":"the stream was interrupted; '
+    b'reconnect with Last-Event-ID to resume"}\n\n'
+)
+log = structlog.get_logger(__name__)
+MAX_POSITION = 2**63 - 1  # the store keeps positions as 64-bit integers
 
 
 def conversation_out(conversation: Conversation, global_position: int | None = None) -> ConversationOut:
@@ -58,8 +66,8 @@ def parse_cursor(name: str, value: str | int | None) -> int | None:
         raise BadRequest(
             f"{name} must be an event position (a whole number ≥ 0)", extra={"field": name}
         ) from None
-    if position < 0:
-        raise BadRequest(f"{name} must be ≥ 0", extra={"field": name})
+    if not 0 <= position <= MAX_POSITION:
+        raise BadRequest(f"{name} must be between 0 and {MAX_POSITION}", extra={"field": name})
     return position
 
 
@@ -78,7 +86,7 @@ class ConversationController(Controller):
 
     @post("/", status_code=201, summary="Start a conversation")
     async def create(
-        self, request: Request[Any, Any, Any], runtime: Runtime, data: CreateConversation
+        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], data: JSONBody[CreateConversation]
     ) -> ConversationOut:
         settings = runtime.settings
         written = await asyncio.to_thread(
@@ -92,7 +100,9 @@ class ConversationController(Controller):
         return conversation_out(written.value, written.global_position)
 
     @get("/{conversation_id:uuid}", summary="A conversation's current state")
-    async def read(self, runtime: Runtime, conversation_id: UUID) -> ConversationOut:
+    async def read(
+        self, runtime: NamedDependency[Runtime], conversation_id: FromPath[UUID]
+    ) -> ConversationOut:
         conversation = await asyncio.to_thread(runtime.service.get_conversation, conversation_id)
         return conversation_out(conversation)
 
@@ -104,9 +114,9 @@ class ConversationController(Controller):
     async def post_message(
         self,
         request: Request[Any, Any, Any],
-        runtime: Runtime,
-        conversation_id: UUID,
-        data: PostMessage,
+        runtime: NamedDependency[Runtime],
+        conversation_id: FromPath[UUID],
+        data: JSONBody[PostMessage],
     ) -> MessageAccepted:
         written = await asyncio.to_thread(
             runtime.service.post_message,
@@ -150,11 +160,13 @@ class ConversationController(Controller):
     async def events(
         self,
         request: Request[Any, Any, Any],
-        runtime: Runtime,
-        conversation_id: UUID,
-        after: str | None = Parameter(default=None, description="Position to start after"),
-        limit: int | None = Parameter(default=None, ge=1, description="Page size (JSON)"),
-        last_event_id: str | None = Parameter(header="Last-Event-ID", default=None),
+        runtime: NamedDependency[Runtime],
+        conversation_id: FromPath[UUID],
+        after: Annotated[str | None, QueryParameter(description="Position to start after")] = None,
+        limit: Annotated[int | None, QueryParameter(ge=1, description="JSON page size")] = None,
+        last_event_id: Annotated[
+            str | None, HeaderParameter(name="Last-Event-ID", description="Resume after it")
+        ] = None,
     ) -> Response[Any]:
         start = parse_cursor("Last-Event-ID", last_event_id)
         if start is None:
@@ -178,7 +190,13 @@ class ConversationController(Controller):
 
     async def _sse(self, runtime: Runtime, conversation_id: UUID, after: int) -> AsyncIterator[bytes]:
         yield b"retry: 1000\n\n"
-        async for item in runtime.feed.follow(
-            conversation_id, after=after, heartbeat_seconds=runtime.settings.sse_heartbeat_seconds
-        ):
-            yield sse_frame(item) if isinstance(item, FeedEvent) else b": heartbeat\n\n"
+        try:
+            async for item in runtime.feed.follow(
+                conversation_id, after=after, heartbeat_seconds=runtime.settings.sse_heartbeat_seconds
+            ):
+                yield sse_frame(item) if isinstance(item, FeedEvent) else b": heartbeat\n\n"
+        except Exception as error:
+            # Headers are sent: the status cannot change. End with a final event that says
+            # why; the client reconnects with Last-Event-ID and loses nothing.
+            log.warning("sse.ended_by_error", error=repr(error), conversation_id=str(conversation_id))
+            yield STREAM_INTERRUPTED

@@ -3,6 +3,7 @@
 import asyncio
 
 from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 
 from threadlog.http.schemas import HealthOut
 from threadlog.infra.runtime import Runtime
@@ -19,7 +20,7 @@ class HealthController(Controller):
         return HealthOut(status="ok")
 
     @get("/ready", summary="The store and NATS answer")
-    async def ready(self, runtime: Runtime) -> Response[HealthOut]:
+    async def ready(self, runtime: NamedDependency[Runtime]) -> Response[HealthOut]:
         checks = {
             "store": await _check_store(runtime),
             "nats": await _check_nats(runtime),
@@ -34,7 +35,7 @@ class HealthController(Controller):
         )
 
 
-async def _check_store(runtime: Runtime) -> str:
+async def _check_store(runtime: NamedDependency[Runtime]) -> str:
     try:
         await asyncio.wait_for(
             asyncio.to_thread(runtime.event_log.max_global_position), CHECK_TIMEOUT_SECONDS
@@ -44,7 +45,7 @@ async def _check_store(runtime: Runtime) -> str:
     return "ok"
 
 
-async def _check_nats(runtime: Runtime) -> str:
+async def _check_nats(runtime: NamedDependency[Runtime]) -> str:
     if not runtime.nc.is_connected:
         return "failed: disconnected"
     try:

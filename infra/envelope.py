@@ -50,4 +50,8 @@ _encoder = msgspec.json.Encoder()
 
 
 def encode_envelope(item: EventEnvelope) -> bytes:
-    return _encoder.encode(item)
+    encoded = _encoder.encode(item)
+    # U+2028/U+2029 are valid raw in JSON, but many line readers split on them: escape.
+    if b"\xe2\x80\xa8" in encoded or b"\xe2\x80\xa9" in encoded:
+        encoded = encoded.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")
+    return encoded
