@@ -88,9 +88,7 @@ def validate_content(content: str, max_bytes: int) -> bytes:
             "content is not valid Unicode text (it holds a lone surrogate)"
         ) from None
     if len(encoded) > max_bytes:
-        raise MessageTooLarge(
-            f"content is {len(encoded)} bytes; the limit is {max_bytes} bytes"
-        )
+        raise MessageTooLarge(f"content is {len(encoded)} bytes; the limit is {max_bytes} bytes")
     return encoded
 
 
@@ -118,14 +116,10 @@ class Conversation(Aggregate):
     ) -> "Conversation":
         conversation_id = uuid4()
         data = {"owner": owner, "agent": agent, "title": title, "metadata": metadata}
-        fields = _chained_fields(
-            conversation_id, 1, GENESIS_HASH, ConversationStarted, cause, data
-        )
+        fields = _chained_fields(conversation_id, 1, GENESIS_HASH, ConversationStarted, cause, data)
         return cls._create(ConversationStarted, id=conversation_id, **fields)
 
-    def _record(
-        self, event_class: type[ConversationEvent], cause: Cause, **data: Any
-    ) -> None:
+    def _record(self, event_class: type[ConversationEvent], cause: Cause, **data: Any) -> None:
         fields = _chained_fields(
             self.id, self.version + 1, self.last_hash, event_class, cause, data
         )

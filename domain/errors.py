@@ -43,9 +43,7 @@ class ConcurrentWrite(DomainError):
     code = "concurrent_write"
 
     def __init__(self, conversation_id: UUID) -> None:
-        super().__init__(
-            f"conversation {conversation_id} was changed by another request; retry"
-        )
+        super().__init__(f"conversation {conversation_id} was changed by another request; retry")
         self.conversation_id = conversation_id
 
 

@@ -133,9 +133,7 @@ class RunFailed(ConversationEvent):
 @cache
 def data_fields(event_class: type[ConversationEvent]) -> tuple[str, ...]:
     """The names of an event type's own fields (its ``data``), in declaration order."""
-    return tuple(
-        f.name for f in dataclasses.fields(event_class) if f.name not in ENVELOPE_FIELDS
-    )
+    return tuple(f.name for f in dataclasses.fields(event_class) if f.name not in ENVELOPE_FIELDS)
 
 
 def schema_version(event_class: type[ConversationEvent]) -> int:

@@ -3,9 +3,11 @@
 import re
 import time
 import uuid
+from typing import Any
 
 import structlog
 from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -14,7 +16,7 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 log = structlog.get_logger("threadlog.http")
 
 
-def request_id_of(connection: ASGIConnection[object, object, object, object]) -> str | None:
+def request_id_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     state = connection.scope.get("state") or {}
     value = state.get("request_id")
     return value if isinstance(value, str) else None
@@ -33,11 +35,11 @@ def request_context(app: ASGIApp) -> ASGIApp:
     """Adds `X-Request-ID` to the response and every log line, and logs each request."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         request_id = _incoming_request_id(scope)
-        scope.setdefault("state", {})["request_id"] = request_id  # type: ignore[typeddict-item]
+        scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:

@@ -37,7 +37,9 @@ log = structlog.get_logger(__name__)
 MAX_POSITION = 2**63 - 1  # the store keeps positions as 64-bit integers
 
 
-def conversation_out(conversation: Conversation, global_position: int | None = None) -> ConversationOut:
+def conversation_out(
+    conversation: Conversation, global_position: int | None = None
+) -> ConversationOut:
     return ConversationOut(
         id=str(conversation.id),
         owner=conversation.owner,
@@ -86,7 +88,10 @@ class ConversationController(Controller):
 
     @post("/", status_code=201, summary="Start a conversation")
     async def create(
-        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], data: JSONBody[CreateConversation]
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        data: JSONBody[CreateConversation],
     ) -> ConversationOut:
         settings = runtime.settings
         written = await asyncio.to_thread(
@@ -188,15 +193,21 @@ class ConversationController(Controller):
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    async def _sse(self, runtime: Runtime, conversation_id: UUID, after: int) -> AsyncIterator[bytes]:
+    async def _sse(
+        self, runtime: Runtime, conversation_id: UUID, after: int
+    ) -> AsyncIterator[bytes]:
         yield b"retry: 1000\n\n"
         try:
             async for item in runtime.feed.follow(
-                conversation_id, after=after, heartbeat_seconds=runtime.settings.sse_heartbeat_seconds
+                conversation_id,
+                after=after,
+                heartbeat_seconds=runtime.settings.sse_heartbeat_seconds,
             ):
                 yield sse_frame(item) if isinstance(item, FeedEvent) else b": heartbeat\n\n"
         except Exception as error:
             # Headers are sent: the status cannot change. End with a final event that says
             # why; the client reconnects with Last-Event-ID and loses nothing.
-            log.warning("sse.ended_by_error", error=repr(error), conversation_id=str(conversation_id))
+            log.warning(
+                "sse.ended_by_error", error=repr(error), conversation_id=str(conversation_id)
+            )
             yield STREAM_INTERRUPTED

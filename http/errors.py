@@ -78,7 +78,9 @@ def error_response(
     details: Any = None,
     headers: dict[str, str] | None = None,
 ) -> Response[ErrorBody]:
-    body = ErrorBody(error=code, message=message, details=details, request_id=request_id_of(request))
+    body = ErrorBody(
+        error=code, message=message, details=details, request_id=request_id_of(request)
+    )
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
@@ -103,7 +105,11 @@ def _field_details(extra: Any) -> list[dict[str, Any]]:
         if isinstance(item, dict):
             field = item.get("key") or _path_field(str(item.get("message", "")))
             details.append(
-                {"field": field, "source": item.get("source"), "message": str(item.get("message", ""))}
+                {
+                    "field": field,
+                    "source": item.get("source"),
+                    "message": str(item.get("message", "")),
+                }
             )
     return details
 

@@ -8,7 +8,7 @@ from litestar.di import NamedDependency
 from threadlog.http.schemas import HealthOut
 from threadlog.infra.runtime import Runtime
 
-CHECK_TIMEOUT_SECONDS = 2.0
+CHECK_TIMEOUT_SECONDS = 2
 
 
 class HealthController(Controller):

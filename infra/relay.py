@@ -14,7 +14,13 @@ from collections.abc import Callable
 from typing import cast
 
 import structlog
-from eventsourcing.persistence import Notification, Subscription, Tracking
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    Notification,
+    Subscription,
+    Tracking,
+    TrackingRecorder,
+)
 from nats.js import JetStreamContext
 
 from threadlog.domain.application import ConversationService
@@ -37,12 +43,13 @@ class Relay:
         names: StreamNames,
         *,
         batch_size: int = 500,
+        tracking: TrackingRecorder | None = None,
     ) -> None:
         self._service = service
         self._js = js
         self._names = names
         self._batch_size = batch_size
-        self._tracking = open_tracking(service)
+        self._tracking = tracking or open_tracking(service)
         self.name = f"relay-{names.stream.lower()}"
         self.published_position = 0
 
@@ -71,9 +78,7 @@ class Relay:
                 batch = await feed.next_batch(self._batch_size)
                 await self._publish(batch)
                 last = batch[-1].id
-                await asyncio.to_thread(
-                    self._tracking.insert_tracking, Tracking(self.name, last)
-                )
+                await asyncio.to_thread(self._tracking.insert_tracking, Tracking(self.name, last))
                 self.published_position = last
         finally:
             await asyncio.to_thread(feed.close)
@@ -104,7 +109,7 @@ class Relay:
 class _NotificationFeed:
     """Bridges the recorder's blocking subscription (a thread) to the event loop."""
 
-    def __init__(self, subscription: Subscription[object]) -> None:
+    def __init__(self, subscription: Subscription[ApplicationRecorder]) -> None:
         self._subscription = subscription
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Notification | BaseException] = asyncio.Queue()

@@ -12,7 +12,7 @@ from uuid import UUID
 
 import structlog
 from pydantic_ai import Agent
-from pydantic_ai.exceptions import ModelHTTPError, UnexpectedModelBehavior
+from pydantic_ai.exceptions import ModelConnectionError, ModelHTTPError, UnexpectedModelBehavior
 from pydantic_ai.messages import (
     AgentStreamEvent,
     ModelMessage,
@@ -106,10 +106,13 @@ def _text_delta(event: AgentStreamEvent | AgentRunResultEvent[str]) -> tuple[int
 def safe_failure(error: BaseException) -> tuple[str, str]:
     """An error code and a message that are safe to show to the conversation's users."""
     if isinstance(error, ModelHTTPError):
-        return "model_error", f"The model provider answered with an error (HTTP {error.status_code})."
+        return (
+            "model_error",
+            f"The model provider answered with an error (HTTP {error.status_code}).",
+        )
     if isinstance(error, UnexpectedModelBehavior):
         return "model_error", "The model returned a response threadlog could not use."
-    if isinstance(error, (ConnectionError, TimeoutError, OSError)):
+    if isinstance(error, (ModelConnectionError, ConnectionError, TimeoutError, OSError)):
         return "model_unavailable", "The model provider could not be reached."
     return "run_error", "The run failed because of an internal error."
 
@@ -177,14 +180,20 @@ class RunExecutor:
             bound.info("run.completed", events=conversation.version - first_version)
         except asyncio.CancelledError:
             await self._fail(
-                conversation, flusher, request, cause,
+                conversation,
+                flusher,
+                request,
+                cause,
                 ("interrupted", "The run was interrupted because the server stopped."),
             )
             raise
         except Exception as error:
             bound.warning("run.failed", error=repr(error))
             await self._fail(conversation, flusher, request, cause, safe_failure(error))
-        if conversation.version // self._snapshot_interval > first_version // self._snapshot_interval:
+        if (
+            conversation.version // self._snapshot_interval
+            > first_version // self._snapshot_interval
+        ):
             await asyncio.to_thread(service.snapshot, conversation)
 
     async def _stream(
@@ -211,7 +220,9 @@ class RunExecutor:
                 first_token = first_token or time.perf_counter()
                 part, chunk = delta
                 text.append(chunk)
-                conversation.stream_token(run_id=request.run_id, part=part, delta=chunk, cause=cause)
+                conversation.stream_token(
+                    run_id=request.run_id, part=part, delta=chunk, cause=cause
+                )
                 await flusher.added()
         if result is None:
             raise UnexpectedModelBehavior("the run ended without a result")

@@ -33,7 +33,9 @@ log = structlog.get_logger(__name__)
 
 def build_agent(settings: Settings, model: Model | None) -> Agent[None, str]:
     chosen: Model | str = model or (
-        demo_model(settings.demo_token_delay_ms / 1000) if settings.model == "demo" else settings.model
+        demo_model(settings.demo_token_delay_ms / 1000)
+        if settings.model == "demo"
+        else settings.model
     )
     try:
         return Agent(chosen, instructions=settings.system_prompt, name=settings.agent)
@@ -58,7 +60,9 @@ class Runtime:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, settings: Settings, *, model: Model | None = None) -> AsyncIterator["Runtime"]:
+    async def open(
+        cls, settings: Settings, *, model: Model | None = None
+    ) -> AsyncIterator["Runtime"]:
         agent = build_agent(settings, model)
         async with contextlib.AsyncExitStack() as stack:
             nats_url = settings.nats_url or await _start_embedded_nats(settings, stack)

@@ -74,9 +74,16 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        positive = ("token_batch_size", "writer_max_events", "snapshot_interval",
-                    "max_message_bytes", "max_request_bytes", "page_size", "max_page_size",
-                    "relay_batch_size")
+        positive = (
+            "token_batch_size",
+            "writer_max_events",
+            "snapshot_interval",
+            "max_message_bytes",
+            "max_request_bytes",
+            "page_size",
+            "max_page_size",
+            "relay_batch_size",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")

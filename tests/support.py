@@ -17,10 +17,10 @@ from pydantic_ai.messages import ModelMessage
 from pydantic_ai.models import Model
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
+from tests.servers import NatsNames
 from threadlog.http.app import create_app
 from threadlog.infra.embedded import free_port
 from threadlog.infra.settings import Settings
-from tests.servers import NatsNames
 
 TERMINAL = {"RunCompleted", "RunFailed"}
 
@@ -110,7 +110,9 @@ def parse_sse(lines: Iterator[str]) -> Iterator[SSEEvent]:
     for line in lines:
         if line == "":
             if "data" in fields and "id" in fields:
-                yield SSEEvent(int(fields["id"]), fields.get("event", ""), json.loads(fields["data"]))
+                yield SSEEvent(
+                    int(fields["id"]), fields.get("event", ""), json.loads(fields["data"])
+                )
             fields = {}
         elif not line.startswith(":"):
             name, _, value = line.partition(":")
@@ -126,7 +128,9 @@ def read_sse(
 ) -> list[SSEEvent]:
     """Reads the stream until `until` holds for an event (included), then disconnects."""
     received: list[SSEEvent] = []
-    with client.stream("GET", path, headers={"accept": "text/event-stream", **(headers or {})}) as r:
+    with client.stream(
+        "GET", path, headers={"accept": "text/event-stream", **(headers or {})}
+    ) as r:
         assert r.status_code == 200, r.read()
         for event in parse_sse(r.iter_lines()):
             received.append(event)
@@ -143,7 +147,9 @@ def create_conversation(client: httpx.Client, **body: Any) -> str:
 
 
 def post_message(client: httpx.Client, conversation_id: str, content: str) -> dict[str, Any]:
-    response = client.post(f"/v1/conversations/{conversation_id}/messages", json={"content": content})
+    response = client.post(
+        f"/v1/conversations/{conversation_id}/messages", json={"content": content}
+    )
     assert response.status_code == 202, response.text
     accepted: dict[str, Any] = response.json()
     return accepted
@@ -164,7 +170,9 @@ def stored_events(client: httpx.Client, conversation_id: str) -> list[dict[str, 
         after = page["next"]
 
 
-def wait_for_run_end(client: httpx.Client, conversation_id: str, timeout: float = 20) -> list[dict[str, Any]]:
+def wait_for_run_end(
+    client: httpx.Client, conversation_id: str, timeout: float = 20
+) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         events = stored_events(client, conversation_id)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from eventsourcing.persistence import IntegrityError, Tracking
 
+from tests.backends import BACKENDS, database_url_for
 from threadlog.domain.application import ConversationService
 from threadlog.domain.conversation import Conversation
 from threadlog.domain.errors import ConversationNotFound, RunAlreadyActive
@@ -24,7 +25,6 @@ from threadlog.domain.events import (
 from threadlog.infra.settings import Settings
 from threadlog.infra.store import EventLog, open_service, open_tracking, topics_of
 from threadlog.infra.writer import EventWriter
-from tests.backends import BACKENDS, database_url_for
 
 CAUSE = Cause(actor="user:alice", correlation_id="req-1")
 
@@ -108,7 +108,9 @@ def test_posting_while_a_run_is_active_is_rejected_and_appends_nothing(
     service: ConversationService,
 ) -> None:
     conversation = start(service)
-    service.post_message(conversation.id, content="a", client_message_id=None, model="d", cause=CAUSE)
+    service.post_message(
+        conversation.id, content="a", client_message_id=None, model="d", cause=CAUSE
+    )
     before = EventLog(service).read(conversation.id)
     with pytest.raises(RunAlreadyActive):
         service.post_message(
@@ -190,7 +192,9 @@ def test_the_writer_commits_many_conversations_events_together(
             batches = []
             for live in lives:
                 for delta in "abc":
-                    live.stream_token(run_id=live.active_run_id or "", part=0, delta=delta, cause=CAUSE)
+                    live.stream_token(
+                        run_id=live.active_run_id or "", part=0, delta=delta, cause=CAUSE
+                    )
                 batches.append(writer.append(live.collect_events()))
             return list(await asyncio.gather(*batches))
 

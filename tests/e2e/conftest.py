@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from threadlog.infra.settings import Settings
 from tests.backends import BACKENDS, database_url_for
 from tests.servers import NatsNames
 from tests.support import settings_for
+from threadlog.infra.settings import Settings
 
 SettingsFactory = Callable[..., Settings]
 

@@ -17,8 +17,8 @@ from tests.support import (
     post_message,
     read_sse,
     scripted_model,
-    stored_events,
     settings_for,
+    stored_events,
     wait_for_run_end,
 )
 
@@ -29,7 +29,9 @@ MAX_MESSAGE_BYTES = 200_000
 def client(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, nats_url: str
 ) -> Iterator[httpx.Client]:
-    database_url = request.getfixturevalue("session_database_url") if request.param == "postgres" else None
+    database_url = (
+        request.getfixturevalue("session_database_url") if request.param == "postgres" else None
+    )
     names = NatsNames.new()
     settings = settings_for(
         Path(tmp_path_factory.mktemp("bad-input")),
@@ -77,12 +79,16 @@ def test_a_path_that_is_not_a_conversation_id_is_404(client: httpx.Client) -> No
 
 def test_malformed_json_is_400(client: httpx.Client, conversation: str) -> None:
     response = client.post(
-        messages_path(conversation), content=b'{"content": "x"', headers={"content-type": "application/json"}
+        messages_path(conversation),
+        content=b'{"content": "x"',
+        headers={"content-type": "application/json"},
     )
     assert_error(response, 400)
 
 
-def test_a_wrong_field_type_is_400_naming_the_field(client: httpx.Client, conversation: str) -> None:
+def test_a_wrong_field_type_is_400_naming_the_field(
+    client: httpx.Client, conversation: str
+) -> None:
     body = assert_error(client.post(messages_path(conversation), json={"content": 42}), 400)
     assert "content" in body["message"]
 
@@ -98,12 +104,18 @@ def test_an_unknown_field_is_400_naming_the_field(client: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize("content", ["", "   ", "\n\t"])
-def test_empty_or_blank_content_is_400(client: httpx.Client, conversation: str, content: str) -> None:
-    assert_error(client.post(messages_path(conversation), json={"content": content}), 400, "invalid_message")
+def test_empty_or_blank_content_is_400(
+    client: httpx.Client, conversation: str, content: str
+) -> None:
+    assert_error(
+        client.post(messages_path(conversation), json={"content": content}), 400, "invalid_message"
+    )
 
 
 def test_content_over_the_limit_is_413(client: httpx.Client, conversation: str) -> None:
-    response = client.post(messages_path(conversation), json={"content": "x" * (MAX_MESSAGE_BYTES + 1)})
+    response = client.post(
+        messages_path(conversation), json={"content": "x" * (MAX_MESSAGE_BYTES + 1)}
+    )
     assert_error(response, 413, "message_too_large")
 
 
@@ -112,9 +124,15 @@ def test_a_body_over_the_request_limit_is_413(client: httpx.Client, conversation
     assert_error(response, 413)
 
 
-@pytest.mark.parametrize("raw", [b'{"content": "a\\ud800b"}', b'{"content": "\xed\xa0\x80"}', b'{"content": "\xff"}'])
-def test_lone_surrogates_and_invalid_utf8_are_400(client: httpx.Client, conversation: str, raw: bytes) -> None:
-    response = client.post(messages_path(conversation), content=raw, headers={"content-type": "application/json"})
+@pytest.mark.parametrize(
+    "raw", [b'{"content": "a\\ud800b"}', b'{"content": "\xed\xa0\x80"}', b'{"content": "\xff"}']
+)
+def test_lone_surrogates_and_invalid_utf8_are_400(
+    client: httpx.Client, conversation: str, raw: bytes
+) -> None:
+    response = client.post(
+        messages_path(conversation), content=raw, headers={"content-type": "application/json"}
+    )
     assert_error(response, 400)
 
 
@@ -122,13 +140,18 @@ def test_lone_surrogates_and_invalid_utf8_are_400(client: httpx.Client, conversa
 def test_a_last_event_id_that_is_not_a_position_is_400(
     client: httpx.Client, conversation: str, value: str
 ) -> None:
-    response = client.get(f"/v1/conversations/{conversation}/events", headers={"Last-Event-ID": value})
+    response = client.get(
+        f"/v1/conversations/{conversation}/events", headers={"Last-Event-ID": value}
+    )
     assert_error(response, 400)
 
 
-def test_an_after_beyond_any_position_is_400_for_json_pages(client: httpx.Client, conversation: str) -> None:
+def test_an_after_beyond_any_position_is_400_for_json_pages(
+    client: httpx.Client, conversation: str
+) -> None:
     response = client.get(
-        f"/v1/conversations/{conversation}/events?after={10**30}", headers={"accept": "application/json"}
+        f"/v1/conversations/{conversation}/events?after={10**30}",
+        headers={"accept": "application/json"},
     )
     assert_error(response, 400)
 
@@ -142,31 +165,44 @@ def test_failed_requests_leave_no_events_behind(client: httpx.Client, conversati
     client.post(messages_path(conversation), json={"content": ""})
     client.post(messages_path(conversation), json={"content": 1})
     client.post(messages_path(conversation), json={"content": "x" * (MAX_MESSAGE_BYTES + 1)})
-    client.post(messages_path(conversation), content=b"{", headers={"content-type": "application/json"})
+    client.post(
+        messages_path(conversation), content=b"{", headers={"content-type": "application/json"}
+    )
     assert stored_events(client, conversation) == before
 
 
 @pytest.mark.parametrize(
-    "content", ["nul \x00 char", "😀" * 25_000, "é\u0301 combining, \u2028 separators"], ids=["nul", "emoji-100kB", "unicode"]
+    "content",
+    ["nul \x00 char", "😀" * 25_000, "é\u0301 combining, \u2028 separators"],
+    ids=["nul", "emoji-100kB", "unicode"],
 )
 def test_unusual_text_is_stored_and_streamed_back_byte_exact(
     client: httpx.Client, conversation: str, content: str
 ) -> None:
     post_message(client, conversation, content)
     wait_for_run_end(client, conversation)
-    streamed = read_sse(client, f"/v1/conversations/{conversation}/events", until=lambda e: e.event == "MessagePosted")
+    streamed = read_sse(
+        client,
+        f"/v1/conversations/{conversation}/events",
+        until=lambda e: e.event == "MessagePosted",
+    )
     assert streamed[-1].data["data"]["content"].encode() == content.encode()
     stored = [e for e in stored_events(client, conversation) if e["type"] == "MessagePosted"]
     assert stored[-1]["data"]["content"].encode() == content.encode()
 
 
-def test_the_same_client_message_id_twice_gives_the_first_answer(client: httpx.Client, conversation: str) -> None:
+def test_the_same_client_message_id_twice_gives_the_first_answer(
+    client: httpx.Client, conversation: str
+) -> None:
     body = {"content": "once", "client_message_id": "client-42"}
     first = client.post(messages_path(conversation), json=body).json()
     wait_for_run_end(client, conversation)
     second = client.post(messages_path(conversation), json=body)
     assert second.status_code == 202
-    assert (second.json()["message_id"], second.json()["run_id"]) == (first["message_id"], first["run_id"])
+    assert (second.json()["message_id"], second.json()["run_id"]) == (
+        first["message_id"],
+        first["run_id"],
+    )
     posted = [e for e in stored_events(client, conversation) if e["type"] == "MessagePosted"]
     assert len(posted) == 1
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from pydantic_ai.messages import ModelMessage
 
 from tests.e2e.conftest import SettingsFactory
 from tests.support import (
@@ -110,7 +111,7 @@ def test_json_pages_cover_every_event_once(make_settings: SettingsFactory) -> No
 
 
 def test_the_agent_sees_the_history_rebuilt_from_events(make_settings: SettingsFactory) -> None:
-    seen: list[list[object]] = []
+    seen: list[list[ModelMessage]] = []
     model = scripted_model(["first ", "reply"], seen=seen)
     with LiveServer(make_settings(), model) as server, server.client() as client:
         conversation_id = create_conversation(client)

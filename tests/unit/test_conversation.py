@@ -1,5 +1,7 @@
 """The Conversation aggregate, on its own."""
 
+import itertools
+
 import pytest
 
 from threadlog.domain.chain import GENESIS_HASH
@@ -35,7 +37,12 @@ def test_starting_a_conversation_records_conversation_started_at_position_1() ->
     assert isinstance(event, ConversationStarted)
     assert event.originator_version == 1
     assert event.originator_id == conversation.id
-    assert event_data(event) == {"owner": "alice", "agent": "demo", "title": "Hello", "metadata": {"k": "v"}}
+    assert event_data(event) == {
+        "owner": "alice",
+        "agent": "demo",
+        "title": "Hello",
+        "metadata": {"k": "v"},
+    }
     assert event.actor == "user:alice"
     assert event.correlation_id == "req-1"
     assert event.prev_hash == GENESIS_HASH
@@ -43,7 +50,9 @@ def test_starting_a_conversation_records_conversation_started_at_position_1() ->
 
 def test_posting_a_message_records_the_message_then_the_run_it_starts() -> None:
     conversation = started()
-    posted = conversation.post_message(content="hi", client_message_id=None, model="demo", cause=CAUSE)
+    posted = conversation.post_message(
+        content="hi", client_message_id=None, model="demo", cause=CAUSE
+    )
     events = conversation.collect_events()[1:]
     assert [type(e) for e in events] == [MessagePosted, RunStarted]
     assert posted.position == 2
@@ -56,12 +65,14 @@ def test_posting_a_message_records_the_message_then_the_run_it_starts() -> None:
 
 def test_every_event_links_to_its_predecessor_and_its_hash_verifies() -> None:
     conversation = started()
-    posted = conversation.post_message(content="hi", client_message_id=None, model="demo", cause=CAUSE)
+    posted = conversation.post_message(
+        content="hi", client_message_id=None, model="demo", cause=CAUSE
+    )
     conversation.stream_token(run_id=posted.run_id, part=0, delta="Hel", cause=CAUSE)
     conversation.stream_token(run_id=posted.run_id, part=0, delta="lo", cause=CAUSE)
     events = conversation.collect_events()
     assert all(verify_event_hash(e) for e in events)  # type: ignore[arg-type]
-    for earlier, later in zip(events, events[1:], strict=False):
+    for earlier, later in itertools.pairwise(events):
         assert later.prev_hash == earlier.hash  # type: ignore[attr-defined]
 
 
@@ -82,25 +93,41 @@ def test_a_second_message_while_a_run_is_active_is_rejected() -> None:
 
 def test_the_same_client_message_id_gives_the_first_answer_and_records_nothing() -> None:
     conversation = started()
-    first = conversation.post_message(content="x", client_message_id="c1", model="demo", cause=CAUSE)
+    first = conversation.post_message(
+        content="x", client_message_id="c1", model="demo", cause=CAUSE
+    )
     version = conversation.version
-    again = conversation.post_message(content="x", client_message_id="c1", model="demo", cause=CAUSE)
-    assert (again.message_id, again.run_id, again.position) == (first.message_id, first.run_id, first.position)
+    again = conversation.post_message(
+        content="x", client_message_id="c1", model="demo", cause=CAUSE
+    )
+    assert (again.message_id, again.run_id, again.position) == (
+        first.message_id,
+        first.run_id,
+        first.position,
+    )
     assert again.duplicate
     assert conversation.version == version
 
 
 def test_a_completed_run_frees_the_conversation_for_the_next_message() -> None:
     conversation = started()
-    posted = conversation.post_message(content="one", client_message_id=None, model="demo", cause=CAUSE)
-    conversation.complete_message(run_id=posted.run_id, content="ok", model_messages="[]", cause=CAUSE)
-    conversation.complete_run(run_id=posted.run_id, usage={}, duration_ms=1.0, time_to_first_token_ms=None, cause=CAUSE)
+    posted = conversation.post_message(
+        content="one", client_message_id=None, model="demo", cause=CAUSE
+    )
+    conversation.complete_message(
+        run_id=posted.run_id, content="ok", model_messages="[]", cause=CAUSE
+    )
+    conversation.complete_run(
+        run_id=posted.run_id, usage={}, duration_ms=1.0, time_to_first_token_ms=None, cause=CAUSE
+    )
     conversation.post_message(content="two", client_message_id=None, model="demo", cause=CAUSE)
 
 
 def test_a_failed_run_frees_the_conversation_for_the_next_message() -> None:
     conversation = started()
-    posted = conversation.post_message(content="one", client_message_id=None, model="demo", cause=CAUSE)
+    posted = conversation.post_message(
+        content="one", client_message_id=None, model="demo", cause=CAUSE
+    )
     conversation.fail_run(run_id=posted.run_id, error="model_error", message="boom", cause=CAUSE)
     assert conversation.active_run_id is None
     conversation.post_message(content="two", client_message_id=None, model="demo", cause=CAUSE)
@@ -114,7 +141,9 @@ def test_tokens_for_a_run_that_is_not_active_are_refused() -> None:
 
 def test_token_events_are_never_merged() -> None:
     conversation = started()
-    posted = conversation.post_message(content="hi", client_message_id=None, model="demo", cause=CAUSE)
+    posted = conversation.post_message(
+        content="hi", client_message_id=None, model="demo", cause=CAUSE
+    )
     for delta in ["a", "b", "c"]:
         conversation.stream_token(run_id=posted.run_id, part=0, delta=delta, cause=CAUSE)
     tokens = [e for e in conversation.collect_events() if isinstance(e, TokenStreamed)]

@@ -1,0 +1,171 @@
+"""The relay puts every committed event on the JetStream stream once, in global order,
+and resumes from its checkpoint after a stop or a crash."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from eventsourcing.persistence import Tracking, TrackingRecorder
+from nats.js.api import DeliverPolicy
+
+from tests.backends import BACKENDS, database_url_for
+from tests.servers import NatsNames
+from threadlog.domain.application import ConversationService
+from threadlog.domain.events import Cause
+from threadlog.infra.nats import HEADER_GLOBAL_POSITION, HEADER_MSG_ID, HEADER_POSITION, StreamNames
+from threadlog.infra.relay import Relay
+from threadlog.infra.settings import Settings
+from threadlog.infra.store import EventLog, open_service, open_tracking
+
+CAUSE = Cause(actor="user:test", correlation_id="relay-test")
+
+
+@pytest.fixture(params=BACKENDS)
+def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ConversationService]:
+    store = open_service(
+        Settings(data_dir=tmp_path, database_url=database_url_for(request, request.param))
+    )
+    yield store
+    store.close()
+
+
+def write_events(
+    service: ConversationService, conversations: int, tokens: int
+) -> list[tuple[str, int, int]]:
+    """Writes runs with tokens; returns (event id, position, global position) in global order."""
+    for _ in range(conversations):
+        started = service.start_conversation(
+            owner="o", agent="a", title="t", metadata={}, cause=CAUSE
+        )
+        posted = service.post_message(
+            started.value.id, content="hi", client_message_id=None, model="m", cause=CAUSE
+        ).value
+        live = service.get_conversation(started.value.id)
+        for index in range(tokens):
+            live.stream_token(run_id=posted.run_id, part=0, delta=f"t{index}", cause=CAUSE)
+        service.save(live)
+    log = EventLog(service)
+    rows = []
+    for notification in service.recorder.select_notifications(start=1, limit=1_000_000):
+        event: Any = service.mapper.to_domain_event(notification)
+        rows.append((str(event.event_id), event.originator_version, notification.id))
+    assert len(rows) == log.max_global_position()
+    return rows
+
+
+async def stream_contents(url: str, names: StreamNames) -> list[tuple[str, int, int]]:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        total = (await js.stream_info(names.stream)).state.messages
+        subscription = await js.subscribe(
+            names.all_subjects, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
+        rows = []
+        for _ in range(total):
+            message = await subscription.next_msg(timeout=5)
+            headers = message.headers or {}
+            rows.append(
+                (
+                    headers[HEADER_MSG_ID],
+                    int(headers[HEADER_POSITION]),
+                    int(headers[HEADER_GLOBAL_POSITION]),
+                )
+            )
+        return rows
+    finally:
+        await nc.close()
+
+
+async def relay_until(relay: Relay, position: int) -> None:
+    task = asyncio.create_task(relay.run())
+    try:
+        while relay.published_position < position:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+class CrashingTracking(TrackingRecorder):
+    """Records `allowed` checkpoints, then fails: a crash after a publish, before its checkpoint."""
+
+    def __init__(self, real: TrackingRecorder, allowed: int) -> None:
+        self._real = real
+        self._allowed = allowed
+
+    def insert_tracking(self, tracking: Tracking) -> None:
+        if self._allowed == 0:
+            raise ConnectionError("the process died before the checkpoint")
+        self._allowed -= 1
+        self._real.insert_tracking(tracking)
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        return self._real.max_tracking_id(application_name)
+
+
+def names_of(nats_names: NatsNames) -> StreamNames:
+    return StreamNames(stream=nats_names.stream, prefix=nats_names.subject_prefix)
+
+
+async def test_the_relay_publishes_every_event_once_in_global_order(
+    service: ConversationService, nats_url: str, nats_names: NatsNames
+) -> None:
+    expected = write_events(service, conversations=5, tokens=40)
+    names = names_of(nats_names)
+    nc = await nats.connect(nats_url)
+    try:
+        await relay_until(Relay(service, nc.jetstream(), names, batch_size=50), expected[-1][2])
+    finally:
+        await nc.close()
+    assert await stream_contents(nats_url, names) == expected
+
+
+async def test_the_relay_resumes_after_a_stop_with_nothing_lost_or_duplicated(
+    service: ConversationService, nats_url: str, nats_names: NatsNames
+) -> None:
+    expected = write_events(service, conversations=10, tokens=100)
+    names = names_of(nats_names)
+    nc = await nats.connect(nats_url)
+    try:
+        await relay_until(Relay(service, nc.jetstream(), names, batch_size=25), 300)
+        # Stopped mid-stream: more events arrive while no relay runs.
+        expected += write_events(service, conversations=2, tokens=50)[len(expected) :]
+        second = Relay(service, nc.jetstream(), names, batch_size=25)
+        assert 300 <= second.checkpoint() < expected[-1][2]
+        await relay_until(second, expected[-1][2])
+    finally:
+        await nc.close()
+    assert await stream_contents(nats_url, names) == expected
+
+
+async def test_a_crash_between_publish_and_checkpoint_duplicates_nothing(
+    service: ConversationService, nats_url: str, nats_names: NatsNames
+) -> None:
+    expected = write_events(service, conversations=4, tokens=100)
+    names = names_of(nats_names)
+    nc = await nats.connect(nats_url)
+    try:
+        crashing = Relay(
+            service,
+            nc.jetstream(),
+            names,
+            batch_size=50,
+            tracking=CrashingTracking(open_tracking(service), 2),
+        )
+        with pytest.raises(ConnectionError):
+            await crashing.run()
+        checkpoint = crashing.checkpoint()
+        published = len(await stream_contents(nats_url, names))
+        assert published > checkpoint  # the last batch went out but was not checkpointed
+        await relay_until(Relay(service, nc.jetstream(), names, batch_size=50), expected[-1][2])
+    finally:
+        await nc.close()
+    assert await stream_contents(nats_url, names) == expected
