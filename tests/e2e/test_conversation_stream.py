@@ -164,3 +164,16 @@ def test_the_request_id_is_returned_and_becomes_the_events_correlation_id(
         assert response.headers["x-request-id"] == "req-abc-123"
         events = wait_for_run_end(client, conversation_id)
     assert {e["correlation_id"] for e in events[1:]} == {"req-abc-123"}
+
+
+def test_an_idle_stream_sends_heartbeat_comments(make_settings: SettingsFactory) -> None:
+    settings = make_settings(sse_heartbeat_seconds=0.2)
+    with LiveServer(settings, scripted_model(["ok"])) as server, server.client() as client:
+        conversation_id = create_conversation(client)
+        lines: list[str] = []
+        with client.stream("GET", f"/v1/conversations/{conversation_id}/events") as response:
+            for line in response.iter_lines():
+                lines.append(line)
+                if lines.count(": heartbeat") == 2:
+                    break
+    assert "id: 1" in lines and lines.count(": heartbeat") == 2

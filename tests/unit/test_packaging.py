@@ -34,8 +34,7 @@ def test_the_standard_library_http_wins_from_the_repository_root() -> None:
 
 def test_a_built_wheel_holds_the_layers_under_threadlog_only(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-         "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
         check=True,
         capture_output=True,
     )
