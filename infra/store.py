@@ -7,7 +7,7 @@ positions (the store's notification ids), which the library's own reads omit.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent, TrackingRecorder
@@ -95,7 +95,7 @@ class EventLog:
         limit: int | None = None,
         topics: Sequence[str] = (),
     ) -> list[LoggedEvent]:
-        rows = self._select(conversation_id, after, up_to, limit, topics)
+        rows = self._select(conversation_id, Window(after, up_to, limit, topics))
         to_event = self._service.mapper.to_domain_event
         return [
             LoggedEvent(cast(ConversationEvent, to_event(stored)), global_position)
@@ -103,7 +103,7 @@ class EventLog:
         ]
 
     def exists(self, conversation_id: UUID) -> bool:
-        return bool(self._select(conversation_id, 0, 1, 1, ()))
+        return bool(self._select(conversation_id, Window(up_to=1, limit=1)))
 
     def max_global_position(self) -> int:
         return self._service.recorder.max_notification_id() or 0
@@ -112,48 +112,43 @@ class EventLog:
 _Rows = list[tuple[StoredEvent, int]]
 
 
-class _Select:
-    def __call__(
-        self,
-        conversation_id: UUID,
-        after: int,
-        up_to: int | None,
-        limit: int | None,
-        topics: Sequence[str],
-    ) -> _Rows:
-        raise NotImplementedError
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Which of a conversation's events to read: positions after `after`, up to `up_to`."""
+
+    after: int = 0
+    up_to: int | None = None
+    limit: int | None = None
+    topics: Sequence[str] = ()
 
 
-class _PostgresSelect(_Select):
+class _Select(Protocol):
+    def __call__(self, conversation_id: UUID, window: Window) -> _Rows: ...
+
+
+class _PostgresSelect:
     def __init__(self, recorder: PostgresApplicationRecorder) -> None:
         self._recorder = recorder
         self._table = SQL("{}.{}").format(
             Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name)
         )
 
-    def __call__(
-        self,
-        conversation_id: UUID,
-        after: int,
-        up_to: int | None,
-        limit: int | None,
-        topics: Sequence[str],
-    ) -> _Rows:
+    def __call__(self, conversation_id: UUID, window: Window) -> _Rows:
         query = SQL(
             "SELECT originator_version, topic, state, notification_id FROM {} "
             "WHERE originator_id = %s AND originator_version > %s"
         ).format(self._table)
-        params: list[Any] = [conversation_id, after]
-        if up_to is not None:
+        params: list[Any] = [conversation_id, window.after]
+        if window.up_to is not None:
             query += SQL(" AND originator_version <= %s")
-            params.append(up_to)
-        if topics:
+            params.append(window.up_to)
+        if window.topics:
             query += SQL(" AND topic = ANY(%s)")
-            params.append(list(topics))
+            params.append(list(window.topics))
         query += SQL(" ORDER BY originator_version")
-        if limit is not None:
+        if window.limit is not None:
             query += SQL(" LIMIT %s")
-            params.append(limit)
+            params.append(window.limit)
         with self._recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
             cursor.execute(query, params, prepare=True)
             return [
@@ -170,34 +165,27 @@ class _PostgresSelect(_Select):
             ]
 
 
-class _SQLiteSelect(_Select):
+class _SQLiteSelect:
     def __init__(self, recorder: SQLiteApplicationRecorder) -> None:
         self._recorder = recorder
         self._table = recorder.events_table_name
 
-    def __call__(
-        self,
-        conversation_id: UUID,
-        after: int,
-        up_to: int | None,
-        limit: int | None,
-        topics: Sequence[str],
-    ) -> _Rows:
+    def __call__(self, conversation_id: UUID, window: Window) -> _Rows:
         query = (
             f"SELECT rowid, originator_version, topic, state FROM {self._table} "  # noqa: S608
             "WHERE originator_id = ? AND originator_version > ?"
         )
-        params: list[Any] = [conversation_id.hex, after]
-        if up_to is not None:
+        params: list[Any] = [conversation_id.hex, window.after]
+        if window.up_to is not None:
             query += " AND originator_version <= ?"
-            params.append(up_to)
-        if topics:
-            query += f" AND topic IN ({','.join('?' * len(topics))})"
-            params.extend(topics)
+            params.append(window.up_to)
+        if window.topics:
+            query += f" AND topic IN ({','.join('?' * len(window.topics))})"
+            params.extend(window.topics)
         query += " ORDER BY originator_version"
-        if limit is not None:
+        if window.limit is not None:
             query += " LIMIT ?"
-            params.append(limit)
+            params.append(window.limit)
         with self._recorder.datastore.transaction(commit=False) as cursor:
             cursor.execute(query, params)
             return [
