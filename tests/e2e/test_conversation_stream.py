@@ -177,3 +177,25 @@ def test_an_idle_stream_sends_heartbeat_comments(make_settings: SettingsFactory)
                 if lines.count(": heartbeat") == 2:
                     break
     assert "id: 1" in lines and lines.count(": heartbeat") == 2
+
+
+def test_a_server_stopping_mid_run_records_the_run_as_interrupted(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings()
+    slow = scripted_model(TOKENS, delay=0.05)
+    with LiveServer(settings, slow) as server, server.client() as client:
+        conversation_id = create_conversation(client)
+        post_message(client, conversation_id, "hi")
+        read_sse(
+            client,
+            f"/v1/conversations/{conversation_id}/events",
+            until=lambda e: e.event == "TokenStreamed",
+        )
+    with LiveServer(settings, scripted_model(["ok"])) as server, server.client() as client:
+        events = stored_events(client, conversation_id)
+        assert events[-1]["type"] == "RunFailed"
+        assert events[-1]["data"]["error"] == "interrupted"
+        assert any(e["type"] == "TokenStreamed" for e in events)
+        post_message(client, conversation_id, "after the restart")
+        assert wait_for_run_end(client, conversation_id)[-1]["type"] == "RunCompleted"
