@@ -24,6 +24,7 @@ from threadlog.domain.events import (
     ConversationStarted,
     MessageCompleted,
     MessagePosted,
+    RunCancelled,
     RunCompleted,
     RunFailed,
     RunStarted,
@@ -199,6 +200,12 @@ class Conversation(Aggregate):
             usage=usage,
             duration_ms=duration_ms,
             time_to_first_token_ms=time_to_first_token_ms,
+        )
+
+    def cancel_run(self, *, run_id: str, reason: str, partial_content: str, cause: Cause) -> None:
+        self._require_active(run_id)
+        self._record(
+            RunCancelled, cause, run_id=run_id, reason=reason, partial_content=partial_content
         )
 
     def fail_run(self, *, run_id: str, error: str, message: str, cause: Cause) -> None:

@@ -53,3 +53,11 @@ class RunNotActive(DomainError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"run {run_id} is not the conversation's active run")
         self.run_id = run_id
+
+
+class RunNotFound(DomainError):
+    code = "run_not_found"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no active run {run_id}")
+        self.run_id = run_id

@@ -130,6 +130,17 @@ class RunFailed(ConversationEvent):
         aggregate.active_run_id = None
 
 
+class RunCancelled(ConversationEvent):
+    """A run stopped on request; its streamed tokens stay, `partial_content` joins them."""
+
+    run_id: str
+    reason: str
+    partial_content: str
+
+    def evolve(self, aggregate: Any) -> None:
+        aggregate.active_run_id = None
+
+
 @cache
 def data_fields(event_class: type[ConversationEvent]) -> tuple[str, ...]:
     """The names of an event type's own fields (its ``data``), in declaration order."""

@@ -20,6 +20,7 @@ from threadlog.domain.errors import (
     MessageTooLarge,
     RunAlreadyActive,
     RunNotActive,
+    RunNotFound,
 )
 from threadlog.http.context import request_id_of
 from threadlog.http.schemas import ErrorBody
@@ -31,6 +32,7 @@ DOMAIN_STATUS: dict[type[DomainError], int] = {
     RunAlreadyActive: 409,
     ConcurrentWrite: 409,
     RunNotActive: 409,
+    RunNotFound: 404,
     InvalidMessage: 400,
     MessageTooLarge: 413,
 }

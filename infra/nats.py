@@ -35,8 +35,15 @@ class StreamNames:
         return f"{self.prefix}.conversation.{conversation_id}.>"
 
     @property
-    def all_subjects(self) -> str:
-        return f"{self.prefix}.>"
+    def event_subjects(self) -> str:
+        """What the stream stores: events only, never control traffic."""
+        return f"{self.prefix}.conversation.>"
+
+    def run_control_subject(self, run_id: str, action: str) -> str:
+        return f"{self.prefix}.control.runs.{run_id}.{action}"
+
+    def run_control_wildcard(self, action: str) -> str:
+        return f"{self.prefix}.control.runs.*.{action}"
 
 
 async def connect(url: str, *, name: str = "threadlog") -> NatsClient:
@@ -66,7 +73,7 @@ async def ensure_stream(js: JetStreamContext, names: StreamNames) -> None:
     """Creates the stream, or brings an existing one's settings up to date."""
     config = StreamConfig(
         name=names.stream,
-        subjects=[names.all_subjects],
+        subjects=[names.event_subjects],
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
         duplicate_window=DUPLICATE_WINDOW_SECONDS,

@@ -7,6 +7,7 @@ most `batch_size` pending, and no later than `flush_interval` after the first.
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -126,6 +127,32 @@ def usage_of(result: AgentRunResult[str]) -> dict[str, int]:
     }
 
 
+_RunEnd = Callable[[Conversation, str], None]
+
+CANCEL_WAIT_SECONDS = 5.0
+INTERRUPTED = ("interrupted", "The run was interrupted because the server stopped.")
+
+
+def _failure_end(cause: Cause, error: str, message: str) -> _RunEnd:
+    def end(conversation: Conversation, run_id: str) -> None:
+        conversation.fail_run(run_id=run_id, error=error, message=message, cause=cause)
+
+    return end
+
+
+def _interrupted_end(cause: Cause) -> _RunEnd:
+    return _failure_end(cause, *INTERRUPTED)
+
+
+def _cancel_end(cause: Cause, partial: str) -> _RunEnd:
+    def end(conversation: Conversation, run_id: str) -> None:
+        conversation.cancel_run(
+            run_id=run_id, reason="requested", partial_content=partial, cause=cause
+        )
+
+    return end
+
+
 class RunExecutor:
     def __init__(
         self,
@@ -144,10 +171,25 @@ class RunExecutor:
         self._policy = policy
         self._snapshot_interval = snapshot_interval
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancel_requests: dict[str, Cause] = {}
 
     @property
     def active_runs(self) -> int:
         return len(self._tasks)
+
+    def is_running(self, run_id: str) -> bool:
+        return run_id in self._tasks
+
+    async def cancel(self, run_id: str, cause: Cause) -> bool:
+        """Stops a run of this process; it records RunCancelled. False if it is not here."""
+        task = self._tasks.get(run_id)
+        if task is None:
+            return False
+        self._cancel_requests.setdefault(run_id, cause)
+        task.cancel()
+        # Bounded: the answer should not hang on a model that ignores cancellation.
+        await asyncio.wait({task}, timeout=CANCEL_WAIT_SECONDS)
+        return True
 
     def start(self, request: RunRequest) -> None:
         task = asyncio.create_task(self._run(request), name=f"run-{request.run_id}")
@@ -163,7 +205,21 @@ class RunExecutor:
 
     async def _run(self, request: RunRequest) -> None:
         service = self._service
-        conversation = await asyncio.to_thread(service.get_conversation, request.conversation_id)
+        cause = Cause(
+            actor="agent", correlation_id=request.correlation_id, causation_id=request.run_id
+        )
+        try:
+            conversation = await asyncio.to_thread(
+                service.get_conversation, request.conversation_id
+            )
+        except asyncio.CancelledError:
+            # Stopped before it began: record the ending on a freshly loaded aggregate.
+            requested = self._cancel_requests.pop(request.run_id, None)
+            end = _cancel_end(requested, "") if requested else _interrupted_end(cause)
+            await asyncio.to_thread(self._end_reloaded, request, end)
+            if requested is None:
+                raise
+            return
         if conversation.active_run_id != request.run_id:
             return
         first_version = conversation.version
@@ -174,18 +230,18 @@ class RunExecutor:
         )
         flusher = _Flusher(conversation, self._writer, self._policy)
         bound = log.bind(run_id=request.run_id, conversation_id=str(request.conversation_id))
+        text: list[str] = []
         try:
             prompt, history = await asyncio.to_thread(self._history, request)
-            await self._stream(conversation, flusher, request, cause, prompt, history)
+            await self._stream(conversation, flusher, request, cause, prompt, history, text)
             bound.info("run.completed", events=conversation.version - first_version)
         except asyncio.CancelledError:
-            await self._fail(
-                conversation,
-                flusher,
-                request,
-                cause,
-                ("interrupted", "The run was interrupted because the server stopped."),
-            )
+            requested = self._cancel_requests.pop(request.run_id, None)
+            if requested is not None:
+                await self._record_cancel(conversation, flusher, request, requested, "".join(text))
+                bound.info("run.cancelled", events=conversation.version - first_version)
+                return
+            await self._fail(conversation, flusher, request, cause, INTERRUPTED)
             raise
         except Exception as error:
             bound.warning("run.failed", error=repr(error))
@@ -204,10 +260,10 @@ class RunExecutor:
         cause: Cause,
         prompt: str,
         history: list[ModelMessage],
+        text: list[str],
     ) -> None:
         started = time.perf_counter()
         first_token: float | None = None
-        text: list[str] = []
         result: AgentRunResult[str] | None = None
         async with self._agent.run_stream_events(prompt, message_history=history) as stream:
             async for event in stream:
@@ -244,6 +300,22 @@ class RunExecutor:
         )
         await flusher.flush()
 
+    async def _record_cancel(
+        self,
+        conversation: Conversation,
+        flusher: _Flusher,
+        request: RunRequest,
+        cause: Cause,
+        partial: str,
+    ) -> None:
+        try:
+            await flusher.flush()
+            _cancel_end(cause, partial)(conversation, request.run_id)
+            await flusher.flush()
+        except Exception as error:
+            log.warning("run.cancel_on_reloaded", error=repr(error), run_id=request.run_id)
+            await asyncio.to_thread(self._end_reloaded, request, _cancel_end(cause, partial))
+
     async def _fail(
         self,
         conversation: Conversation,
@@ -260,17 +332,19 @@ class RunExecutor:
             await flusher.flush()
         except Exception as flush_error:
             log.warning("run.fail_on_reloaded", error=repr(flush_error), run_id=request.run_id)
-            await asyncio.to_thread(self._fail_reloaded, request, cause, error, message)
+            await asyncio.to_thread(
+                self._end_reloaded, request, _failure_end(cause, error, message)
+            )
 
-    def _fail_reloaded(self, request: RunRequest, cause: Cause, error: str, message: str) -> None:
-        """The live aggregate is out of step with the store: record the failure on a fresh one."""
+    def _end_reloaded(self, request: RunRequest, end: "_RunEnd") -> None:
+        """The live aggregate is out of step with the store: record the ending on a fresh one."""
         try:
             fresh = self._service.get_conversation(request.conversation_id)
             if fresh.active_run_id == request.run_id:
-                fresh.fail_run(run_id=request.run_id, error=error, message=message, cause=cause)
+                end(fresh, request.run_id)
                 self._service.save(fresh)
         except Exception as store_error:
-            log.error("run.failure_not_recorded", error=repr(store_error), run_id=request.run_id)
+            log.error("run.ending_not_recorded", error=repr(store_error), run_id=request.run_id)
 
     def _history(self, request: RunRequest) -> tuple[str, list[ModelMessage]]:
         """The prompt of this run and the history before it, rebuilt from events."""

@@ -18,6 +18,7 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.models import Model
 
 from threadlog.domain.application import ConversationService
+from threadlog.infra.control import RunControl
 from threadlog.infra.demo_model import demo_model
 from threadlog.infra.embedded import EmbeddedNats
 from threadlog.infra.feed import ConversationFeed
@@ -54,6 +55,7 @@ class Runtime:
     names: StreamNames
     feed: ConversationFeed
     executor: RunExecutor
+    control: RunControl
     model_name: str
     relay: Relay | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -77,6 +79,20 @@ class Runtime:
             js = nc.jetstream()
             await ensure_stream(js, names)
             event_log = EventLog(service)
+            executor = RunExecutor(
+                service,
+                event_log,
+                writer,
+                agent,
+                policy=FlushPolicy(
+                    batch_size=settings.token_batch_size,
+                    interval_seconds=settings.token_flush_interval_ms / 1000,
+                ),
+                snapshot_interval=settings.snapshot_interval,
+            )
+            control = RunControl(nc, names, executor)
+            await control.start()
+            stack.push_async_callback(control.stop)
             runtime = cls(
                 settings=settings,
                 service=service,
@@ -86,17 +102,8 @@ class Runtime:
                 js=js,
                 names=names,
                 feed=ConversationFeed(event_log, nc, names),
-                executor=RunExecutor(
-                    service,
-                    event_log,
-                    writer,
-                    agent,
-                    policy=FlushPolicy(
-                        batch_size=settings.token_batch_size,
-                        interval_seconds=settings.token_flush_interval_ms / 1000,
-                    ),
-                    snapshot_interval=settings.snapshot_interval,
-                ),
+                executor=executor,
+                control=control,
                 model_name=settings.model if model is None else model.model_name,
             )
             if settings.relay:

@@ -45,6 +45,12 @@ class Settings:
     sse_heartbeat_seconds: float = 15.0
     relay: bool = True
     relay_batch_size: int = 500
+    # Run the read-model projections in this process (run them in exactly one process).
+    projections: bool = True
+    # Events applied to a read model per transaction at most.
+    projection_batch_size: int = 500
+    # How long a read with `min_position` waits for the read model to reach it (then 503).
+    read_wait_seconds: float = 5.0
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"
@@ -53,6 +59,11 @@ class Settings:
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "events.sqlite"
+
+    @property
+    def read_models_dir(self) -> Path:
+        """SQLite only: one database file per read model (PostgreSQL keeps them with the events)."""
+        return self.data_dir / "read_models"
 
     @property
     def nats_data_dir(self) -> Path:
@@ -83,10 +94,13 @@ class Settings:
             "page_size",
             "max_page_size",
             "relay_batch_size",
+            "projection_batch_size",
         )
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
+        if self.read_wait_seconds < 0:
+            raise SettingsError(f"{PREFIX}READ_WAIT_SECONDS must not be negative")
         if self.sse_heartbeat_seconds <= 0 or self.token_flush_interval_ms < 0:
             raise SettingsError("heartbeat and flush intervals must be positive")
         if self.database_url is not None and not self.database_url.startswith(

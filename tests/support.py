@@ -22,7 +22,7 @@ from threadlog.http.app import create_app
 from threadlog.infra.embedded import free_port
 from threadlog.infra.settings import Settings
 
-TERMINAL = {"RunCompleted", "RunFailed"}
+TERMINAL = {"RunCompleted", "RunFailed", "RunCancelled"}
 
 
 def settings_for(

@@ -64,7 +64,7 @@ async def stream_contents(url: str, names: StreamNames) -> list[tuple[str, int, 
         js = nc.jetstream()
         total = (await js.stream_info(names.stream)).state.messages
         subscription = await js.subscribe(
-            names.all_subjects, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+            names.event_subjects, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
         )
         rows = []
         for _ in range(total):

@@ -16,6 +16,7 @@ from threadlog.domain.events import (
     Cause,
     ConversationStarted,
     MessagePosted,
+    RunCancelled,
     RunStarted,
     TokenStreamed,
     event_data,
@@ -168,3 +169,23 @@ def test_content_over_the_limit_is_too_large() -> None:
 
 def test_nul_characters_and_emoji_are_valid_content() -> None:
     assert validate_content("a\x00b😀", 1000) == "a\x00b😀".encode()
+
+
+def test_cancelling_the_active_run_frees_the_conversation_and_keeps_the_partial_text() -> None:
+    conversation = started()
+    posted = conversation.post_message(
+        content="one", client_message_id=None, model="demo", cause=CAUSE
+    )
+    conversation.stream_token(run_id=posted.run_id, part=0, delta="Hal", cause=CAUSE)
+    conversation.cancel_run(
+        run_id=posted.run_id, reason="user", partial_content="Hal", cause=CAUSE
+    )
+    last = conversation.collect_events()[-1]
+    assert isinstance(last, RunCancelled) and last.partial_content == "Hal"
+    assert conversation.active_run_id is None
+
+
+def test_cancelling_a_run_that_is_not_active_is_refused() -> None:
+    conversation = started()
+    with pytest.raises(RunNotActive):
+        conversation.cancel_run(run_id="gone", reason="user", partial_content="", cause=CAUSE)

@@ -1,0 +1,75 @@
+"""Run control across processes: a cancel reaches whichever process runs the run.
+
+Every process answers, on NATS request/reply, for the runs its executor holds; a
+process that does not hold the run stays silent. No answer within the wait means
+no process runs it (the run ended, or never existed).
+"""
+
+import contextlib
+
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from threadlog.domain.errors import RunNotFound
+from threadlog.domain.events import Cause
+from threadlog.infra.nats import StreamNames
+from threadlog.infra.runs import RunExecutor
+
+log = structlog.get_logger(__name__)
+
+CANCEL = "cancel"
+REMOTE_WAIT_SECONDS = 2.0
+
+
+class _CancelRequest(msgspec.Struct, frozen=True):
+    actor: str
+    correlation_id: str
+
+
+class RunControl:
+    def __init__(self, nc: NatsClient, names: StreamNames, executor: RunExecutor) -> None:
+        self._nc = nc
+        self._names = names
+        self._executor = executor
+        self._subscription: Subscription | None = None
+
+    async def start(self) -> None:
+        self._subscription = await self._nc.subscribe(
+            self._names.run_control_wildcard(CANCEL), cb=self._on_cancel
+        )
+
+    async def stop(self) -> None:
+        if self._subscription is not None and not self._nc.is_closed:
+            with contextlib.suppress(nats.errors.Error):
+                await self._subscription.unsubscribe()
+
+    async def cancel(self, run_id: str, cause: Cause) -> None:
+        """Cancels the run wherever it runs; raises RunNotFound when no process runs it."""
+        if await self._executor.cancel(run_id, cause):
+            return
+        request = _CancelRequest(actor=cause.actor, correlation_id=cause.correlation_id)
+        try:
+            await self._nc.request(
+                self._names.run_control_subject(run_id, CANCEL),
+                msgspec.json.encode(request),
+                timeout=REMOTE_WAIT_SECONDS,
+            )
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            raise RunNotFound(run_id) from None
+
+    async def _on_cancel(self, message: Msg) -> None:
+        run_id = message.subject.split(".")[-2]
+        if not self._executor.is_running(run_id):
+            return
+        try:
+            request = msgspec.json.decode(message.data, type=_CancelRequest)
+        except msgspec.DecodeError:
+            log.warning("control.bad_cancel_request", run_id=run_id)
+            return
+        cause = Cause(actor=request.actor, correlation_id=request.correlation_id)
+        if await self._executor.cancel(run_id, cause):
+            await message.respond(b'{"status":"cancelled"}')

@@ -1,0 +1,74 @@
+"""Cancelling a run: the model stream stops, the streamed tokens stay, the run ends
+with RunCancelled and the conversation takes the next message."""
+
+from __future__ import annotations
+
+import uuid
+
+from tests.e2e.conftest import SettingsFactory
+from tests.support import (
+    LiveServer,
+    create_conversation,
+    post_message,
+    read_sse,
+    scripted_model,
+    stored_events,
+    wait_for_run_end,
+)
+
+TOKENS = [f"w{i} " for i in range(200)]
+
+
+def test_cancelling_a_run_keeps_its_tokens_and_frees_the_conversation(
+    make_settings: SettingsFactory,
+) -> None:
+    slow = scripted_model(TOKENS, delay=0.02)
+    with LiveServer(make_settings(), slow) as server, server.client() as client:
+        conversation_id = create_conversation(client)
+        run_id = post_message(client, conversation_id, "talk for a while")["run_id"]
+        read_sse(
+            client,
+            f"/v1/conversations/{conversation_id}/events",
+            until=lambda e: e.event == "TokenStreamed" and e.id >= 6,
+        )
+        response = client.post(f"/v1/runs/{run_id}/cancel")
+        assert response.status_code == 202, response.text
+        events = stored_events(client, conversation_id)
+        assert events[-1]["type"] == "RunCancelled"
+        tokens = [e["data"]["delta"] for e in events if e["type"] == "TokenStreamed"]
+        assert 3 <= len(tokens) < len(TOKENS)
+        assert events[-1]["data"]["partial_content"] == "".join(tokens)
+        assert not any(e["type"] in ("RunCompleted", "RunFailed") for e in events)
+        post_message(client, conversation_id, "next")
+        assert wait_for_run_end(client, conversation_id, timeout=30)[-1]["type"] in (
+            "RunCompleted",
+        )
+
+
+def test_cancelling_a_run_no_process_runs_is_404(make_settings: SettingsFactory) -> None:
+    with LiveServer(make_settings(), scripted_model(["ok"])) as server, server.client() as client:
+        response = client.post(f"/v1/runs/{uuid.uuid4()}/cancel")
+        assert response.status_code == 404
+        assert response.json()["error"] == "run_not_found"
+
+
+def test_a_cancel_sent_to_another_api_process_reaches_the_run(
+    make_settings: SettingsFactory,
+) -> None:
+    slow = scripted_model(TOKENS, delay=0.02)
+    with (
+        LiveServer(make_settings(), slow) as runner,
+        LiveServer(make_settings(relay=False), slow) as other,
+        runner.client() as runner_client,
+        other.client() as other_client,
+    ):
+        conversation_id = create_conversation(runner_client)
+        run_id = post_message(runner_client, conversation_id, "go")["run_id"]
+        read_sse(
+            other_client,
+            f"/v1/conversations/{conversation_id}/events",
+            until=lambda e: e.event == "TokenStreamed",
+        )
+        assert other_client.post(f"/v1/runs/{run_id}/cancel").status_code == 202
+        events = wait_for_run_end(other_client, conversation_id)
+    assert events[-1]["type"] == "RunCancelled"
