@@ -177,9 +177,7 @@ def test_cancelling_the_active_run_frees_the_conversation_and_keeps_the_partial_
         content="one", client_message_id=None, model="demo", cause=CAUSE
     )
     conversation.stream_token(run_id=posted.run_id, part=0, delta="Hal", cause=CAUSE)
-    conversation.cancel_run(
-        run_id=posted.run_id, reason="user", partial_content="Hal", cause=CAUSE
-    )
+    conversation.cancel_run(run_id=posted.run_id, reason="user", partial_content="Hal", cause=CAUSE)
     last = conversation.collect_events()[-1]
     assert isinstance(last, RunCancelled) and last.partial_content == "Hal"
     assert conversation.active_run_id is None
