@@ -5,13 +5,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from uuid import UUID
 
+import msgspec
 import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 
-from threadlog.domain.conversation import Conversation
+from threadlog.domain.conversation import Conversation, PostedMessage
 from threadlog.domain.errors import ConversationNotFound
 from threadlog.domain.events import Cause
 from threadlog.http.context import request_id_of
@@ -22,9 +23,11 @@ from threadlog.http.schemas import (
     EventPage,
     MessageAccepted,
     PostMessage,
+    RunResult,
 )
 from threadlog.infra.envelope import envelope_of
 from threadlog.infra.feed import FeedEvent
+from threadlog.infra.outcomes import run_outcome
 from threadlog.infra.runs import RunRequest
 from threadlog.infra.runtime import Runtime
 
@@ -82,6 +85,54 @@ def sse_frame(item: FeedEvent) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (item.position, item.type.encode(), item.payload)
 
 
+RUN_ENDINGS = frozenset({"RunCompleted", "RunFailed", "RunCancelled"})
+
+
+class _RunRef(msgspec.Struct):
+    run_id: str = ""
+
+
+class _Ending(msgspec.Struct):
+    data: _RunRef
+
+
+_ending_decoder = msgspec.json.Decoder(_Ending)
+
+
+def _ends_run(item: FeedEvent, run_id: str) -> bool:
+    return item.type in RUN_ENDINGS and _ending_decoder.decode(item.payload).data.run_id == run_id
+
+
+def _event_stream(frames: AsyncIterator[bytes]) -> Stream:
+    return Stream(
+        frames,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _result(
+    runtime: Runtime, conversation_id: UUID, posted: PostedMessage
+) -> Response[RunResult]:
+    await runtime.executor.wait(posted.run_id, runtime.settings.run_wait_seconds)
+    outcome = await asyncio.to_thread(
+        run_outcome, runtime.event_log, conversation_id, posted.run_id, after=posted.position
+    )
+    result = RunResult(
+        conversation_id=str(conversation_id),
+        run_id=posted.run_id,
+        message_id=posted.message_id,
+        status=outcome.status if outcome else "running",
+        position=outcome.position if outcome else None,
+        reply_message_id=outcome.reply_message_id if outcome else None,
+        reply=outcome.reply if outcome else None,
+        usage=outcome.usage if outcome else None,
+        error=outcome.error if outcome else None,
+        error_message=outcome.error_message if outcome else None,
+    )
+    return Response(result, status_code=200 if outcome else 202)
+
+
 class ConversationController(Controller):
     path = "/v1/conversations"
     tags = ["conversations"]
@@ -115,6 +166,13 @@ class ConversationController(Controller):
         "/{conversation_id:uuid}/messages",
         status_code=202,
         summary="Post a user message; it starts an agent run",
+        description=(
+            "Three ways to run. By default answers 202 at once with the message and run ids "
+            "(watch `/events`). With `?wait=true` answers 200 with the run's result when it "
+            "ends (202 with status `running` after `THREADLOG_RUN_WAIT_SECONDS`). With "
+            "`Accept: text/event-stream` streams this run's events and closes after its "
+            "last one."
+        ),
     )
     async def post_message(
         self,
@@ -122,7 +180,10 @@ class ConversationController(Controller):
         runtime: NamedDependency[Runtime],
         conversation_id: FromPath[UUID],
         data: JSONBody[PostMessage],
-    ) -> MessageAccepted:
+        wait: Annotated[
+            bool, QueryParameter(description="Answer with the run's result when it ends")
+        ] = False,
+    ) -> Response[Any]:
         written = await asyncio.to_thread(
             runtime.service.post_message,
             conversation_id,
@@ -141,7 +202,13 @@ class ConversationController(Controller):
                     correlation_id=request_id_of(request) or "",
                 )
             )
-        return MessageAccepted(
+        if "text/event-stream" in request.headers.get("accept", ""):
+            return _event_stream(
+                self._sse(runtime, conversation_id, posted.position - 1, until_run=posted.run_id)
+            )
+        if wait:
+            return await _result(runtime, conversation_id, posted)
+        accepted = MessageAccepted(
             conversation_id=str(conversation_id),
             message_id=posted.message_id,
             run_id=posted.run_id,
@@ -150,6 +217,7 @@ class ConversationController(Controller):
             duplicate=posted.duplicate,
             events_url=f"/v1/conversations/{conversation_id}/events?after={posted.position - 1}",
         )
+        return Response(accepted, status_code=202)
 
     @get(
         "/{conversation_id:uuid}/events",
@@ -187,15 +255,12 @@ class ConversationController(Controller):
             items = [envelope_of(item) for item in logged[:page_size]]
             more = len(logged) > page_size
             return Response(EventPage(items=items, next=items[-1].position if more else None))
-        return Stream(
-            self._sse(runtime, conversation_id, start),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return _event_stream(self._sse(runtime, conversation_id, start))
 
     async def _sse(
-        self, runtime: Runtime, conversation_id: UUID, after: int
+        self, runtime: Runtime, conversation_id: UUID, after: int, until_run: str | None = None
     ) -> AsyncIterator[bytes]:
+        """SSE frames from `after` on; with `until_run`, closes after that run's last event."""
         yield b"retry: 1000\n\n"
         try:
             async for item in runtime.feed.follow(
@@ -203,7 +268,12 @@ class ConversationController(Controller):
                 after=after,
                 heartbeat_seconds=runtime.settings.sse_heartbeat_seconds,
             ):
-                yield sse_frame(item) if isinstance(item, FeedEvent) else b": heartbeat\n\n"
+                if not isinstance(item, FeedEvent):
+                    yield b": heartbeat\n\n"
+                    continue
+                yield sse_frame(item)
+                if until_run is not None and _ends_run(item, until_run):
+                    return
         except Exception as error:
             # Headers are sent: the status cannot change. End with a final event that says
             # why; the client reconnects with Last-Event-ID and loses nothing.

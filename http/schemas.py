@@ -46,6 +46,19 @@ class MessageAccepted(msgspec.Struct, frozen=True, kw_only=True):
     events_url: str
 
 
+class RunResult(msgspec.Struct, frozen=True, kw_only=True):
+    conversation_id: str
+    run_id: str
+    message_id: str
+    status: str
+    position: int | None
+    reply_message_id: str | None
+    reply: str | None
+    usage: dict[str, Any] | None
+    error: str | None
+    error_message: str | None
+
+
 class EventPage(msgspec.Struct, frozen=True, kw_only=True):
     items: list[EventEnvelope]
     next: int | None

@@ -180,6 +180,12 @@ class RunExecutor:
     def is_running(self, run_id: str) -> bool:
         return run_id in self._tasks
 
+    async def wait(self, run_id: str, seconds: float) -> None:
+        """Waits, at most `seconds`, for a run of this process to end."""
+        task = self._tasks.get(run_id)
+        if task is not None:
+            await asyncio.wait({task}, timeout=seconds)
+
     async def cancel(self, run_id: str, cause: Cause) -> bool:
         """Stops a run of this process; it records RunCancelled. False if it is not here."""
         task = self._tasks.get(run_id)

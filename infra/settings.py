@@ -43,6 +43,8 @@ class Settings:
     page_size: int = 100
     max_page_size: int = 1000
     sse_heartbeat_seconds: float = 15.0
+    # How long `POST …/messages?wait=true` waits for the run before answering "running".
+    run_wait_seconds: float = 120.0
     relay: bool = True
     relay_batch_size: int = 500
     # Run the read-model projections in this process (run them in exactly one process).
