@@ -15,7 +15,6 @@ from threadlog.http.context import request_context
 from threadlog.http.conversations import ConversationController
 from threadlog.http.errors import exception_handlers
 from threadlog.http.health import HealthController
-from threadlog.http.reads import ReadController
 from threadlog.http.runs import RunController
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings
@@ -38,7 +37,7 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
 
     handlers: Any = exception_handlers()
     app = Litestar(
-        route_handlers=[ConversationController, ReadController, RunController, HealthController],
+        route_handlers=[ConversationController, RunController, HealthController],
         dependencies={"runtime": Provide(_runtime, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers=handlers,
