@@ -55,9 +55,15 @@ class ConversationService(Application[UUID]):
         title: str,
         metadata: dict[str, Any],
         cause: Cause,
+        busy_policy: str = "reject",
     ) -> Written[Conversation]:
         conversation = Conversation.start(
-            owner=owner, agent=agent, title=title, metadata=metadata, cause=cause
+            owner=owner,
+            agent=agent,
+            title=title,
+            metadata=metadata,
+            cause=cause,
+            busy_policy=busy_policy,
         )
         recordings = self.save(conversation)
         return Written(value=conversation, global_position=last_global_position(recordings))

@@ -13,12 +13,14 @@ from eventsourcing.domain import Aggregate
 
 from threadlog.domain.chain import GENESIS_HASH, chain_hash
 from threadlog.domain.errors import (
+    InvalidConversation,
     InvalidMessage,
     MessageTooLarge,
     RunAlreadyActive,
     RunNotActive,
 )
 from threadlog.domain.events import (
+    BUSY_POLICIES,
     Cause,
     ConversationEvent,
     ConversationStarted,
@@ -30,6 +32,7 @@ from threadlog.domain.events import (
     RunStarted,
     TokenStreamed,
     chain_document,
+    event_data,
     schema_version,
 )
 
@@ -42,6 +45,7 @@ class PostedMessage:
     run_id: str
     position: int
     duplicate: bool = False
+    queued: bool = False
 
 
 def _chained_fields(
@@ -94,11 +98,19 @@ def validate_content(content: str, max_bytes: int) -> bytes:
 
 
 class Conversation(Aggregate):
-    def __init__(self, owner: str, agent: str, title: str, metadata: dict[str, Any]) -> None:
+    def __init__(
+        self, owner: str, agent: str, title: str, metadata: dict[str, Any], busy_policy: str
+    ) -> None:
         self.owner = owner
         self.agent = agent
         self.title = title
         self.metadata = metadata
+        self.busy_policy = busy_policy
+        # Queued user messages, oldest first: [message_id, run_id, correlation_id].
+        self.queue: list[list[str]] = []
+        self.model = ""  # the model of the latest run
+        self.active_message_id = ""
+        self.active_correlation_id = ""
         self.last_hash = GENESIS_HASH
         self.active_run_id: str | None = None
         self.message_count = 0
@@ -114,9 +126,18 @@ class Conversation(Aggregate):
         title: str,
         metadata: dict[str, Any],
         cause: Cause,
+        busy_policy: str = "reject",
     ) -> "Conversation":
+        if busy_policy not in BUSY_POLICIES:
+            raise InvalidConversation(f"busy_policy must be one of {', '.join(BUSY_POLICIES)}")
         conversation_id = uuid4()
-        data = {"owner": owner, "agent": agent, "title": title, "metadata": metadata}
+        data = {
+            "owner": owner,
+            "agent": agent,
+            "title": title,
+            "metadata": metadata,
+            "busy_policy": busy_policy,
+        }
         fields = _chained_fields(conversation_id, 1, GENESIS_HASH, ConversationStarted, cause, data)
         return cls._create(ConversationStarted, id=conversation_id, **fields)
 
@@ -129,14 +150,19 @@ class Conversation(Aggregate):
     def post_message(
         self, *, content: str, client_message_id: str | None, model: str, cause: Cause
     ) -> PostedMessage:
-        """Records a user message and the run it starts (the `reject` policy)."""
+        """Records a user message and the run it starts, or queues it behind the active run.
+
+        While a run is active, `enqueue` queues the message; `reject` and `interrupt`
+        refuse it (interrupting is the caller's to do: cancel the run, then post again).
+        """
         if client_message_id is not None and client_message_id in self.client_messages:
             message_id, run_id, position = self.client_messages[client_message_id]
             return PostedMessage(
                 message_id=message_id, run_id=run_id, position=position, duplicate=True
             )
-        if self.active_run_id is not None:
-            raise RunAlreadyActive(self.id, self.active_run_id)
+        busy = self.active_run_id is not None
+        if busy and self.busy_policy != "enqueue":
+            raise RunAlreadyActive(self.id, self.active_run_id or "", self.busy_policy)
         message_id, run_id = str(uuid4()), str(uuid4())
         self._record(
             MessagePosted,
@@ -146,18 +172,48 @@ class Conversation(Aggregate):
             role="user",
             content=content,
             client_message_id=client_message_id,
+            queued=busy,
         )
         position = self.version
+        if not busy:
+            self._start_run(run_id, message_id, cause.correlation_id, model)
+        return PostedMessage(message_id=message_id, run_id=run_id, position=position, queued=busy)
+
+    def _start_run(self, run_id: str, message_id: str, correlation_id: str, model: str) -> None:
         self._record(
             RunStarted,
-            Cause(actor="system", correlation_id=cause.correlation_id, causation_id=message_id),
+            Cause(actor="system", correlation_id=correlation_id, causation_id=message_id),
             run_id=run_id,
             message_id=message_id,
             agent=self.agent,
             model=model,
             settings={},
         )
-        return PostedMessage(message_id=message_id, run_id=run_id, position=position)
+
+    def _start_next_queued(self) -> None:
+        """A run ended: the oldest queued message's run starts now."""
+        if self.queue:
+            message_id, run_id, correlation_id = self.queue[0]
+            # A queued run uses the model of the run that just ended.
+            self._start_run(run_id, message_id, correlation_id, self.model)
+
+    def redo(self, event: ConversationEvent) -> None:
+        """Records again, at this aggregate's next position, an event a stale copy decided.
+
+        A run's executor decides events on its live copy; when another writer appended
+        first, they are redone here. A RunStarted is derived again by the ending before it.
+        """
+        if isinstance(event, RunStarted):
+            return
+        run_id = getattr(event, "run_id", None)
+        if run_id is not None:
+            self._require_active(run_id)
+        cause = Cause(
+            actor=event.actor, correlation_id=event.correlation_id, causation_id=event.causation_id
+        )
+        self._record(type(event), cause, **event_data(event))
+        if isinstance(event, (RunCompleted, RunFailed, RunCancelled)):
+            self._start_next_queued()
 
     def _require_active(self, run_id: str) -> None:
         if self.active_run_id != run_id:
@@ -201,13 +257,16 @@ class Conversation(Aggregate):
             duration_ms=duration_ms,
             time_to_first_token_ms=time_to_first_token_ms,
         )
+        self._start_next_queued()
 
     def cancel_run(self, *, run_id: str, reason: str, partial_content: str, cause: Cause) -> None:
         self._require_active(run_id)
         self._record(
             RunCancelled, cause, run_id=run_id, reason=reason, partial_content=partial_content
         )
+        self._start_next_queued()
 
     def fail_run(self, *, run_id: str, error: str, message: str, cause: Cause) -> None:
         self._require_active(run_id)
         self._record(RunFailed, cause, run_id=run_id, error=error, message=message)
+        self._start_next_queued()

@@ -20,13 +20,18 @@ class ConversationNotFound(DomainError):
 class RunAlreadyActive(DomainError):
     code = "run_active"
 
-    def __init__(self, conversation_id: UUID, run_id: str) -> None:
+    def __init__(self, conversation_id: UUID, run_id: str, policy: str = "reject") -> None:
         super().__init__(
             f"conversation {conversation_id} already has an active run ({run_id}); "
             "wait for it to end before posting another message"
         )
         self.conversation_id = conversation_id
         self.run_id = run_id
+        self.policy = policy
+
+
+class InvalidConversation(DomainError):
+    code = "invalid_conversation"
 
 
 class InvalidMessage(DomainError):

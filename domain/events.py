@@ -59,11 +59,16 @@ class ConversationEvent(Aggregate.Event):
         """Changes the aggregate's state; most events change nothing but the chain."""
 
 
+BUSY_POLICIES = ("reject", "enqueue", "interrupt")
+
+
 class ConversationStarted(ConversationEvent, Aggregate.Created):
     owner: str
     agent: str
     title: str
     metadata: dict[str, Any]
+    # What a message arriving during a run does: one of BUSY_POLICIES.
+    busy_policy: str
 
 
 class MessagePosted(ConversationEvent):
@@ -72,9 +77,13 @@ class MessagePosted(ConversationEvent):
     role: str
     content: str
     client_message_id: str | None
+    # True when it waits for the active run to end (the `enqueue` policy).
+    queued: bool
 
     def evolve(self, aggregate: Any) -> None:
         aggregate.message_count += 1
+        if self.queued:
+            aggregate.queue.append([self.message_id, self.run_id, self.correlation_id])
         if self.client_message_id is not None:
             aggregate.client_messages[self.client_message_id] = [
                 self.message_id,
@@ -92,6 +101,10 @@ class RunStarted(ConversationEvent):
 
     def evolve(self, aggregate: Any) -> None:
         aggregate.active_run_id = self.run_id
+        aggregate.active_message_id = self.message_id
+        aggregate.active_correlation_id = self.correlation_id
+        aggregate.model = self.model
+        aggregate.queue = [entry for entry in aggregate.queue if entry[1] != self.run_id]
 
 
 class TokenStreamed(ConversationEvent):

@@ -25,6 +25,7 @@ from threadlog.http.schemas import (
     PostMessage,
     RunResult,
 )
+from threadlog.infra import intake
 from threadlog.infra.envelope import envelope_of
 from threadlog.infra.feed import FeedEvent
 from threadlog.infra.outcomes import run_outcome
@@ -49,6 +50,8 @@ def conversation_out(
         agent=conversation.agent,
         title=conversation.title,
         metadata=conversation.metadata,
+        busy_policy=conversation.busy_policy,
+        queued_messages=len(conversation.queue),
         created_at=conversation.created_on.isoformat(),
         updated_at=conversation.modified_on.isoformat(),
         position=conversation.version,
@@ -152,6 +155,7 @@ class ConversationController(Controller):
             title=data.title or "New conversation",
             metadata=data.metadata,
             cause=cause_of(request),
+            busy_policy=data.busy_policy,
         )
         return conversation_out(written.value, written.global_position)
 
@@ -184,8 +188,9 @@ class ConversationController(Controller):
             bool, QueryParameter(description="Answer with the run's result when it ends")
         ] = False,
     ) -> Response[Any]:
-        written = await asyncio.to_thread(
-            runtime.service.post_message,
+        written = await intake.post_message(
+            runtime.service,
+            runtime.control,
             conversation_id,
             content=data.content,
             client_message_id=data.client_message_id,
@@ -193,7 +198,7 @@ class ConversationController(Controller):
             cause=cause_of(request),
         )
         posted = written.value
-        if not posted.duplicate:
+        if not posted.duplicate and not posted.queued:
             runtime.executor.start(
                 RunRequest(
                     conversation_id=conversation_id,
@@ -215,6 +220,7 @@ class ConversationController(Controller):
             position=posted.position,
             global_position=written.global_position,
             duplicate=posted.duplicate,
+            queued=posted.queued,
             events_url=f"/v1/conversations/{conversation_id}/events?after={posted.position - 1}",
         )
         return Response(accepted, status_code=202)

@@ -16,6 +16,7 @@ from threadlog.domain.errors import (
     ConcurrentWrite,
     ConversationNotFound,
     DomainError,
+    InvalidConversation,
     InvalidMessage,
     MessageTooLarge,
     RunAlreadyActive,
@@ -34,6 +35,7 @@ DOMAIN_STATUS: dict[type[DomainError], int] = {
     RunNotActive: 409,
     RunNotFound: 404,
     InvalidMessage: 400,
+    InvalidConversation: 400,
     MessageTooLarge: 413,
 }
 

@@ -1,6 +1,6 @@
 """Wire schemas: msgspec Structs that validate at the boundary."""
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -15,6 +15,9 @@ class CreateConversation(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     agent: AgentName | None = None
     title: Title | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    # What a message arriving during a run does: 409 (reject), wait its turn (enqueue),
+    # or cancel the active run and start (interrupt).
+    busy_policy: Literal["reject", "enqueue", "interrupt"] = "reject"
 
 
 class ConversationOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -23,6 +26,8 @@ class ConversationOut(msgspec.Struct, frozen=True, kw_only=True):
     agent: str
     title: str
     metadata: dict[str, Any]
+    busy_policy: str
+    queued_messages: int
     created_at: str
     updated_at: str
     position: int
@@ -43,6 +48,7 @@ class MessageAccepted(msgspec.Struct, frozen=True, kw_only=True):
     position: int
     global_position: int | None
     duplicate: bool
+    queued: bool
     events_url: str
 
 

@@ -7,11 +7,13 @@ most `batch_size` pending, and no later than `flush_interval` after the first.
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 from uuid import UUID
 
 import structlog
+from eventsourcing.persistence import IntegrityError
 from pydantic_ai import Agent
 from pydantic_ai.exceptions import ModelConnectionError, ModelHTTPError, UnexpectedModelBehavior
 from pydantic_ai.messages import (
@@ -29,7 +31,7 @@ from pydantic_ai.run import AgentRunResult, AgentRunResultEvent
 
 from threadlog.domain.application import ConversationService
 from threadlog.domain.conversation import Conversation
-from threadlog.domain.events import Cause, MessageCompleted, MessagePosted
+from threadlog.domain.events import Cause, ConversationEvent, MessageCompleted, MessagePosted
 from threadlog.infra.store import EventLog, topics_of
 from threadlog.infra.writer import EventWriter
 
@@ -51,10 +53,22 @@ class FlushPolicy:
 
 
 class _Flusher:
-    """Appends a live aggregate's pending events: by count, or after an interval."""
+    """Appends a live aggregate's pending events: by count, or after an interval.
 
-    def __init__(self, conversation: Conversation, writer: EventWriter, policy: FlushPolicy):
-        self._conversation = conversation
+    When another writer appended to the conversation first (a queued message, say),
+    the append conflicts: the flusher reloads the aggregate, redoes the events it had
+    decided on top, and carries on with the fresh copy as `conversation`.
+    """
+
+    def __init__(
+        self,
+        conversation: Conversation,
+        service: ConversationService,
+        writer: EventWriter,
+        policy: FlushPolicy,
+    ):
+        self.conversation = conversation
+        self._service = service
         self._writer = writer
         self._policy = policy
         self._lock = asyncio.Lock()
@@ -65,7 +79,7 @@ class _Flusher:
     async def added(self) -> None:
         if self._error is not None:
             raise self._error
-        if len(self._conversation.pending_events) >= self._policy.batch_size:
+        if len(self.conversation.pending_events) >= self._policy.batch_size:
             await self.flush()
         elif self._timer is None:
             loop = asyncio.get_running_loop()
@@ -90,9 +104,31 @@ class _Flusher:
         async with self._lock:
             if self._error is not None:
                 raise self._error
-            events = self._conversation.collect_events()
-            if events:
+            events = self.conversation.collect_events()
+            if not events:
+                return
+            try:
                 await self._writer.append(events)
+            except IntegrityError:
+                await self._rebase(cast(Sequence[ConversationEvent], events))
+
+    async def _rebase(self, decided: Sequence[ConversationEvent]) -> None:
+        for attempt in range(REBASE_ATTEMPTS):
+            fresh = await asyncio.to_thread(self._service.get_conversation, self.conversation.id)
+            for event in decided:
+                fresh.redo(event)
+            redone = fresh.collect_events()
+            try:
+                await self._writer.append(redone)
+            except IntegrityError:
+                if attempt == REBASE_ATTEMPTS - 1:
+                    raise
+                continue
+            # Events decided on the stale copy meanwhile move over too.
+            for late in self.conversation.collect_events():
+                fresh.redo(cast(ConversationEvent, late))
+            self.conversation = fresh
+            return
 
 
 def _text_delta(event: AgentStreamEvent | AgentRunResultEvent[str]) -> tuple[int, str] | None:
@@ -128,6 +164,8 @@ def usage_of(result: AgentRunResult[str]) -> dict[str, int]:
 
 
 _RunEnd = Callable[[Conversation, str], None]
+
+REBASE_ATTEMPTS = 3
 
 CANCEL_WAIT_SECONDS = 5.0
 INTERRUPTED = ("interrupted", "The run was interrupted because the server stopped.")
@@ -210,6 +248,27 @@ class RunExecutor:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, request: RunRequest) -> None:
+        await self._execute(request)
+        await self._start_next(request)
+
+    async def _start_next(self, ended: RunRequest) -> None:
+        """A run that ended may have started the next queued one (the `enqueue` policy)."""
+        conversation = await asyncio.to_thread(
+            self._service.get_conversation, ended.conversation_id
+        )
+        run_id = conversation.active_run_id
+        if run_id is None or run_id == ended.run_id or self.is_running(run_id):
+            return
+        self.start(
+            RunRequest(
+                conversation_id=ended.conversation_id,
+                run_id=run_id,
+                message_id=conversation.active_message_id,
+                correlation_id=conversation.active_correlation_id,
+            )
+        )
+
+    async def _execute(self, request: RunRequest) -> None:
         service = self._service
         cause = Cause(
             actor="agent", correlation_id=request.correlation_id, causation_id=request.run_id
@@ -234,25 +293,26 @@ class RunExecutor:
             correlation_id=request.correlation_id,
             causation_id=request.run_id,
         )
-        flusher = _Flusher(conversation, self._writer, self._policy)
+        flusher = _Flusher(conversation, service, self._writer, self._policy)
         bound = log.bind(run_id=request.run_id, conversation_id=str(request.conversation_id))
         text: list[str] = []
         try:
             prompt, history = await asyncio.to_thread(self._history, request)
-            await self._stream(conversation, flusher, request, cause, prompt, history, text)
-            bound.info("run.completed", events=conversation.version - first_version)
+            await self._stream(flusher, request, cause, prompt, history, text)
+            bound.info("run.completed", events=flusher.conversation.version - first_version)
         except asyncio.CancelledError:
             requested = self._cancel_requests.pop(request.run_id, None)
             if requested is not None:
-                await self._record_cancel(conversation, flusher, request, requested, "".join(text))
-                bound.info("run.cancelled", events=conversation.version - first_version)
+                await self._record_cancel(flusher, request, requested, "".join(text))
+                bound.info("run.cancelled", events=flusher.conversation.version - first_version)
                 return
-            await self._fail(conversation, flusher, request, cause, INTERRUPTED)
+            await self._fail(flusher, request, cause, INTERRUPTED)
             raise
         except Exception as error:
             bound.warning("run.failed", error=repr(error))
-            await self._fail(conversation, flusher, request, cause, safe_failure(error))
-        if (
+            await self._fail(flusher, request, cause, safe_failure(error))
+        conversation = flusher.conversation
+        if not conversation.pending_events and (
             conversation.version // self._snapshot_interval
             > first_version // self._snapshot_interval
         ):
@@ -260,7 +320,6 @@ class RunExecutor:
 
     async def _stream(
         self,
-        conversation: Conversation,
         flusher: _Flusher,
         request: RunRequest,
         cause: Cause,
@@ -282,12 +341,13 @@ class RunExecutor:
                 first_token = first_token or time.perf_counter()
                 part, chunk = delta
                 text.append(chunk)
-                conversation.stream_token(
+                flusher.conversation.stream_token(
                     run_id=request.run_id, part=part, delta=chunk, cause=cause
                 )
                 await flusher.added()
         if result is None:
             raise UnexpectedModelBehavior("the run ended without a result")
+        conversation = flusher.conversation
         conversation.complete_message(
             run_id=request.run_id,
             content="".join(text) if text else str(result.output),
@@ -308,7 +368,6 @@ class RunExecutor:
 
     async def _record_cancel(
         self,
-        conversation: Conversation,
         flusher: _Flusher,
         request: RunRequest,
         cause: Cause,
@@ -316,7 +375,7 @@ class RunExecutor:
     ) -> None:
         try:
             await flusher.flush()
-            _cancel_end(cause, partial)(conversation, request.run_id)
+            _cancel_end(cause, partial)(flusher.conversation, request.run_id)
             await flusher.flush()
         except Exception as error:
             log.warning("run.cancel_on_reloaded", error=repr(error), run_id=request.run_id)
@@ -324,7 +383,6 @@ class RunExecutor:
 
     async def _fail(
         self,
-        conversation: Conversation,
         flusher: _Flusher,
         request: RunRequest,
         cause: Cause,
@@ -334,7 +392,9 @@ class RunExecutor:
         try:
             # Keep the partial reply: its tokens are stored before the failure.
             await flusher.flush()
-            conversation.fail_run(run_id=request.run_id, error=error, message=message, cause=cause)
+            flusher.conversation.fail_run(
+                run_id=request.run_id, error=error, message=message, cause=cause
+            )
             await flusher.flush()
         except Exception as flush_error:
             log.warning("run.fail_on_reloaded", error=repr(flush_error), run_id=request.run_id)

@@ -43,6 +43,7 @@ def test_starting_a_conversation_records_conversation_started_at_position_1() ->
         "agent": "demo",
         "title": "Hello",
         "metadata": {"k": "v"},
+        "busy_policy": "reject",
     }
     assert event.actor == "user:alice"
     assert event.correlation_id == "req-1"
