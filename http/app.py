@@ -15,6 +15,7 @@ from threadlog.http.context import request_context
 from threadlog.http.conversations import ConversationController
 from threadlog.http.errors import exception_handlers
 from threadlog.http.health import HealthController
+from threadlog.http.reads import READ_HANDLERS
 from threadlog.http.runs import RunController
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings
@@ -37,7 +38,8 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
 
     handlers: Any = exception_handlers()
     app = Litestar(
-        route_handlers=[ConversationController, RunController, HealthController],
+        # READ_HANDLERS share ConversationController's paths: they must come after it.
+        route_handlers=[ConversationController, *READ_HANDLERS, RunController, HealthController],
         dependencies={"runtime": Provide(_runtime, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers=handlers,

@@ -25,6 +25,7 @@ from threadlog.domain.errors import (
 )
 from threadlog.http.context import request_id_of
 from threadlog.http.schemas import ErrorBody
+from threadlog.projections.read_models import ReadModelBehind
 
 log = structlog.get_logger(__name__)
 
@@ -147,6 +148,18 @@ def _unavailable(request: RequestAny, error: Exception) -> Response[ErrorBody]:
     )
 
 
+def _behind(request: RequestAny, error: Exception) -> Response[ErrorBody]:
+    assert isinstance(error, ReadModelBehind)
+    return error_response(
+        request,
+        503,
+        "read_model_behind",
+        f"{error}; retry shortly",
+        {"read_model": error.name, "min_position": error.position, "reached": error.reached},
+        headers={"Retry-After": "1"},
+    )
+
+
 def _decode(request: RequestAny, error: Exception) -> Response[ErrorBody]:
     return error_response(request, 400, "validation_error", f"invalid request body: {error}")
 
@@ -167,4 +180,6 @@ def exception_handlers() -> dict[type[Exception], Callable[[RequestAny, Any], Re
     }
     for kind in UNAVAILABLE:
         handlers[kind] = _unavailable
+    # More specific than OperationalError, which it is: Litestar picks the closest class.
+    handlers[ReadModelBehind] = _behind
     return handlers

@@ -27,6 +27,8 @@ class HealthController(Controller):
         }
         if runtime.relay is not None:
             checks["relay_position"] = str(runtime.relay.published_position)
+        for status in await asyncio.to_thread(runtime.read_models.status):
+            checks[f"projection_{status.name}_lag"] = str(status.lag)
         ok = checks["store"] == "ok" and checks["nats"] == "ok"
         return Response(
             HealthOut(status="ok" if ok else "unavailable", checks=checks),

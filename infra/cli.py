@@ -5,6 +5,7 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,8 +16,12 @@ from threadlog.http.app import create_app
 from threadlog.infra.logging import configure_logging
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings, SettingsError
+from threadlog.infra.store import open_service, store_environment
+from threadlog.projections.read_models import RateReport, ReadModels, read_model_classes
 
 log = structlog.get_logger(__name__)
+
+READ_MODEL_NAMES = [model.name for model in read_model_classes()]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +35,21 @@ def _parser() -> argparse.ArgumentParser:
         "worker", help="run the background pipeline (the relay to NATS) without the API"
     )
     worker.add_argument("--data-dir", type=Path, help="THREADLOG_DATA_DIR")
+    projections = commands.add_parser("projections", help="operate the read models")
+    projections.add_argument("--data-dir", type=Path, help="THREADLOG_DATA_DIR")
+    actions = projections.add_subparsers(dest="action", required=True)
+    actions.add_parser("status", help="each read model's position and lag behind the store")
+    rebuild = actions.add_parser(
+        "rebuild",
+        help="delete a read model's rows and checkpoint and replay the whole log "
+        "(stop the processes that run it first)",
+    )
+    rebuild.add_argument("name", nargs="?", choices=READ_MODEL_NAMES, help="default: all")
+    actions.add_parser(
+        "run",
+        help="follow the log and keep the read models current (THREADLOG_PROJECTIONS=false "
+        "on the API nodes)",
+    )
     return parser
 
 
@@ -69,6 +89,46 @@ async def _work(settings: Settings) -> None:
     log.info("worker.stopped")
 
 
+def projections(settings: Settings, action: str, name: str | None) -> None:
+    service = open_service(settings)
+    try:
+        read_models = ReadModels.open(
+            service,
+            store_environment(settings),
+            settings.read_models_dir,
+            batch_size=settings.projection_batch_size,
+            names=(name,) if name else None,
+        )
+        try:
+            if action == "status":
+                for status in read_models.status():
+                    print(
+                        f"{status.name}\tposition {status.position}\t"
+                        f"store {status.store_position}\tlag {status.lag}"
+                    )
+            elif action == "rebuild":
+                for runner in read_models.runners.values():
+                    report = RateReport(runner.name, sys.stderr.write)
+                    runner.rebuild(progress=report)
+                    report.finish()
+            else:
+                _follow_until_signalled(read_models)
+        finally:
+            read_models.close()
+    finally:
+        service.close()
+
+
+def _follow_until_signalled(read_models: ReadModels) -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    read_models.start()
+    log.info("projections.running", names=list(read_models.runners))
+    stop.wait()
+    log.info("projections.stopped")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
@@ -79,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if args.command == "serve":
             serve(settings)
+        elif args.command == "projections":
+            projections(settings, args.action, getattr(args, "name", None))
         else:
             asyncio.run(_work(settings))
     except SettingsError as error:

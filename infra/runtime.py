@@ -26,8 +26,9 @@ from threadlog.infra.nats import StreamNames, connect, ensure_stream
 from threadlog.infra.relay import Relay
 from threadlog.infra.runs import FlushPolicy, RunExecutor
 from threadlog.infra.settings import Settings, SettingsError
-from threadlog.infra.store import EventLog, open_service
+from threadlog.infra.store import EventLog, open_service, store_environment
 from threadlog.infra.writer import EventWriter
+from threadlog.projections.read_models import ReadModels
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +58,7 @@ class Runtime:
     executor: RunExecutor
     control: RunControl
     model_name: str
+    read_models: ReadModels
     relay: Relay | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -79,6 +81,14 @@ class Runtime:
             js = nc.jetstream()
             await ensure_stream(js, names)
             event_log = EventLog(service)
+            read_models = await asyncio.to_thread(
+                ReadModels.open,
+                service,
+                store_environment(settings),
+                settings.read_models_dir,
+                batch_size=settings.projection_batch_size,
+            )
+            stack.callback(read_models.close)
             executor = RunExecutor(
                 service,
                 event_log,
@@ -105,7 +115,10 @@ class Runtime:
                 executor=executor,
                 control=control,
                 model_name=settings.model if model is None else model.model_name,
+                read_models=read_models,
             )
+            if settings.projections:
+                read_models.start()
             if settings.relay:
                 runtime.relay = Relay(service, js, names, batch_size=settings.relay_batch_size)
                 runtime.background.append(asyncio.create_task(runtime.relay.run_forever()))

@@ -1,0 +1,236 @@
+"""Reads from the read models: conversation lists and message histories.
+
+Both take `min_position` (a global position, as writes return it): the answer then
+reflects at least every event up to it. The read model is waited for up to
+`THREADLOG_READ_WAIT_SECONDS`; past that the answer is 503 with `Retry-After`
+rather than a stale page that silently breaks read-your-writes.
+"""
+
+import asyncio
+import base64
+import binascii
+import json
+from datetime import datetime
+from typing import Annotated, Any, cast, get_args
+from uuid import UUID
+
+import msgspec
+from litestar import Request, get
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, QueryParameter
+
+from threadlog.domain.errors import ConversationNotFound
+from threadlog.http.conversations import ANONYMOUS
+from threadlog.http.errors import BadRequest
+from threadlog.infra.runtime import Runtime
+from threadlog.projections.conversation_list import (
+    ConversationList,
+    ConversationSummary,
+    ListQuery,
+    RunStatus,
+    list_conversations,
+)
+from threadlog.projections.message_history import Message, MessageHistory, read_messages
+from threadlog.projections.views import to_micros
+
+MAX_POSITION = 2**63 - 1
+MinPosition = Annotated[
+    int | None,
+    QueryParameter(
+        ge=0,
+        le=MAX_POSITION,
+        description="A global position (a write's `global_position`) the answer must reflect",
+    ),
+]
+Limit = Annotated[int | None, QueryParameter(ge=1, description="Page size")]
+
+
+class ConversationSummaryOut(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    owner: str
+    agent: str
+    title: str
+    created_at: str
+    last_activity_at: str
+    message_count: int
+    run_status: str
+    position: int
+
+
+class ConversationListPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[ConversationSummaryOut]
+    next: str | None
+
+
+class MessageOut(msgspec.Struct, frozen=True, kw_only=True):
+    message_id: str
+    run_id: str
+    role: str
+    content: str
+    position: int
+    created_at: str
+
+
+class MessagePage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[MessageOut]
+    next: int | None
+
+
+def owner_of(request: Request[Any, Any, Any]) -> str:
+    """Whose conversations a caller sees. No authentication yet: everyone is anonymous."""
+    return ANONYMOUS
+
+
+def reject_unknown_parameters(request: Request[Any, Any, Any], known: frozenset[str]) -> None:
+    for name in request.query_params:
+        if name not in known:
+            raise BadRequest(f"unknown query parameter {name!r}", extra={"field": name})
+
+
+def encode_cursor(summary: ConversationSummary) -> str:
+    raw = json.dumps([to_micros(summary.last_activity_at), summary.id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, conversation_id = json.loads(raw)
+        if type(at) is not int or not isinstance(conversation_id, str):
+            raise ValueError(cursor)
+        return at, str(UUID(conversation_id))
+    except (binascii.Error, ValueError, TypeError):
+        raise BadRequest(
+            "cursor is not a cursor this server issued (pass back `next`)",
+            extra={"field": "cursor"},
+        ) from None
+
+
+def parse_status(status: str | None) -> RunStatus | None:
+    if status is None:
+        return None
+    if status not in get_args(RunStatus):
+        allowed = ", ".join(get_args(RunStatus))
+        raise BadRequest(f"status must be one of {allowed}", extra={"field": "status"})
+    return cast(RunStatus, status)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+def summary_out(summary: ConversationSummary) -> ConversationSummaryOut:
+    return ConversationSummaryOut(
+        id=summary.id,
+        owner=summary.owner,
+        agent=summary.agent,
+        title=summary.title,
+        created_at=_iso(summary.created_at),
+        last_activity_at=_iso(summary.last_activity_at),
+        message_count=summary.message_count,
+        run_status=summary.run_status,
+        position=summary.position,
+    )
+
+
+def message_out(message: Message) -> MessageOut:
+    return MessageOut(
+        message_id=message.message_id,
+        run_id=message.run_id,
+        role=message.role,
+        content=message.content,
+        position=message.position,
+        created_at=_iso(message.created_at),
+    )
+
+
+_LIST_PARAMETERS = frozenset({"agent", "status", "q", "cursor", "limit", "min_position"})
+_MESSAGE_PARAMETERS = frozenset({"after", "limit", "min_position"})
+
+
+@get(
+    "/v1/conversations",
+    summary="The caller's conversations, newest activity first",
+    tags=["conversations"],
+    dependencies={"owner": Provide(owner_of, sync_to_thread=False)},
+)
+async def list_conversations_page(
+    request: Request[Any, Any, Any],
+    runtime: NamedDependency[Runtime],
+    owner: NamedDependency[str],
+    agent: Annotated[str | None, QueryParameter(description="Only this agent's")] = None,
+    status: Annotated[str | None, QueryParameter(description="idle, running or failed")] = None,
+    q: Annotated[str | None, QueryParameter(description="Title contains (any case)")] = None,
+    cursor: Annotated[str | None, QueryParameter(description="`next` of a page")] = None,
+    limit: Limit = None,
+    min_position: MinPosition = None,
+) -> ConversationListPage:
+    reject_unknown_parameters(request, _LIST_PARAMETERS)
+    settings = runtime.settings
+    page_size = min(limit or settings.page_size, settings.max_page_size)
+    query = ListQuery(
+        owner=owner,
+        limit=page_size + 1,
+        agent=agent,
+        status=parse_status(status),
+        title_contains=q,
+        after=decode_cursor(cursor) if cursor is not None else None,
+    )
+    read_models = runtime.read_models
+    await read_models.wait(ConversationList.name, min_position, settings.read_wait_seconds)
+    view = read_models.view(ConversationList.name)
+
+    def read() -> list[ConversationSummary]:
+        with view.read() as sql:
+            return list_conversations(sql, query)
+
+    rows = await asyncio.to_thread(read)
+    more = len(rows) > page_size
+    rows = rows[:page_size]
+    return ConversationListPage(
+        items=[summary_out(row) for row in rows],
+        next=encode_cursor(rows[-1]) if more else None,
+    )
+
+
+@get(
+    "/v1/conversations/{conversation_id:uuid}/messages",
+    summary="A conversation's messages, in order",
+    tags=["conversations"],
+)
+async def messages_page(
+    request: Request[Any, Any, Any],
+    runtime: NamedDependency[Runtime],
+    conversation_id: FromPath[UUID],
+    after: Annotated[
+        int | None, QueryParameter(ge=0, le=MAX_POSITION, description="Position to start after")
+    ] = None,
+    limit: Limit = None,
+    min_position: MinPosition = None,
+) -> MessagePage:
+    reject_unknown_parameters(request, _MESSAGE_PARAMETERS)
+    settings = runtime.settings
+    page_size = min(limit or settings.page_size, settings.max_page_size)
+    if not await asyncio.to_thread(runtime.event_log.exists, conversation_id):
+        raise ConversationNotFound(conversation_id)
+    read_models = runtime.read_models
+    await read_models.wait(MessageHistory.name, min_position, settings.read_wait_seconds)
+    view = read_models.view(MessageHistory.name)
+
+    def read() -> list[Message]:
+        with view.read() as sql:
+            return read_messages(sql, str(conversation_id), after=after or 0, limit=page_size + 1)
+
+    rows = await asyncio.to_thread(read)
+    more = len(rows) > page_size
+    rows = rows[:page_size]
+    return MessagePage(
+        items=[message_out(row) for row in rows],
+        next=rows[-1].position if more else None,
+    )
+
+
+READ_HANDLERS = [list_conversations_page, messages_page]
+"""Plain handlers, not a Controller: `ConversationController` owns these paths for POST,
+and Litestar refuses a second controller on a path (both bring an OPTIONS handler).
+Register them after `ConversationController`."""

@@ -1,0 +1,167 @@
+"""Where read models live: a tracking recorder with the read model's own tables.
+
+A view is one of eventsourcing's tracking recorders extended with the read model's
+tables, so that `write(tracking)` changes the rows and records the tracking object
+in one transaction: a batch of events is applied exactly once, or not at all.
+
+- PostgreSQL: the same database as the events; the view's tables are prefixed with
+  its name and its tracking table is `<name>_tracking`.
+- SQLite: one file per read model, `<data dir>/read_models/<name>.sqlite` (its own
+  `tracking` table), so projection writes never wait for the event store's write
+  lock, and a rebuild may simply delete the file.
+"""
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from eventsourcing.persistence import InfrastructureFactory, Tracking, TrackingRecorder
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+from eventsourcing.utils import Environment
+from psycopg.sql import SQL, Identifier
+
+Row = Mapping[str, Any]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_micros(moment: datetime) -> int:
+    """Times are stored as microseconds since the epoch: they sort the same on both backends."""
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ViewSchema:
+    """A read model's tables: their names (cleared on rebuild) and portable DDL."""
+
+    tables: tuple[str, ...]
+    statements: tuple[str, ...]
+
+
+class Sql:
+    """A cursor inside a view's transaction; queries use `?` placeholders on both backends."""
+
+    def __init__(self, cursor: Any, *, qmark: bool) -> None:
+        self._cursor = cursor
+        self._qmark = qmark
+
+    def execute(self, query: str, params: Sequence[Any] = ()) -> None:
+        self._cursor.execute(query if self._qmark else query.replace("?", "%s"), params)
+
+    def fetchall(self) -> list[Row]:
+        return list(self._cursor.fetchall())
+
+    def fetchone(self) -> Row | None:
+        row: Row | None = self._cursor.fetchone()
+        return row
+
+
+class View(Protocol):
+    """What projections and readers need of a view, whatever the backend."""
+
+    def write(self, tracking: Tracking) -> AbstractContextManager[Sql]: ...
+
+    def read(self) -> AbstractContextManager[Sql]: ...
+
+    def clear(self, application_name: str) -> None: ...
+
+    def max_tracking_id(self, application_name: str) -> int | None: ...
+
+    def has_tracking_id(self, application_name: str, notification_id: int | None) -> bool: ...
+
+    def create_table(self) -> None: ...
+
+
+class SQLiteView(SQLiteTrackingRecorder):
+    def __init__(self, datastore: SQLiteDatastore, *, schema: ViewSchema) -> None:
+        self.schema = schema
+        super().__init__(datastore)
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [*super().construct_create_table_statements(), *self.schema.statements]
+
+    @contextmanager
+    def write(self, tracking: Tracking) -> Iterator[Sql]:
+        with self.datastore.transaction(commit=True) as cursor:
+            yield Sql(cursor, qmark=True)
+            self._insert_tracking(cursor, tracking)
+
+    @contextmanager
+    def read(self) -> Iterator[Sql]:
+        with self.datastore.transaction(commit=False) as cursor:
+            yield Sql(cursor, qmark=True)
+
+    def clear(self, application_name: str) -> None:
+        with self.datastore.transaction(commit=True) as cursor:
+            for table in self.schema.tables:
+                cursor.execute(f"DELETE FROM {table}")  # noqa: S608 - our own table names
+            cursor.execute("DELETE FROM tracking WHERE application_name = ?", (application_name,))
+
+
+class PostgresView(PostgresTrackingRecorder):
+    def __init__(
+        self, datastore: PostgresDatastore, *, schema: ViewSchema, tracking_table_name: str
+    ) -> None:
+        super().__init__(datastore, tracking_table_name=tracking_table_name)
+        self.schema = schema
+        self.sql_create_statements.extend(SQL(s).format() for s in schema.statements)
+
+    @contextmanager
+    def write(self, tracking: Tracking) -> Iterator[Sql]:
+        with self.datastore.transaction(commit=True) as cursor:
+            yield Sql(cursor, qmark=False)
+            self._insert_tracking(cursor, tracking)
+
+    @contextmanager
+    def read(self) -> Iterator[Sql]:
+        with self.datastore.transaction(commit=False) as cursor:
+            yield Sql(cursor, qmark=False)
+
+    def clear(self, application_name: str) -> None:
+        with self.datastore.transaction(commit=True) as cursor:
+            for table in self.schema.tables:
+                cursor.execute(SQL("DELETE FROM {}").format(Identifier(table)))
+            cursor.execute(
+                SQL("DELETE FROM {} WHERE application_name = %s").format(
+                    Identifier(self.tracking_table_name)
+                ),
+                (application_name,),
+            )
+
+
+def open_view(
+    name: str, schema: ViewSchema, store_env: Mapping[str, str], sqlite_dir: Path
+) -> tuple[View, Any]:
+    """The view of read model `name`, next to the events described by `store_env`.
+
+    Returns the view and the infrastructure factory that owns its connections
+    (close it when done with the view).
+    """
+    env = dict(store_env)
+    env.pop("APPLICATION_RECORDER_TOPIC", None)
+    env["CREATE_TABLE"] = "y"
+    if env.get("PERSISTENCE_MODULE") == "eventsourcing.sqlite":
+        sqlite_dir.mkdir(parents=True, exist_ok=True)
+        env["SQLITE_DBNAME"] = str(sqlite_dir / f"{name}.sqlite")
+    else:
+        env["POSTGRES_POOL_SIZE"] = "4"
+        env["POSTGRES_MAX_OVERFLOW"] = "4"
+    factory: Any = InfrastructureFactory[TrackingRecorder].construct(env=Environment(name, env))
+    datastore = factory.datastore
+    view: SQLiteView | PostgresView
+    if isinstance(datastore, PostgresDatastore):
+        view = PostgresView(datastore, schema=schema, tracking_table_name=f"{name}_tracking")
+    elif isinstance(datastore, SQLiteDatastore):
+        view = SQLiteView(datastore, schema=schema)
+    else:
+        raise TypeError(f"unsupported datastore {type(datastore).__name__}")
+    view.create_table()
+    return view, factory
