@@ -20,7 +20,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, QueryParameter
 
 from threadlog.domain.errors import ConversationNotFound
-from threadlog.http.conversations import ANONYMOUS
+from threadlog.http.conversations import ANONYMOUS, MAX_POSITION
 from threadlog.http.errors import BadRequest
 from threadlog.infra.runtime import Runtime
 from threadlog.projections.conversation_list import (
@@ -33,7 +33,6 @@ from threadlog.projections.conversation_list import (
 from threadlog.projections.message_history import Message, MessageHistory, read_messages
 from threadlog.projections.views import to_micros
 
-MAX_POSITION = 2**63 - 1
 MinPosition = Annotated[
     int | None,
     QueryParameter(
