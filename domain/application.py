@@ -4,7 +4,7 @@ Methods block (eventsourcing is synchronous); async callers run them off the
 event loop. Persistence is chosen by the environment the composition root passes in.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from uuid import UUID
@@ -100,6 +100,31 @@ class ConversationService(Application[UUID]):
                     continue
                 raise ConcurrentWrite(conversation_id) from None
             return Written(value=posted, global_position=last_global_position(recordings))
+        raise AssertionError("unreachable")
+
+    def rename(self, conversation_id: UUID, *, title: str, cause: Cause) -> Written[Conversation]:
+        return self._change(conversation_id, lambda c: c.rename(title=title, cause=cause))
+
+    def archive(self, conversation_id: UUID, *, cause: Cause) -> Written[Conversation]:
+        return self._change(conversation_id, lambda c: c.archive(cause=cause))
+
+    def clear_history(self, conversation_id: UUID, *, cause: Cause) -> Written[Conversation]:
+        return self._change(conversation_id, lambda c: c.clear_history(cause=cause))
+
+    def _change(
+        self, conversation_id: UUID, decide: Callable[[Conversation], None]
+    ) -> Written[Conversation]:
+        """Loads, decides, saves; retries once when another writer appended first."""
+        for attempt in range(2):
+            conversation = self.get_conversation(conversation_id)
+            decide(conversation)
+            try:
+                recordings = self.save(conversation)
+            except IntegrityError:
+                if attempt == 0:
+                    continue
+                raise ConcurrentWrite(conversation_id) from None
+            return Written(value=conversation, global_position=last_global_position(recordings))
         raise AssertionError("unreachable")
 
     def append(self, events: Sequence[DomainEventProtocol[UUID]]) -> list[Recording[UUID]]:

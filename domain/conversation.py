@@ -13,6 +13,7 @@ from eventsourcing.domain import Aggregate
 
 from threadlog.domain.chain import GENESIS_HASH, chain_hash
 from threadlog.domain.errors import (
+    ConversationIsArchived,
     InvalidConversation,
     InvalidMessage,
     MessageTooLarge,
@@ -22,8 +23,11 @@ from threadlog.domain.errors import (
 from threadlog.domain.events import (
     BUSY_POLICIES,
     Cause,
+    ConversationArchived,
     ConversationEvent,
+    ConversationRenamed,
     ConversationStarted,
+    HistoryCleared,
     MessageCompleted,
     MessagePosted,
     RunCancelled,
@@ -108,6 +112,7 @@ class Conversation(Aggregate):
         self.busy_policy = busy_policy
         # Queued user messages, oldest first: [message_id, run_id, correlation_id].
         self.queue: list[list[str]] = []
+        self.archived = False
         self.model = ""  # the model of the latest run
         self.active_message_id = ""
         self.active_correlation_id = ""
@@ -160,6 +165,8 @@ class Conversation(Aggregate):
             return PostedMessage(
                 message_id=message_id, run_id=run_id, position=position, duplicate=True
             )
+        if self.archived:
+            raise ConversationIsArchived(self.id)
         busy = self.active_run_id is not None
         if busy and self.busy_policy != "enqueue":
             raise RunAlreadyActive(self.id, self.active_run_id or "", self.busy_policy)
@@ -196,6 +203,23 @@ class Conversation(Aggregate):
             message_id, run_id, correlation_id = self.queue[0]
             # A queued run uses the model of the run that just ended.
             self._start_run(run_id, message_id, correlation_id, self.model)
+
+    def rename(self, *, title: str, cause: Cause) -> None:
+        if not title.strip():
+            raise InvalidConversation("title must not be empty or only white space")
+        if title != self.title:
+            self._record(ConversationRenamed, cause, title=title)
+
+    def archive(self, *, cause: Cause) -> None:
+        """Archives the conversation (once; archiving it again changes nothing)."""
+        if not self.archived:
+            self._record(ConversationArchived, cause)
+
+    def clear_history(self, *, cause: Cause) -> None:
+        """The history and the agent's context restart here; refused during a run."""
+        if self.active_run_id is not None:
+            raise RunAlreadyActive(self.id, self.active_run_id)
+        self._record(HistoryCleared, cause)
 
     def redo(self, event: ConversationEvent) -> None:
         """Records again, at this aggregate's next position, an event a stale copy decided.

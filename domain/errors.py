@@ -30,6 +30,14 @@ class RunAlreadyActive(DomainError):
         self.policy = policy
 
 
+class ConversationIsArchived(DomainError):
+    code = "conversation_archived"
+
+    def __init__(self, conversation_id: UUID) -> None:
+        super().__init__(f"conversation {conversation_id} is archived; it takes no new messages")
+        self.conversation_id = conversation_id
+
+
 class InvalidConversation(DomainError):
     code = "invalid_conversation"
 

@@ -71,6 +71,26 @@ class ConversationStarted(ConversationEvent, Aggregate.Created):
     busy_policy: str
 
 
+class ConversationRenamed(ConversationEvent):
+    title: str
+
+    def evolve(self, aggregate: Any) -> None:
+        aggregate.title = self.title
+
+
+class ConversationArchived(ConversationEvent):
+    """Hidden from its owner's list and closed to new messages; every event stays."""
+
+    def evolve(self, aggregate: Any) -> None:
+        aggregate.archived = True
+
+
+class HistoryCleared(ConversationEvent):
+    """The message history and the agent's context restart after this event.
+
+    Nothing is deleted: every earlier event stays in the log for auditors."""
+
+
 class MessagePosted(ConversationEvent):
     message_id: str
     run_id: str

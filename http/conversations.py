@@ -7,7 +7,7 @@ from uuid import UUID
 
 import msgspec
 import structlog
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
@@ -24,6 +24,7 @@ from threadlog.http.schemas import (
     MessageAccepted,
     PostMessage,
     RunResult,
+    UpdateConversation,
 )
 from threadlog.infra import intake
 from threadlog.infra.envelope import envelope_of
@@ -52,6 +53,7 @@ def conversation_out(
         metadata=conversation.metadata,
         busy_policy=conversation.busy_policy,
         queued_messages=len(conversation.queue),
+        archived=conversation.archived,
         created_at=conversation.created_on.isoformat(),
         updated_at=conversation.modified_on.isoformat(),
         position=conversation.version,
@@ -165,6 +167,59 @@ class ConversationController(Controller):
     ) -> ConversationOut:
         conversation = await asyncio.to_thread(runtime.service.get_conversation, conversation_id)
         return conversation_out(conversation)
+
+    @patch("/{conversation_id:uuid}", summary="Rename or archive a conversation")
+    async def update(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        conversation_id: FromPath[UUID],
+        data: JSONBody[UpdateConversation],
+    ) -> ConversationOut:
+        service, cause = runtime.service, cause_of(request)
+        if data.title is None and data.archived is None:
+            raise BadRequest("give `title` and/or `archived`", extra={"field": "body"})
+        written = None
+        if data.title is not None:
+            written = await asyncio.to_thread(
+                service.rename, conversation_id, title=data.title, cause=cause
+            )
+        if data.archived:
+            written = await asyncio.to_thread(service.archive, conversation_id, cause=cause)
+        assert written is not None
+        return conversation_out(written.value, written.global_position)
+
+    @delete(
+        "/{conversation_id:uuid}",
+        status_code=200,
+        summary="Archive a conversation (its events stay)",
+    )
+    async def archive(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        conversation_id: FromPath[UUID],
+    ) -> ConversationOut:
+        written = await asyncio.to_thread(
+            runtime.service.archive, conversation_id, cause=cause_of(request)
+        )
+        return conversation_out(written.value, written.global_position)
+
+    @post(
+        "/{conversation_id:uuid}/clear",
+        status_code=200,
+        summary="Restart the history and the agent's context (nothing is deleted)",
+    )
+    async def clear(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        conversation_id: FromPath[UUID],
+    ) -> ConversationOut:
+        written = await asyncio.to_thread(
+            runtime.service.clear_history, conversation_id, cause=cause_of(request)
+        )
+        return conversation_out(written.value, written.global_position)
 
     @post(
         "/{conversation_id:uuid}/messages",

@@ -14,6 +14,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from threadlog.domain.errors import (
     ConcurrentWrite,
+    ConversationIsArchived,
     ConversationNotFound,
     DomainError,
     InvalidConversation,
@@ -31,6 +32,7 @@ log = structlog.get_logger(__name__)
 
 DOMAIN_STATUS: dict[type[DomainError], int] = {
     ConversationNotFound: 404,
+    ConversationIsArchived: 409,
     RunAlreadyActive: 409,
     ConcurrentWrite: 409,
     RunNotActive: 409,

@@ -143,7 +143,9 @@ def message_out(message: Message) -> MessageOut:
     )
 
 
-_LIST_PARAMETERS = frozenset({"agent", "status", "q", "cursor", "limit", "min_position"})
+_LIST_PARAMETERS = frozenset(
+    {"agent", "status", "q", "archived", "cursor", "limit", "min_position"}
+)
 _MESSAGE_PARAMETERS = frozenset({"after", "limit", "min_position"})
 
 
@@ -160,6 +162,9 @@ async def list_conversations_page(
     agent: Annotated[str | None, QueryParameter(description="Only this agent's")] = None,
     status: Annotated[str | None, QueryParameter(description="idle, running or failed")] = None,
     q: Annotated[str | None, QueryParameter(description="Title contains (any case)")] = None,
+    archived: Annotated[
+        bool, QueryParameter(description="List archived conversations instead")
+    ] = False,
     cursor: Annotated[str | None, QueryParameter(description="`next` of a page")] = None,
     limit: Limit = None,
     min_position: MinPosition = None,
@@ -173,6 +178,7 @@ async def list_conversations_page(
         agent=agent,
         status=parse_status(status),
         title_contains=q,
+        archived=archived,
         after=decode_cursor(cursor) if cursor is not None else None,
     )
     read_models = runtime.read_models

@@ -20,6 +20,12 @@ class CreateConversation(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     busy_policy: Literal["reject", "enqueue", "interrupt"] = "reject"
 
 
+class UpdateConversation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    title: Title | None = None
+    # Archiving is one-way: the events stay, the conversation leaves the owner's list.
+    archived: Literal[True] | None = None
+
+
 class ConversationOut(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     owner: str
@@ -28,6 +34,7 @@ class ConversationOut(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, Any]
     busy_policy: str
     queued_messages: int
+    archived: bool
     created_at: str
     updated_at: str
     position: int

@@ -31,7 +31,13 @@ from pydantic_ai.run import AgentRunResult, AgentRunResultEvent
 
 from threadlog.domain.application import ConversationService
 from threadlog.domain.conversation import Conversation
-from threadlog.domain.events import Cause, ConversationEvent, MessageCompleted, MessagePosted
+from threadlog.domain.events import (
+    Cause,
+    ConversationEvent,
+    HistoryCleared,
+    MessageCompleted,
+    MessagePosted,
+)
 from threadlog.infra.store import EventLog, topics_of
 from threadlog.infra.writer import EventWriter
 
@@ -415,7 +421,8 @@ class RunExecutor:
     def _history(self, request: RunRequest) -> tuple[str, list[ModelMessage]]:
         """The prompt of this run and the history before it, rebuilt from events."""
         logged = self._log.read(
-            request.conversation_id, topics=topics_of(MessagePosted, MessageCompleted)
+            request.conversation_id,
+            topics=topics_of(MessagePosted, MessageCompleted, HistoryCleared),
         )
         replies = {
             item.event.run_id: item.event.model_messages
@@ -425,6 +432,9 @@ class RunExecutor:
         history: list[ModelMessage] = []
         for item in logged:
             event = item.event
+            if isinstance(event, HistoryCleared):
+                history = []
+                continue
             if not isinstance(event, MessagePosted):
                 continue
             if event.message_id == request.message_id:

@@ -13,7 +13,9 @@ from eventsourcing.dispatch import singledispatchmethod
 from eventsourcing.utils import get_topic
 
 from threadlog.domain.events import (
+    ConversationArchived,
     ConversationEvent,
+    ConversationRenamed,
     ConversationStarted,
     MessageCompleted,
     MessagePosted,
@@ -56,6 +58,7 @@ class ListQuery:
     agent: str | None = None
     status: RunStatus | None = None
     title_contains: str | None = None
+    archived: bool = False
     after: tuple[int, str] | None = None
 
 
@@ -68,7 +71,8 @@ class ConversationList(ReadModel):
             "id TEXT PRIMARY KEY, owner TEXT NOT NULL, agent TEXT NOT NULL, "
             "title TEXT NOT NULL, title_folded TEXT NOT NULL, created_at BIGINT NOT NULL, "
             "last_activity_at BIGINT NOT NULL, message_count INTEGER NOT NULL, "
-            "run_status TEXT NOT NULL, position BIGINT NOT NULL)",
+            "run_status TEXT NOT NULL, position BIGINT NOT NULL, "
+            "archived INTEGER NOT NULL DEFAULT 0)",
             "CREATE INDEX IF NOT EXISTS conversation_list_by_activity "
             "ON conversation_list (owner, last_activity_at DESC, id DESC)",
         ),
@@ -77,6 +81,8 @@ class ConversationList(ReadModel):
         get_topic(cls)
         for cls in (
             ConversationStarted,
+            ConversationRenamed,
+            ConversationArchived,
             MessagePosted,
             MessageCompleted,
             RunStarted,
@@ -136,6 +142,19 @@ class ConversationList(ReadModel):
         )
 
     @process_event.register
+    def _renamed(self, event: ConversationRenamed, sql: Sql) -> None:
+        sql.execute(
+            "UPDATE conversation_list SET title = ?, title_folded = ? WHERE id = ?",
+            (event.title, event.title.casefold(), str(event.originator_id)),
+        )
+
+    @process_event.register
+    def _archived(self, event: ConversationArchived, sql: Sql) -> None:
+        sql.execute(
+            "UPDATE conversation_list SET archived = 1 WHERE id = ?", (str(event.originator_id),)
+        )
+
+    @process_event.register
     def _run_started(self, event: RunStarted, sql: Sql) -> None:
         _set_status(sql, event, "running")
 
@@ -158,8 +177,8 @@ def _set_status(sql: Sql, event: ConversationEvent, status: RunStatus) -> None:
 
 def list_conversations(sql: Sql, query: ListQuery) -> list[ConversationSummary]:
     """One page, newest activity first (ties broken by id, descending)."""
-    where = ["owner = ?"]
-    params: list[Any] = [query.owner]
+    where = ["owner = ?", "archived = ?"]
+    params: list[Any] = [query.owner, int(query.archived)]
     if query.agent is not None:
         where.append("agent = ?")
         params.append(query.agent)

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from eventsourcing.utils import get_topic
 
-from threadlog.domain.events import MessageCompleted, MessagePosted
+from threadlog.domain.events import HistoryCleared, MessageCompleted, MessagePosted
 from threadlog.projections.runner import Applied, ReadModel
 from threadlog.projections.views import Row, Sql, ViewSchema, from_micros, to_micros
 
@@ -42,17 +42,24 @@ class MessageHistory(ReadModel):
         ),
     )
     topics: ClassVar[frozenset[str]] = frozenset(
-        get_topic(cls) for cls in (MessagePosted, MessageCompleted)
+        get_topic(cls) for cls in (MessagePosted, MessageCompleted, HistoryCleared)
     )
 
     def apply(self, sql: Sql, events: Sequence[Applied], latest: Sequence[Applied]) -> None:
-        # A plain INSERT: applying an event twice would violate the primary key and
-        # fail the batch loudly rather than hide a duplicate.
-        rows = []
+        # In order: a HistoryCleared removes only the rows before it. Plain INSERTs:
+        # applying an event twice would violate the primary key and fail the batch
+        # loudly rather than hide a duplicate.
         for item in events:
             event = item.event
+            if isinstance(event, HistoryCleared):
+                sql.execute(
+                    "DELETE FROM message_history WHERE conversation_id = ?",
+                    (str(event.originator_id),),
+                )
+                continue
             assert isinstance(event, MessagePosted | MessageCompleted)
-            rows.append(
+            sql.execute(
+                f"INSERT INTO message_history ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                 (
                     str(event.originator_id),
                     event.originator_version,
@@ -61,12 +68,7 @@ class MessageHistory(ReadModel):
                     event.role,
                     event.content,
                     to_micros(event.timestamp),
-                )
-            )
-        for row in rows:
-            sql.execute(
-                f"INSERT INTO message_history ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                row,
+                ),
             )
 
 

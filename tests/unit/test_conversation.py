@@ -7,6 +7,8 @@ import pytest
 from threadlog.domain.chain import GENESIS_HASH
 from threadlog.domain.conversation import Conversation, validate_content
 from threadlog.domain.errors import (
+    ConversationIsArchived,
+    InvalidConversation,
     InvalidMessage,
     MessageTooLarge,
     RunAlreadyActive,
@@ -188,3 +190,28 @@ def test_cancelling_a_run_that_is_not_active_is_refused() -> None:
     conversation = started()
     with pytest.raises(RunNotActive):
         conversation.cancel_run(run_id="gone", reason="user", partial_content="", cause=CAUSE)
+
+
+def test_renaming_records_the_new_title_and_a_blank_title_is_invalid() -> None:
+    conversation = started()
+    conversation.rename(title="Better", cause=CAUSE)
+    assert conversation.title == "Better"
+    with pytest.raises(InvalidConversation):
+        conversation.rename(title="  ", cause=CAUSE)
+
+
+def test_an_archived_conversation_takes_no_messages_and_archives_once() -> None:
+    conversation = started()
+    conversation.archive(cause=CAUSE)
+    version = conversation.version
+    conversation.archive(cause=CAUSE)
+    assert conversation.version == version
+    with pytest.raises(ConversationIsArchived):
+        conversation.post_message(content="hi", client_message_id=None, model="d", cause=CAUSE)
+
+
+def test_clearing_history_is_refused_during_a_run() -> None:
+    conversation = started()
+    conversation.post_message(content="hi", client_message_id=None, model="d", cause=CAUSE)
+    with pytest.raises(RunAlreadyActive):
+        conversation.clear_history(cause=CAUSE)
