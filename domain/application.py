@@ -84,23 +84,14 @@ class ConversationService(Application[UUID]):
         model: str,
         cause: Cause,
     ) -> Written[PostedMessage]:
-        """Appends a user message and the run it starts; retries once on a conflict."""
+        """Appends a user message and the run it starts (or queues it)."""
         validate_content(content, self.max_message_bytes)
-        for attempt in range(2):
-            conversation = self.get_conversation(conversation_id)
-            posted = conversation.post_message(
+        return self._decide(
+            conversation_id,
+            lambda c: c.post_message(
                 content=content, client_message_id=client_message_id, model=model, cause=cause
-            )
-            if posted.duplicate:
-                return Written(value=posted, global_position=None)
-            try:
-                recordings = self.save(conversation)
-            except IntegrityError:
-                if attempt == 0:
-                    continue
-                raise ConcurrentWrite(conversation_id) from None
-            return Written(value=posted, global_position=last_global_position(recordings))
-        raise AssertionError("unreachable")
+            ),
+        )
 
     def rename(self, conversation_id: UUID, *, title: str, cause: Cause) -> Written[Conversation]:
         return self._change(conversation_id, lambda c: c.rename(title=title, cause=cause))
@@ -112,19 +103,30 @@ class ConversationService(Application[UUID]):
         return self._change(conversation_id, lambda c: c.clear_history(cause=cause))
 
     def _change(
-        self, conversation_id: UUID, decide: Callable[[Conversation], None]
+        self, conversation_id: UUID, change: Callable[[Conversation], None]
     ) -> Written[Conversation]:
-        """Loads, decides, saves; retries once when another writer appended first."""
+        def decide(conversation: Conversation) -> Conversation:
+            change(conversation)
+            return conversation
+
+        return self._decide(conversation_id, decide)
+
+    def _decide(self, conversation_id: UUID, decide: Callable[[Conversation], T]) -> Written[T]:
+        """Loads, decides, saves what was decided; retries once when another writer
+        appended first. A decision that records nothing (a duplicate post, a second
+        archive) saves nothing and reaches no new global position."""
         for attempt in range(2):
             conversation = self.get_conversation(conversation_id)
-            decide(conversation)
+            outcome = decide(conversation)
+            if not conversation.pending_events:
+                return Written(value=outcome, global_position=None)
             try:
                 recordings = self.save(conversation)
             except IntegrityError:
                 if attempt == 0:
                     continue
                 raise ConcurrentWrite(conversation_id) from None
-            return Written(value=conversation, global_position=last_global_position(recordings))
+            return Written(value=outcome, global_position=last_global_position(recordings))
         raise AssertionError("unreachable")
 
     def append(self, events: Sequence[DomainEventProtocol[UUID]]) -> list[Recording[UUID]]:
