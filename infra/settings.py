@@ -36,7 +36,9 @@ class Settings:
     token_batch_size: int = 64
     # … and no later than this after the first pending token.
     token_flush_interval_ms: float = 5.0
-    writer_max_events: int = 2000
+    # Events per group-commit transaction at most. Larger saves (one big array parameter)
+    # were seen to stall psycopg's pipeline for good on PostgreSQL (docs/benchmarks.md).
+    writer_max_events: int = 200
     snapshot_interval: int = 500
     max_message_bytes: int = 256 * 1024
     max_request_bytes: int = 1024 * 1024

@@ -33,7 +33,7 @@ class _Pending:
 
 
 class EventWriter:
-    def __init__(self, service: ConversationService, *, max_events: int = 2000) -> None:
+    def __init__(self, service: ConversationService, *, max_events: int = 200) -> None:
         self._service = service
         self._max_events = max_events
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
