@@ -1,0 +1,204 @@
+"""Benchmark 2: replaying a long conversation over SSE from position 0.
+
+One conversation of N events (a run's tokens) is stored on PostgreSQL; the real app
+serves it under uvicorn (`tests.support.LiveServer`). A replay is timed from the
+request until the N-th `id:` frame has arrived and been parsed. The baseline, in the
+same run, is reading the same N events straight from the store with `EventLog.read`.
+"""
+
+import secrets
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID
+
+import httpx
+
+from bench.measure import Sample, progress, ratios
+from bench.servers import Servers
+from tests.support import LiveServer
+from threadlog.domain.application import ConversationService
+from threadlog.domain.events import Cause
+from threadlog.infra.settings import Settings
+from threadlog.infra.store import EventLog, open_service
+
+# Small enough per transaction that a save never waits on a stuck pipeline (see token_write).
+BUILD_BATCH = 200
+CATCH_UP_TIMEOUT_SECONDS = 120.0
+TARGET_MS = 200.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplayConfig:
+    events: int
+    repetitions: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplayResult:
+    events: int
+    stream_bytes: int
+    sse_ms: Sample
+    read_ms: Sample
+    ratio: Sample  # SSE / direct read, per repetition
+
+    @property
+    def target_met(self) -> bool:
+        return self.sse_ms.median < TARGET_MS
+
+
+class _FrameCounter:
+    """Counts complete SSE frames that carry an `id:`, remembering the last id."""
+
+    def __init__(self) -> None:
+        self._partial = b""
+        self.frames = 0
+        self.last_id = 0
+        self.bytes = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.bytes += len(chunk)
+        *frames, self._partial = (self._partial + chunk).split(b"\n\n")
+        for frame in frames:
+            if frame.startswith(b"id: "):
+                self.frames += 1
+                self.last_id = int(frame[4 : frame.index(b"\n")])
+
+
+def run_replay(servers: Servers, config: ReplayConfig) -> ReplayResult:
+    url = servers.databases.create()
+    service = open_service(Settings(database_url=url))
+    try:
+        progress(f"sse replay: storing a conversation of {config.events} events")
+        conversation_id = _build_conversation(service, config.events)
+        with tempfile.TemporaryDirectory(prefix="threadlog-bench-") as data_dir:
+            settings = _app_settings(Path(data_dir), url, servers.nats_url)
+            try:
+                with LiveServer(settings) as server, server.client() as client:
+                    _wait_until_caught_up(client, service.recorder.max_notification_id() or 0)
+                    return _measure(client, service, conversation_id, config)
+            finally:
+                servers.release_stream(settings.nats_stream)
+    finally:
+        service.close()
+        servers.databases.drop(url)
+
+
+def _app_settings(data_dir: Path, database_url: str, nats_url: str) -> Settings:
+    """The app's settings, with a JetStream stream and subjects of its own."""
+    token = secrets.token_hex(6)
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        nats_url=nats_url,
+        nats_stream=f"BENCH_{token}",
+        nats_subject_prefix=f"b{token}",
+        log_level="WARNING",
+        log_format="json",
+    )
+
+
+def _build_conversation(service: ConversationService, events: int) -> UUID:
+    cause = Cause(actor="user:bench", correlation_id=uuid.uuid4().hex)
+    started = service.start_conversation(
+        owner="bench", agent="assistant", title="bench", metadata={}, cause=cause
+    )
+    posted = service.post_message(
+        started.value.id,
+        content="Tell me a story.",
+        client_message_id=None,
+        model="bench",
+        cause=cause,
+    )
+    conversation = service.get_conversation(started.value.id)
+    run_cause = Cause(
+        actor="agent:assistant",
+        correlation_id=cause.correlation_id,
+        causation_id=posted.value.run_id,
+    )
+    while conversation.version < events:
+        conversation.stream_token(
+            run_id=posted.value.run_id,
+            part=0,
+            delta=f" token{conversation.version}",
+            cause=run_cause,
+        )
+        if len(conversation.pending_events) >= BUILD_BATCH or conversation.version == events:
+            service.append(conversation.collect_events())
+    return conversation.id
+
+
+def _wait_until_caught_up(client: httpx.Client, target: int) -> None:
+    """Waits until the relay and every projection have processed the whole store.
+
+    Otherwise they would compete with the replay for the CPU; /health/ready reports both.
+    """
+    deadline = time.monotonic() + CATCH_UP_TIMEOUT_SECONDS
+    while not _caught_up(client.get("/health/ready").json().get("checks", {}), target):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the relay or projections did not reach position {target}")
+        time.sleep(0.1)
+
+
+def _caught_up(checks: dict[str, str], target: int) -> bool:
+    relay = int(checks.get("relay_position", target))
+    lags = [int(value) for key, value in checks.items() if key.endswith("_lag")]
+    return relay >= target and not any(lags)
+
+
+def _measure(
+    client: httpx.Client, service: ConversationService, conversation_id: UUID, config: ReplayConfig
+) -> ReplayResult:
+    event_log = EventLog(service)
+    path = f"/v1/conversations/{conversation_id}/events"
+    sse: list[float] = []
+    reads: list[float] = []
+    stream_bytes = 0
+    # Warm both paths (connections, prepared statements, caches) before measuring.
+    _replay(client, path, config.events)
+    _read(event_log, conversation_id, config.events)
+    for repetition in range(config.repetitions):
+        progress(f"sse replay: repetition {repetition + 1}/{config.repetitions}")
+        if repetition % 2:
+            reads.append(_read(event_log, conversation_id, config.events))
+            seconds, stream_bytes = _replay(client, path, config.events)
+        else:
+            seconds, stream_bytes = _replay(client, path, config.events)
+            reads.append(_read(event_log, conversation_id, config.events))
+        sse.append(seconds)
+    sse_ms = Sample.of(s * 1000 for s in sse)
+    read_ms = Sample.of(r * 1000 for r in reads)
+    return ReplayResult(
+        events=config.events,
+        stream_bytes=stream_bytes,
+        sse_ms=sse_ms,
+        read_ms=read_ms,
+        ratio=ratios(sse_ms, read_ms),
+    )
+
+
+def _replay(client: httpx.Client, path: str, events: int) -> tuple[float, int]:
+    """Seconds until the last event's frame arrived, and the bytes received until then."""
+    counter = _FrameCounter()
+    started = time.perf_counter()
+    with client.stream("GET", path, headers={"accept": "text/event-stream"}) as response:
+        response.raise_for_status()
+        for chunk in response.iter_raw():
+            counter.feed(chunk)
+            if counter.frames >= events:
+                break
+    seconds = time.perf_counter() - started
+    if counter.frames != events or counter.last_id != events:
+        raise RuntimeError(f"replay got {counter.frames} frames ending at {counter.last_id}")
+    return seconds, counter.bytes
+
+
+def _read(event_log: EventLog, conversation_id: UUID, events: int) -> float:
+    started = time.perf_counter()
+    logged = event_log.read(conversation_id)
+    seconds = time.perf_counter() - started
+    if len(logged) != events:
+        raise RuntimeError(f"read {len(logged)} events, expected {events}")
+    return seconds

@@ -1,0 +1,319 @@
+"""Benchmark 1: token events persisted on PostgreSQL, against raw psycopg inserts.
+
+The threadlog path mirrors the run executor: C conversations, each a live aggregate
+with an active run, append TokenStreamed events and flush every B pending ones
+through one shared group-commit `EventWriter`, all in one asyncio loop. The baseline
+inserts rows of the same sizes into a table of the same shape with psycopg's
+`executemany`, 100 rows per transaction, on one connection.
+
+Every repetition gets a fresh database, so neither path pays for the other's rows.
+A flush that makes no progress for STALL_SECONDS counts the repetition as stalled
+(the writer is stuck) instead of hanging the whole run.
+"""
+
+import asyncio
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from bench.measure import Sample, progress, ratios
+from bench.servers import Servers
+from threadlog.domain.application import ConversationService
+from threadlog.domain.conversation import Conversation
+from threadlog.domain.events import Cause
+from threadlog.infra.settings import Settings
+from threadlog.infra.store import open_service
+from threadlog.infra.writer import EventWriter
+
+STALL_SECONDS = 15.0
+DELTAS = (" The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".")
+RAW_TABLE = "bench_raw_events"
+# The shape of eventsourcing's events table, its notification id index included.
+RAW_SCHEMA = (
+    f"CREATE TABLE {RAW_TABLE} (originator_id uuid NOT NULL, originator_version bigint NOT NULL, "
+    "topic text, state bytea, notification_id bigserial, "
+    "PRIMARY KEY (originator_id, originator_version))",
+    f"CREATE UNIQUE INDEX {RAW_TABLE}_notification_id_idx ON {RAW_TABLE} (notification_id)",
+)
+RAW_INSERT = (
+    f"INSERT INTO {RAW_TABLE} (originator_id, originator_version, topic, state) "
+    "VALUES (%s, %s, %s, %s)"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenWriteConfig:
+    concurrency: tuple[int, ...]
+    tokens_per_conversation: int
+    repetitions: int
+    flush_every: int = 64
+    raw_rows_per_transaction: int = 100
+    writer_max_events: int = Settings().writer_max_events
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenWriteResult:
+    config: TokenWriteConfig
+    concurrency: int
+    events: int
+    threadlog: Sample | None  # events/s, over the repetitions that did not stall
+    raw: Sample  # events/s
+    ratio: Sample | None  # threadlog / raw, per repetition
+    stalled: int  # repetitions whose writer made no progress for STALL_SECONDS
+    mean_event_bytes: int  # the stored `state` of one token event, on average
+
+    @property
+    def target_met(self) -> bool:
+        return self.stalled == 0 and self.ratio is not None and self.ratio.median >= 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """What one conversation's token rows look like once stored: topic, state."""
+
+    first_position: int
+    rows: tuple[tuple[str, bytes], ...]
+
+
+class _Stalled(Exception):
+    """The writer made no progress: its transaction is stuck."""
+
+
+@dataclass(slots=True)
+class _Scratch:
+    service: ConversationService
+    writer: EventWriter
+    connection: psycopg.Connection[TupleRow]
+    stalled: bool = False
+
+
+class _LiveRun:
+    """A live aggregate with an active run, as the run executor holds it."""
+
+    def __init__(self, service: ConversationService, cause: Cause) -> None:
+        started = service.start_conversation(
+            owner="bench", agent="assistant", title="bench", metadata={}, cause=cause
+        )
+        posted = service.post_message(
+            started.value.id,
+            content="Tell me a story.",
+            client_message_id=None,
+            model="bench",
+            cause=cause,
+        )
+        self.run_id = posted.value.run_id
+        self.conversation: Conversation = service.get_conversation(started.value.id)
+        self.cause = Cause(
+            actor="agent:assistant", correlation_id=cause.correlation_id, causation_id=self.run_id
+        )
+
+    def stream(self, index: int) -> None:
+        self.conversation.stream_token(
+            run_id=self.run_id, part=0, delta=DELTAS[index % len(DELTAS)], cause=self.cause
+        )
+
+
+def run_token_write(servers: Servers, config: TokenWriteConfig) -> list[TokenWriteResult]:
+    with _scratch(servers, config) as scratch:
+        template = _template(scratch.service, config.tokens_per_conversation)
+    return [_measure_concurrency(servers, config, template, count) for count in config.concurrency]
+
+
+def _measure_concurrency(
+    servers: Servers, config: TokenWriteConfig, template: _Template, count: int
+) -> TokenWriteResult:
+    threadlog: list[float | None] = []
+    raw: list[float] = []
+    for repetition in range(config.repetitions):
+        progress(
+            f"token write: C={count}, writer max {config.writer_max_events} events, "
+            f"repetition {repetition + 1}/{config.repetitions}"
+        )
+        threadlog_rate, raw_rate = _repetition(servers, config, template, count, repetition)
+        threadlog.append(threadlog_rate)
+        raw.append(raw_rate)
+    return _result(count, config, template, threadlog, raw)
+
+
+def _repetition(
+    servers: Servers, config: TokenWriteConfig, template: _Template, count: int, repetition: int
+) -> tuple[float | None, float]:
+    with _scratch(servers, config) as scratch:
+        try:
+            return _pair(scratch, template, count, config, repetition)
+        except _Stalled:
+            progress(f"token write: no flush finished within {STALL_SECONDS:.0f} s: stalled")
+    # The stuck transaction holds the table lock: measure the baseline in a new database.
+    with _scratch(servers, config) as scratch:
+        _raw_rate(
+            scratch, _template_prefix(template, config.tokens_per_conversation // 20), count, config
+        )
+        return None, _raw_rate(scratch, template, count, config)
+
+
+def _result(
+    count: int,
+    config: TokenWriteConfig,
+    template: _Template,
+    threadlog: list[float | None],
+    raw: list[float],
+) -> TokenWriteResult:
+    paired = [(t, r) for t, r in zip(threadlog, raw, strict=True) if t is not None]
+    threadlog_sample = Sample.of(t for t, _ in paired) if paired else None
+    return TokenWriteResult(
+        config=config,
+        concurrency=count,
+        events=count * config.tokens_per_conversation,
+        threadlog=threadlog_sample,
+        raw=Sample.of(raw),
+        ratio=(
+            ratios(threadlog_sample, Sample.of(r for _, r in paired)) if threadlog_sample else None
+        ),
+        stalled=threadlog.count(None),
+        mean_event_bytes=sum(len(state) for _, state in template.rows) // len(template.rows),
+    )
+
+
+@contextlib.contextmanager
+def _scratch(servers: Servers, config: TokenWriteConfig) -> Iterator[_Scratch]:
+    url = servers.databases.create()
+    service = open_service(Settings(database_url=url))
+    writer = EventWriter(service, max_events=config.writer_max_events)
+    writer.start()
+    scratch: _Scratch | None = None
+    try:
+        with psycopg.connect(url, autocommit=True) as connection:
+            for statement in RAW_SCHEMA:
+                connection.execute(statement)
+            scratch = _Scratch(service, writer, connection)
+            yield scratch
+    finally:
+        if scratch is not None and scratch.stalled:
+            _abandon(writer)
+        else:
+            writer.stop()
+        service.close()
+        # Dropping with FORCE also ends a stalled writer's stuck session.
+        servers.databases.drop(url)
+
+
+def _abandon(writer: EventWriter) -> None:
+    """Stops a stalled writer without waiting for it: its retries may take minutes."""
+    stopper = threading.Thread(target=writer.stop, name="bench-writer-stop", daemon=True)
+    stopper.start()
+    stopper.join(timeout=1.0)
+
+
+def _pair(
+    scratch: _Scratch, template: _Template, count: int, config: TokenWriteConfig, repetition: int
+) -> tuple[float, float]:
+    """One threadlog rate and one raw rate, back to back, alternating which goes first."""
+    tokens = config.tokens_per_conversation
+    # Warm both paths (pools, prepared statements, caches) before measuring.
+    _threadlog_rate(scratch, count, max(1, tokens // 20), config.flush_every)
+    _raw_rate(scratch, _template_prefix(template, tokens // 20), count, config)
+    if repetition % 2:
+        raw_rate = _raw_rate(scratch, template, count, config)
+        return _threadlog_rate(scratch, count, tokens, config.flush_every), raw_rate
+    threadlog_rate = _threadlog_rate(scratch, count, tokens, config.flush_every)
+    return threadlog_rate, _raw_rate(scratch, template, count, config)
+
+
+def _threadlog_rate(scratch: _Scratch, count: int, tokens: int, flush_every: int) -> float:
+    """Events/s; raises _Stalled if the writer stops making progress."""
+    cause = Cause(actor="user:bench", correlation_id=uuid.uuid4().hex)
+    runs = [_LiveRun(scratch.service, cause) for _ in range(count)]
+    seconds = asyncio.run(_stream_all(runs, scratch.writer, tokens, flush_every))
+    if seconds is None:
+        scratch.stalled = True
+        raise _Stalled
+    return count * tokens / seconds
+
+
+async def _stream_all(
+    runs: Sequence[_LiveRun], writer: EventWriter, tokens: int, flush_every: int
+) -> float | None:
+    """The seconds it took to store every token, or None if the writer stalled."""
+    started = time.perf_counter()
+    stalled = False
+    try:
+        async with asyncio.TaskGroup() as group:
+            for run in runs:
+                group.create_task(_stream(run, writer, tokens, flush_every))
+    except* _Stalled:
+        stalled = True
+    return None if stalled else time.perf_counter() - started
+
+
+async def _stream(run: _LiveRun, writer: EventWriter, tokens: int, flush_every: int) -> None:
+    conversation = run.conversation
+    for index in range(tokens):
+        run.stream(index)
+        if len(conversation.pending_events) >= flush_every:
+            await _flush(writer, conversation)
+    await _flush(writer, conversation)
+
+
+async def _flush(writer: EventWriter, conversation: Conversation) -> None:
+    try:
+        await asyncio.wait_for(writer.append(conversation.collect_events()), STALL_SECONDS)
+    except TimeoutError:
+        raise _Stalled from None
+
+
+def _template(service: ConversationService, tokens: int) -> _Template:
+    """The stored form of one conversation's token events (never saved)."""
+    cause = Cause(actor="user:bench", correlation_id=uuid.uuid4().hex)
+    conversation = Conversation.start(
+        owner="bench", agent="assistant", title="bench", metadata={}, cause=cause
+    )
+    posted = conversation.post_message(
+        content="Tell me a story.", client_message_id=None, model="bench", cause=cause
+    )
+    conversation.collect_events()
+    first_position = conversation.version + 1
+    run_cause = Cause(
+        actor="agent:assistant", correlation_id=cause.correlation_id, causation_id=posted.run_id
+    )
+    for index in range(tokens):
+        conversation.stream_token(
+            run_id=posted.run_id, part=0, delta=DELTAS[index % len(DELTAS)], cause=run_cause
+        )
+    stored = [service.mapper.to_stored_event(event) for event in conversation.collect_events()]
+    return _Template(first_position, tuple((s.topic, s.state) for s in stored))
+
+
+def _template_prefix(template: _Template, tokens: int) -> _Template:
+    return _Template(template.first_position, template.rows[: max(1, tokens)])
+
+
+def _raw_rate(
+    scratch: _Scratch, template: _Template, count: int, config: TokenWriteConfig
+) -> float:
+    rows = list(_raw_rows(template, count, config.flush_every))
+    per_transaction = config.raw_rows_per_transaction
+    connection = scratch.connection
+    started = time.perf_counter()
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), per_transaction):
+            with connection.transaction():
+                cursor.executemany(RAW_INSERT, rows[start : start + per_transaction])
+    return len(rows) / (time.perf_counter() - started)
+
+
+def _raw_rows(
+    template: _Template, count: int, flush_every: int
+) -> Iterator[tuple[uuid.UUID, int, str, bytes]]:
+    """The rows in the order threadlog's flushes reach the store: B per conversation in turn."""
+    ids = [uuid.uuid4() for _ in range(count)]
+    for start in range(0, len(template.rows), flush_every):
+        chunk = template.rows[start : start + flush_every]
+        for originator_id in ids:
+            for offset, (topic, state) in enumerate(chunk, start):
+                yield originator_id, template.first_position + offset, topic, state
