@@ -7,8 +7,7 @@ from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 from litestar.params import PathParameter
 
-from threadlog.domain.events import Cause
-from threadlog.http.context import request_id_of
+from threadlog.http.conversations import cause_of
 from threadlog.infra.runtime import Runtime
 
 RunId = Annotated[str, PathParameter(max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
@@ -36,6 +35,5 @@ class RunController(Controller):
     async def cancel(
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], run_id: RunId
     ) -> RunCancelled:
-        cause = Cause(actor="user:anonymous", correlation_id=request_id_of(request) or "")
-        await runtime.control.cancel(run_id, cause)
+        await runtime.control.cancel(run_id, cause_of(request))
         return RunCancelled(run_id=run_id, status="cancelled")

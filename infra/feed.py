@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from uuid import UUID
 
-import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
@@ -87,8 +86,3 @@ class ConversationFeed:
                 after = item.position
             if len(page) < CATCH_UP_PAGE:
                 return
-
-
-def decode_payload(payload: bytes) -> dict[str, object]:
-    decoded: dict[str, object] = msgspec.json.decode(payload)
-    return decoded

@@ -217,10 +217,6 @@ class RunExecutor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancel_requests: dict[str, Cause] = {}
 
-    @property
-    def active_runs(self) -> int:
-        return len(self._tasks)
-
     def is_running(self, run_id: str) -> bool:
         return run_id in self._tasks
 
