@@ -16,6 +16,7 @@ from threadlog.domain.errors import (
     ConversationIsArchived,
     InvalidConversation,
     InvalidMessage,
+    InvalidProgress,
     MessageTooLarge,
     RunAlreadyActive,
     RunNotActive,
@@ -30,15 +31,23 @@ from threadlog.domain.events import (
     HistoryCleared,
     MessageCompleted,
     MessagePosted,
+    OutputPartial,
     RunCancelled,
     RunCompleted,
     RunFailed,
+    RunInterrupted,
+    RunProgressReported,
     RunStarted,
     TokenStreamed,
+    ToolCallCompleted,
+    ToolCallStarted,
     chain_document,
     event_data,
     schema_version,
 )
+
+RUN_ENDINGS = (RunCompleted, RunFailed, RunCancelled, RunInterrupted)
+"""The events that end a run; exactly one ends each (RunInterrupted with retry=False)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,6 +127,8 @@ class Conversation(Aggregate):
         self.active_correlation_id = ""
         self.last_hash = GENESIS_HASH
         self.active_run_id: str | None = None
+        self.last_run_id: str | None = None
+        self.active_attempt = 0  # 1 for a run's first attempt, 2 after one retry …
         self.message_count = 0
         # client_message_id -> [message_id, run_id, position], for idempotent posts.
         self.client_messages: dict[str, list[Any]] = {}
@@ -236,7 +247,9 @@ class Conversation(Aggregate):
             actor=event.actor, correlation_id=event.correlation_id, causation_id=event.causation_id
         )
         self._record(type(event), cause, **event_data(event))
-        if isinstance(event, (RunCompleted, RunFailed, RunCancelled)):
+        if isinstance(event, RunInterrupted) and event.retry:
+            self._restart_run(event.run_id)
+        elif isinstance(event, RUN_ENDINGS):
             self._start_next_queued()
 
     def _require_active(self, run_id: str) -> None:
@@ -247,8 +260,58 @@ class Conversation(Aggregate):
         self._require_active(run_id)
         self._record(TokenStreamed, cause, run_id=run_id, part=part, delta=delta)
 
+    def start_tool_call(
+        self, *, run_id: str, tool_call_id: str, tool_name: str, args: Any, cause: Cause
+    ) -> None:
+        self._require_active(run_id)
+        self._record(
+            ToolCallStarted,
+            cause,
+            run_id=run_id,
+            tool_call_id=tool_call_id,
+            tool_name=tool_name,
+            args=args,
+        )
+
+    def complete_tool_call(
+        self,
+        *,
+        run_id: str,
+        tool_call_id: str,
+        tool_name: str,
+        result: Any,
+        error: str | None,
+        cause: Cause,
+    ) -> None:
+        self._require_active(run_id)
+        self._record(
+            ToolCallCompleted,
+            cause,
+            run_id=run_id,
+            tool_call_id=tool_call_id,
+            tool_name=tool_name,
+            result=None if error is not None else result,
+            error=error,
+        )
+
+    def report_output_partial(self, *, run_id: str, output: Any, cause: Cause) -> None:
+        self._require_active(run_id)
+        self._record(OutputPartial, cause, run_id=run_id, output=output)
+
+    def report_progress(self, *, run_id: str, percent: float, note: str, cause: Cause) -> None:
+        self._require_active(run_id)
+        if not 0 <= percent <= 100:
+            raise InvalidProgress(f"percent must be between 0 and 100, not {percent}")
+        self._record(RunProgressReported, cause, run_id=run_id, percent=percent, note=note)
+
     def complete_message(
-        self, *, run_id: str, content: str, model_messages: str, cause: Cause
+        self,
+        *,
+        run_id: str,
+        content: str,
+        model_messages: str,
+        cause: Cause,
+        output: Any = None,
     ) -> str:
         self._require_active(run_id)
         message_id = str(uuid4())
@@ -260,6 +323,7 @@ class Conversation(Aggregate):
             role="assistant",
             content=content,
             model_messages=model_messages,
+            output=output,
         )
         return message_id
 
@@ -271,6 +335,7 @@ class Conversation(Aggregate):
         duration_ms: float,
         time_to_first_token_ms: float | None,
         cause: Cause,
+        cost_usd: float | None = None,
     ) -> None:
         self._require_active(run_id)
         self._record(
@@ -278,10 +343,24 @@ class Conversation(Aggregate):
             cause,
             run_id=run_id,
             usage=usage,
+            cost_usd=cost_usd,
             duration_ms=duration_ms,
             time_to_first_token_ms=time_to_first_token_ms,
         )
         self._start_next_queued()
+
+    def interrupt_run(self, *, run_id: str, reason: str, retry: bool, cause: Cause) -> None:
+        """The run's process is gone. With `retry` the same run starts again at once;
+        otherwise the run ends here and the next queued message's run starts."""
+        self._require_active(run_id)
+        self._record(RunInterrupted, cause, run_id=run_id, reason=reason, retry=retry)
+        if retry:
+            self._restart_run(run_id)
+        else:
+            self._start_next_queued()
+
+    def _restart_run(self, run_id: str) -> None:
+        self._start_run(run_id, self.active_message_id, self.active_correlation_id, self.model)
 
     def cancel_run(self, *, run_id: str, reason: str, partial_content: str, cause: Cause) -> None:
         self._require_active(run_id)

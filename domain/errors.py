@@ -46,6 +46,10 @@ class InvalidMessage(DomainError):
     code = "invalid_message"
 
 
+class InvalidProgress(DomainError):
+    code = "invalid_progress"
+
+
 class MessageTooLarge(DomainError):
     code = "message_too_large"
 

@@ -113,6 +113,9 @@ class MessagePosted(ConversationEvent):
 
 
 class RunStarted(ConversationEvent):
+    """A run begins, or begins again after RunInterrupted(retry=True) under the same
+    run id (its attempt number is how many RunStarted the run has had)."""
+
     run_id: str
     message_id: str
     agent: str
@@ -120,6 +123,10 @@ class RunStarted(ConversationEvent):
     settings: dict[str, Any]
 
     def evolve(self, aggregate: Any) -> None:
+        # getattr: snapshots taken before these attributes existed lack them.
+        retried = self.run_id == getattr(aggregate, "last_run_id", None)
+        aggregate.active_attempt = getattr(aggregate, "active_attempt", 0) + 1 if retried else 1
+        aggregate.last_run_id = self.run_id
         aggregate.active_run_id = self.run_id
         aggregate.active_message_id = self.message_id
         aggregate.active_correlation_id = self.correlation_id
@@ -133,22 +140,78 @@ class TokenStreamed(ConversationEvent):
     delta: str
 
 
+class ToolCallStarted(ConversationEvent):
+    """The model called a tool; `args` as the model sent them (an object, or raw text
+    when they were not valid JSON)."""
+
+    run_id: str
+    tool_call_id: str
+    tool_name: str
+    args: Any
+
+
+class ToolCallCompleted(ConversationEvent):
+    """A tool call's outcome: its JSON-compatible `result`, or the `error` it raised
+    (then `result` is None and the model decides how the run goes on)."""
+
+    run_id: str
+    tool_call_id: str
+    tool_name: str
+    result: Any
+    error: str | None
+
+
+class OutputPartial(ConversationEvent):
+    """A validated partial of a run's structured output; the final one is in
+    MessageCompleted.output."""
+
+    run_id: str
+    output: Any
+
+
+class RunProgressReported(ConversationEvent):
+    run_id: str
+    percent: float
+    note: str
+
+
 class MessageCompleted(ConversationEvent):
+    """The assembled assistant message. `output` is the structured output (None when
+    the agent answers in text); `model_messages` is pydantic-ai's JSON of the run's
+    messages, from which the next run's history is rebuilt."""
+
+    class_version = 2
+
     message_id: str
     run_id: str
     role: str
     content: str
     model_messages: str
+    output: Any
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        state["output"] = None
 
     def evolve(self, aggregate: Any) -> None:
         aggregate.message_count += 1
 
 
 class RunCompleted(ConversationEvent):
+    """A run's successful end: usage (input/output tokens, requests), its cost in US
+    dollars when the model's price is known, and its timings."""
+
+    class_version = 2
+
     run_id: str
     usage: dict[str, int]
+    cost_usd: float | None
     duration_ms: float
     time_to_first_token_ms: float | None
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        state["cost_usd"] = None
 
     def evolve(self, aggregate: Any) -> None:
         aggregate.active_run_id = None
@@ -158,6 +221,18 @@ class RunFailed(ConversationEvent):
     run_id: str
     error: str
     message: str
+
+    def evolve(self, aggregate: Any) -> None:
+        aggregate.active_run_id = None
+
+
+class RunInterrupted(ConversationEvent):
+    """The process running a run died or stopped (its lease expired). With `retry`, the
+    same run starts again right after; otherwise this is the run's end."""
+
+    run_id: str
+    reason: str
+    retry: bool
 
     def evolve(self, aggregate: Any) -> None:
         aggregate.active_run_id = None
