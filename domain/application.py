@@ -102,6 +102,33 @@ class ConversationService(Application[UUID]):
     def clear_history(self, conversation_id: UUID, *, cause: Cause) -> Written[Conversation]:
         return self._change(conversation_id, lambda c: c.clear_history(cause=cause))
 
+    def interrupt_run(
+        self, conversation_id: UUID, *, run_id: str, reason: str, max_retries: int, cause: Cause
+    ) -> Written[bool | None]:
+        """The process running `run_id` is gone: the run ends as interrupted, or starts
+        again while it has had at most `max_retries` retries. The value says whether it
+        starts again; None when the run had already ended."""
+
+        def decide(conversation: Conversation) -> bool | None:
+            if conversation.active_run_id != run_id:
+                return None
+            retry = conversation.active_attempt <= max_retries
+            conversation.interrupt_run(run_id=run_id, reason=reason, retry=retry, cause=cause)
+            return retry
+
+        return self._decide(conversation_id, decide)
+
+    def fail_run(
+        self, conversation_id: UUID, *, run_id: str, error: str, message: str, cause: Cause
+    ) -> Written[Conversation]:
+        """Ends the run as failed, unless it has already ended."""
+
+        def fail(conversation: Conversation) -> None:
+            if conversation.active_run_id == run_id:
+                conversation.fail_run(run_id=run_id, error=error, message=message, cause=cause)
+
+        return self._change(conversation_id, fail)
+
     def _change(
         self, conversation_id: UUID, change: Callable[[Conversation], None]
     ) -> Written[Conversation]:

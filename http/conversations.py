@@ -5,7 +5,6 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from uuid import UUID
 
-import msgspec
 import structlog
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
@@ -28,7 +27,7 @@ from threadlog.http.schemas import (
 )
 from threadlog.infra import intake
 from threadlog.infra.envelope import envelope_of
-from threadlog.infra.feed import FeedEvent
+from threadlog.infra.feed import FeedEvent, ends_run
 from threadlog.infra.outcomes import run_outcome
 from threadlog.infra.runs import RunRequest
 from threadlog.infra.runtime import Runtime
@@ -90,24 +89,6 @@ def sse_frame(item: FeedEvent) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (item.position, item.type.encode(), item.payload)
 
 
-RUN_ENDINGS = frozenset({"RunCompleted", "RunFailed", "RunCancelled"})
-
-
-class _RunRef(msgspec.Struct):
-    run_id: str = ""
-
-
-class _Ending(msgspec.Struct):
-    data: _RunRef
-
-
-_ending_decoder = msgspec.json.Decoder(_Ending)
-
-
-def _ends_run(item: FeedEvent, run_id: str) -> bool:
-    return item.type in RUN_ENDINGS and _ending_decoder.decode(item.payload).data.run_id == run_id
-
-
 def _event_stream(frames: AsyncIterator[bytes]) -> Stream:
     return Stream(
         frames,
@@ -119,7 +100,12 @@ def _event_stream(frames: AsyncIterator[bytes]) -> Stream:
 async def _result(
     runtime: Runtime, conversation_id: UUID, posted: PostedMessage
 ) -> Response[RunResult]:
-    await runtime.executor.wait(posted.run_id, runtime.settings.run_wait_seconds)
+    await runtime.runs.wait(
+        conversation_id,
+        posted.run_id,
+        after=posted.position,
+        seconds=runtime.settings.run_wait_seconds,
+    )
     outcome = await asyncio.to_thread(
         run_outcome, runtime.event_log, conversation_id, posted.run_id, after=posted.position
     )
@@ -254,7 +240,7 @@ class ConversationController(Controller):
         )
         posted = written.value
         if not posted.duplicate and not posted.queued:
-            runtime.executor.start(
+            await runtime.runs.dispatch(
                 RunRequest(
                     conversation_id=conversation_id,
                     run_id=posted.run_id,
@@ -333,7 +319,7 @@ class ConversationController(Controller):
                     yield b": heartbeat\n\n"
                     continue
                 yield sse_frame(item)
-                if until_run is not None and _ends_run(item, until_run):
+                if until_run is not None and ends_run(item, until_run):
                     return
         except Exception as error:
             # Headers are sent: the status cannot change. End with a final event that says

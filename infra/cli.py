@@ -17,6 +17,7 @@ from threadlog.infra.logging import configure_logging
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings, SettingsError
 from threadlog.infra.store import open_service, store_environment
+from threadlog.infra.worker import RunWorker
 from threadlog.projections.read_models import RateReport, ReadModels, read_model_classes
 
 log = structlog.get_logger(__name__)
@@ -32,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (THREADLOG_PORT, default 8000)")
     serve.add_argument("--data-dir", type=Path, help="THREADLOG_DATA_DIR (default ./.threadlog)")
     worker = commands.add_parser(
-        "worker", help="run the background pipeline (the relay to NATS) without the API"
+        "worker",
+        help="execute runs taken from the JetStream work queue (the API sets THREADLOG_WORKERS)",
     )
     worker.add_argument("--data-dir", type=Path, help="THREADLOG_DATA_DIR")
     projections = commands.add_parser("projections", help="operate the read models")
@@ -83,9 +85,26 @@ async def _work(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with Runtime.open(settings.replace(relay=True)):
-        log.info("worker.running")
+    if settings.nats_url is None:
+        raise SettingsError(
+            "threadlog worker takes runs from a shared NATS: set THREADLOG_NATS_URL"
+        )
+    # The API (or `threadlog projections run`) runs the relay and the projections.
+    worker_settings = settings.replace(workers=True, relay=False, projections=False)
+    async with Runtime.open(worker_settings) as runtime:
+        worker = RunWorker(
+            service=runtime.service,
+            executor=runtime.executor,
+            js=runtime.js,
+            names=runtime.names,
+            lease_seconds=settings.worker_lease_seconds,
+            max_retries=settings.run_max_retries,
+            concurrency=settings.worker_concurrency,
+        )
+        await worker.start()
+        log.info("worker.running", lease_seconds=settings.worker_lease_seconds)
         await stop.wait()
+        await worker.stop()
     log.info("worker.stopped")
 
 

@@ -7,10 +7,11 @@ before, during or after a run, it gets every event once, in position order.
 """
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from uuid import UUID
 
+import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
@@ -35,6 +36,29 @@ class Heartbeat:
     pass
 
 
+RUN_ENDINGS = frozenset({"RunCompleted", "RunFailed", "RunCancelled", "RunInterrupted"})
+
+
+class _RunRef(msgspec.Struct):
+    run_id: str = ""
+    retry: bool = False
+
+
+class _Ending(msgspec.Struct):
+    data: _RunRef
+
+
+_ending_decoder = msgspec.json.Decoder(_Ending)
+
+
+def ends_run(item: FeedEvent, run_id: str) -> bool:
+    """Whether the event is the run's ending (a RunInterrupted that retries is not)."""
+    if item.type not in RUN_ENDINGS:
+        return False
+    data = _ending_decoder.decode(item.payload).data
+    return data.run_id == run_id and not data.retry
+
+
 class ConversationFeed:
     def __init__(self, log: EventLog, nc: NatsClient, names: StreamNames) -> None:
         self._log = log
@@ -43,7 +67,7 @@ class ConversationFeed:
 
     async def follow(
         self, conversation_id: UUID, *, after: int, heartbeat_seconds: float
-    ) -> AsyncIterator[FeedEvent | Heartbeat]:
+    ) -> AsyncGenerator[FeedEvent | Heartbeat, None]:
         subscription = await self._nc.subscribe(
             self._names.conversation_wildcard(conversation_id),
             pending_msgs_limit=LIVE_PENDING_LIMIT,

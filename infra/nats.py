@@ -39,6 +39,15 @@ class StreamNames:
         """What the stream stores: events only, never control traffic."""
         return f"{self.prefix}.conversation.>"
 
+    @property
+    def run_queue_stream(self) -> str:
+        """The work queue of runs waiting for a worker (a stream of its own)."""
+        return f"{self.stream}_RUNS"
+
+    @property
+    def run_queue_subject(self) -> str:
+        return f"{self.prefix}.work.runs"
+
     def run_control_subject(self, run_id: str, action: str) -> str:
         return f"{self.prefix}.control.runs.{run_id}.{action}"
 

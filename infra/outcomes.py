@@ -4,15 +4,21 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from threadlog.domain.events import MessageCompleted, RunCancelled, RunCompleted, RunFailed
+from threadlog.domain.events import (
+    MessageCompleted,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunInterrupted,
+)
 from threadlog.infra.store import EventLog, topics_of
 
-_OUTCOME_TOPICS = topics_of(MessageCompleted, RunCompleted, RunFailed, RunCancelled)
+_OUTCOME_TOPICS = topics_of(MessageCompleted, RunCompleted, RunFailed, RunCancelled, RunInterrupted)
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunOutcome:
-    status: str  # completed | failed | cancelled
+    status: str  # completed | failed | cancelled | interrupted
     position: int
     reply_message_id: str | None = None
     reply: str | None = None
@@ -47,4 +53,11 @@ def run_outcome(
             )
         elif isinstance(event, RunCancelled):
             return RunOutcome(status="cancelled", position=position, reply=event.partial_content)
+        elif isinstance(event, RunInterrupted) and not event.retry:
+            return RunOutcome(
+                status="interrupted",
+                position=position,
+                error="interrupted",
+                error_message=event.reason,
+            )
     return None

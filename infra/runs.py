@@ -7,7 +7,7 @@ most `batch_size` pending, and no later than `flush_interval` after the first.
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 from uuid import UUID
@@ -216,6 +216,8 @@ class RunExecutor:
         self._snapshot_interval = snapshot_interval
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancel_requests: dict[str, Cause] = {}
+        # Where the next queued run goes when one ends: here, or a worker queue (workers).
+        self.dispatch: Callable[[RunRequest], Awaitable[None]] = self._start_here
 
     def is_running(self, run_id: str) -> bool:
         return run_id in self._tasks
@@ -242,6 +244,9 @@ class RunExecutor:
         self._tasks[request.run_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(request.run_id, None))
 
+    async def _start_here(self, request: RunRequest) -> None:
+        self.start(request)
+
     async def stop(self) -> None:
         """Interrupts every run in flight; each records why it ended."""
         tasks = list(self._tasks.values())
@@ -261,7 +266,7 @@ class RunExecutor:
         run_id = conversation.active_run_id
         if run_id is None or run_id == ended.run_id or self.is_running(run_id):
             return
-        self.start(
+        await self.dispatch(
             RunRequest(
                 conversation_id=ended.conversation_id,
                 run_id=run_id,

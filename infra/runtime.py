@@ -7,10 +7,12 @@ builds adapters.
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import structlog
+from eventsourcing.persistence import IntegrityError
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from pydantic_ai import Agent
@@ -27,10 +29,12 @@ from threadlog.infra.relay import Relay
 from threadlog.infra.runs import FlushPolicy, RunExecutor
 from threadlog.infra.settings import Settings, SettingsError
 from threadlog.infra.store import EventLog, open_service, store_environment
+from threadlog.infra.workqueue import LocalRuns, QueuedRuns, Runs, ensure_run_queue
 from threadlog.infra.writer import EventWriter
 from threadlog.projections.read_models import ReadModels
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 def build_agent(settings: Settings, model: Model | None) -> Agent[None, str]:
@@ -57,6 +61,7 @@ class Runtime:
     feed: ConversationFeed
     executor: RunExecutor
     control: RunControl
+    runs: Runs
     model_name: str
     read_models: ReadModels
     relay: Relay | None = None
@@ -70,7 +75,7 @@ class Runtime:
         agent = build_agent(settings, model)
         async with contextlib.AsyncExitStack() as stack:
             nats_url = settings.nats_url or await _start_embedded_nats(settings, stack)
-            service = await asyncio.to_thread(open_service, settings)
+            service = await _creating_schema(lambda: open_service(settings))
             stack.callback(service.close)
             writer = EventWriter(service, max_events=settings.writer_max_events)
             writer.start()
@@ -81,12 +86,13 @@ class Runtime:
             js = nc.jetstream()
             await ensure_stream(js, names)
             event_log = EventLog(service)
-            read_models = await asyncio.to_thread(
-                ReadModels.open,
-                service,
-                store_environment(settings),
-                settings.read_models_dir,
-                batch_size=settings.projection_batch_size,
+            read_models = await _creating_schema(
+                lambda: ReadModels.open(
+                    service,
+                    store_environment(settings),
+                    settings.read_models_dir,
+                    batch_size=settings.projection_batch_size,
+                )
             )
             stack.callback(read_models.close)
             executor = RunExecutor(
@@ -103,6 +109,8 @@ class Runtime:
             control = RunControl(nc, names, executor)
             await control.start()
             stack.push_async_callback(control.stop)
+            feed = ConversationFeed(event_log, nc, names)
+            runs = await _runs(settings, js, names, service, feed, executor)
             runtime = cls(
                 settings=settings,
                 service=service,
@@ -111,9 +119,10 @@ class Runtime:
                 nc=nc,
                 js=js,
                 names=names,
-                feed=ConversationFeed(event_log, nc, names),
+                feed=feed,
                 executor=executor,
                 control=control,
+                runs=runs,
                 model_name=settings.model if model is None else model.model_name,
                 read_models=read_models,
             )
@@ -136,6 +145,39 @@ class Runtime:
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
+
+
+SCHEMA_ATTEMPTS = 3
+
+
+async def _creating_schema(open_: Callable[[], T]) -> T:
+    """Opens what creates tables if missing. Processes starting together on an empty
+    PostgreSQL database (an API and its workers) race on CREATE TABLE IF NOT EXISTS;
+    the loser sees a duplicate catalog row and tries again."""
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            return await asyncio.to_thread(open_)
+        except IntegrityError:
+            if attempt == SCHEMA_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+async def _runs(
+    settings: Settings,
+    js: JetStreamContext,
+    names: StreamNames,
+    service: ConversationService,
+    feed: ConversationFeed,
+    executor: RunExecutor,
+) -> Runs:
+    if not settings.workers:
+        return LocalRuns(executor)
+    await ensure_run_queue(js, names)
+    queued = QueuedRuns(js, names, service, feed)
+    executor.dispatch = queued.dispatch  # a run's ending queues the next one too
+    return queued
 
 
 async def _start_embedded_nats(settings: Settings, stack: contextlib.AsyncExitStack) -> str:

@@ -55,6 +55,15 @@ class Settings:
     projection_batch_size: int = 500
     # How long a read with `min_position` waits for the read model to reach it (then 503).
     read_wait_seconds: float = 5.0
+    # Runs execute in `threadlog worker` processes, taken from a JetStream work queue;
+    # false: in this process (the embedded mode).
+    workers: bool = False
+    # A worker holds a run for this long without a heartbeat before another takes it over.
+    worker_lease_seconds: float = 10.0
+    # Runs one worker process executes at once at most.
+    worker_concurrency: int = 16
+    # How many times a run whose worker was lost starts again (then RunInterrupted, no retry).
+    run_max_retries: int = 1
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"
@@ -99,12 +108,18 @@ class Settings:
             "max_page_size",
             "relay_batch_size",
             "projection_batch_size",
+            "worker_concurrency",
         )
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
         if self.read_wait_seconds < 0:
             raise SettingsError(f"{PREFIX}READ_WAIT_SECONDS must not be negative")
+        if self.worker_lease_seconds <= 0 or self.run_max_retries < 0:
+            raise SettingsError(
+                f"{PREFIX}WORKER_LEASE_SECONDS must be positive, "
+                f"{PREFIX}RUN_MAX_RETRIES not negative"
+            )
         if self.sse_heartbeat_seconds <= 0 or self.token_flush_interval_ms < 0:
             raise SettingsError("heartbeat and flush intervals must be positive")
         if self.database_url is not None and not self.database_url.startswith(

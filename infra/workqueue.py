@@ -1,0 +1,158 @@
+"""Where runs execute: in this process (embedded), or in `threadlog worker` processes.
+
+Scaled out (THREADLOG_WORKERS), a run is one message on a JetStream stream with
+work-queue retention: the API publishes it, one worker takes it and acks it when
+the run has ended (infra/worker.py). Its Nats-Msg-Id is the run id, so publishing a
+run twice queues it once.
+"""
+
+import asyncio
+import contextlib
+from typing import Protocol
+from uuid import UUID
+
+import msgspec
+import nats.errors
+import structlog
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+from threadlog.domain.application import ConversationService
+from threadlog.domain.events import Cause
+from threadlog.infra.feed import ConversationFeed, FeedEvent, ends_run
+from threadlog.infra.nats import DUPLICATE_WINDOW_SECONDS, HEADER_MSG_ID, StreamNames
+from threadlog.infra.runs import RunExecutor, RunRequest
+
+log = structlog.get_logger(__name__)
+
+NOT_QUEUED = ("run_not_queued", "The run could not be handed to a worker.")
+# The feed's idle heartbeat while waiting for a remote run; only bounds the wake-ups.
+WAIT_HEARTBEAT_SECONDS = 5.0
+
+
+class RunTicket(msgspec.Struct, frozen=True):
+    """A run waiting for a worker: enough to load everything else from the store."""
+
+    conversation_id: UUID
+    run_id: str
+    message_id: str
+    correlation_id: str
+
+
+_ticket_decoder = msgspec.json.Decoder(RunTicket)
+
+
+def encode_ticket(request: RunRequest) -> bytes:
+    return msgspec.json.encode(
+        RunTicket(
+            conversation_id=request.conversation_id,
+            run_id=request.run_id,
+            message_id=request.message_id,
+            correlation_id=request.correlation_id,
+        )
+    )
+
+
+def decode_ticket(data: bytes) -> RunRequest:
+    ticket = _ticket_decoder.decode(data)
+    return RunRequest(
+        conversation_id=ticket.conversation_id,
+        run_id=ticket.run_id,
+        message_id=ticket.message_id,
+        correlation_id=ticket.correlation_id,
+    )
+
+
+async def ensure_run_queue(js: JetStreamContext, names: StreamNames) -> None:
+    """Creates the work-queue stream, or brings an existing one's settings up to date."""
+    config = StreamConfig(
+        name=names.run_queue_stream,
+        subjects=[names.run_queue_subject],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    )
+    try:
+        await js.stream_info(names.run_queue_stream)
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+            return
+        except BadRequestError:
+            pass  # created concurrently by another process
+    await js.update_stream(config)
+
+
+class Runs(Protocol):
+    """Starts runs and waits for them, wherever they execute."""
+
+    async def dispatch(self, request: RunRequest) -> None: ...
+
+    async def wait(self, conversation_id: UUID, run_id: str, *, after: int, seconds: float) -> None:
+        """Waits, at most `seconds`, for the run to end (its events after `after`)."""
+        ...
+
+
+class LocalRuns:
+    """The embedded mode: runs execute in this process."""
+
+    def __init__(self, executor: RunExecutor) -> None:
+        self._executor = executor
+
+    async def dispatch(self, request: RunRequest) -> None:
+        self._executor.start(request)
+
+    async def wait(self, conversation_id: UUID, run_id: str, *, after: int, seconds: float) -> None:
+        await self._executor.wait(run_id, seconds)
+
+
+class QueuedRuns:
+    """Scaled out: runs go to the work queue; their events come back through the feed."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        names: StreamNames,
+        service: ConversationService,
+        feed: ConversationFeed,
+    ) -> None:
+        self._js = js
+        self._names = names
+        self._service = service
+        self._feed = feed
+
+    async def dispatch(self, request: RunRequest) -> None:
+        try:
+            await self._js.publish(
+                self._names.run_queue_subject,
+                encode_ticket(request),
+                stream=self._names.run_queue_stream,
+                headers={HEADER_MSG_ID: request.run_id},
+            )
+        except nats.errors.Error as error:
+            # No worker will ever see this run: end it, so the conversation takes the next.
+            log.error("runs.not_queued", run_id=request.run_id, error=repr(error))
+            cause = Cause(
+                actor="system", correlation_id=request.correlation_id, causation_id=request.run_id
+            )
+            await asyncio.to_thread(
+                self._service.fail_run,
+                request.conversation_id,
+                run_id=request.run_id,
+                error=NOT_QUEUED[0],
+                message=NOT_QUEUED[1],
+                cause=cause,
+            )
+            raise
+
+    async def wait(self, conversation_id: UUID, run_id: str, *, after: int, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                events = self._feed.follow(
+                    conversation_id, after=after, heartbeat_seconds=WAIT_HEARTBEAT_SECONDS
+                )
+                async with contextlib.aclosing(events):
+                    async for item in events:
+                        if isinstance(item, FeedEvent) and ends_run(item, run_id):
+                            return
