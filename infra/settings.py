@@ -115,11 +115,10 @@ class Settings:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
         if self.read_wait_seconds < 0:
             raise SettingsError(f"{PREFIX}READ_WAIT_SECONDS must not be negative")
-        if self.worker_lease_seconds <= 0 or self.run_max_retries < 0:
-            raise SettingsError(
-                f"{PREFIX}WORKER_LEASE_SECONDS must be positive, "
-                f"{PREFIX}RUN_MAX_RETRIES not negative"
-            )
+        if self.worker_lease_seconds <= 0:
+            raise SettingsError(f"{PREFIX}WORKER_LEASE_SECONDS must be positive")
+        if self.run_max_retries < 0:
+            raise SettingsError(f"{PREFIX}RUN_MAX_RETRIES must not be negative")
         if self.sse_heartbeat_seconds <= 0 or self.token_flush_interval_ms < 0:
             raise SettingsError("heartbeat and flush intervals must be positive")
         if self.database_url is not None and not self.database_url.startswith(
