@@ -131,7 +131,8 @@ class QueuedRuns:
                 headers={HEADER_MSG_ID: request.run_id},
             )
         except nats.errors.Error as error:
-            # No worker will ever see this run: end it, so the conversation takes the next.
+            # No worker will ever see this run: it fails (an event the client sees, like
+            # any run's failure), so the conversation takes its next message.
             log.error("runs.not_queued", run_id=request.run_id, error=repr(error))
             cause = Cause(
                 actor="system", correlation_id=request.correlation_id, causation_id=request.run_id
@@ -144,7 +145,6 @@ class QueuedRuns:
                 message=NOT_QUEUED[1],
                 cause=cause,
             )
-            raise
 
     async def wait(self, conversation_id: UUID, run_id: str, *, after: int, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -21,9 +21,17 @@ import httpx
 import pytest
 
 from tests.servers import NatsNames, delete_stream
-from tests.support import SSEEvent, create_conversation, parse_sse, post_message, stored_events
+from tests.support import (
+    LiveServer,
+    SSEEvent,
+    create_conversation,
+    parse_sse,
+    post_message,
+    stored_events,
+)
 from threadlog.infra.embedded import free_port
 from threadlog.infra.nats import StreamNames
+from threadlog.infra.settings import Settings
 
 THREADLOG = Path(sys.executable).parent / "threadlog"
 LEASE_SECONDS = "2"
@@ -327,3 +335,20 @@ def test_the_api_cancels_a_run_executing_in_a_worker(
     assert events[-1].data["data"]["run_id"] == run_id
     assert "MessageCompleted" not in [e.event for e in events]
     assert_gapless(events)
+
+
+def test_a_run_the_queue_cannot_take_fails_and_says_so(
+    make_settings: Callable[..., Settings], nats_url: str
+) -> None:
+    settings = make_settings(workers=True)
+    with LiveServer(settings) as server, server.client() as client:
+        names = StreamNames(stream=settings.nats_stream, prefix=settings.nats_subject_prefix)
+        delete_stream(nats_url, names.run_queue_stream)
+        conversation_id = create_conversation(client)
+        run_id = post_message(client, conversation_id, "nobody takes this")["run_id"]
+        events = run_events(client, conversation_id, until=lambda e: e.event in ENDINGS)
+        again = post_message(client, conversation_id, "the conversation is free again")
+    assert [e.event for e in events][-1] == "RunFailed"
+    assert events[-1].data["data"]["run_id"] == run_id
+    assert events[-1].data["data"]["error"] == "run_not_queued"
+    assert again["queued"] is False
