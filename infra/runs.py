@@ -31,6 +31,7 @@ from pydantic_ai.run import AgentRunResult, AgentRunResultEvent
 
 from threadlog.domain.application import ConversationService
 from threadlog.domain.conversation import Conversation
+from threadlog.domain.errors import RunNotActive
 from threadlog.domain.events import (
     Cause,
     ConversationEvent,
@@ -74,6 +75,9 @@ class _Flusher:
         policy: FlushPolicy,
     ):
         self.conversation = conversation
+        # The attempt this flusher writes for: a retry elsewhere (a worker that lost its
+        # lease while alive) supersedes it, and its events must not land in the retry.
+        self._attempt = (conversation.active_run_id, conversation.active_attempt)
         self._service = service
         self._writer = writer
         self._policy = policy
@@ -121,6 +125,9 @@ class _Flusher:
     async def _rebase(self, decided: Sequence[ConversationEvent]) -> None:
         for attempt in range(REBASE_ATTEMPTS):
             fresh = await asyncio.to_thread(self._service.get_conversation, self.conversation.id)
+            run_id, attempt = self._attempt
+            if fresh.active_run_id == run_id and fresh.active_attempt != attempt:
+                raise RunNotActive(run_id or "")
             for event in decided:
                 fresh.redo(event)
             redone = fresh.collect_events()
@@ -216,6 +223,7 @@ class RunExecutor:
         self._snapshot_interval = snapshot_interval
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancel_requests: dict[str, Cause] = {}
+        self._attempts: dict[str, int] = {}  # run id -> the attempt this process executes
         # Where the next queued run goes when one ends: here, or a worker queue (workers).
         self.dispatch: Callable[[RunRequest], Awaitable[None]] = self._start_here
 
@@ -242,7 +250,11 @@ class RunExecutor:
     def start(self, request: RunRequest) -> None:
         task = asyncio.create_task(self._run(request), name=f"run-{request.run_id}")
         self._tasks[request.run_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(request.run_id, None))
+        task.add_done_callback(lambda _: self._forget(request.run_id))
+
+    def _forget(self, run_id: str) -> None:
+        self._tasks.pop(run_id, None)
+        self._attempts.pop(run_id, None)
 
     async def _start_here(self, request: RunRequest) -> None:
         self.start(request)
@@ -295,6 +307,7 @@ class RunExecutor:
         if conversation.active_run_id != request.run_id:
             return
         first_version = conversation.version
+        self._attempts[request.run_id] = conversation.active_attempt
         cause = Cause(
             actor=f"agent:{conversation.agent}",
             correlation_id=request.correlation_id,
@@ -413,7 +426,8 @@ class RunExecutor:
         """The live aggregate is out of step with the store: record the ending on a fresh one."""
         try:
             fresh = self._service.get_conversation(request.conversation_id)
-            if fresh.active_run_id == request.run_id:
+            attempt = self._attempts.get(request.run_id, fresh.active_attempt)
+            if fresh.active_run_id == request.run_id and fresh.active_attempt == attempt:
                 end(fresh, request.run_id)
                 self._service.save(fresh)
         except Exception as store_error:

@@ -279,6 +279,53 @@ def test_a_run_whose_worker_is_killed_is_interrupted_and_retried_by_another(
     assert sum(1 for t in types if t in ENDINGS) == 1
 
 
+def test_a_stalled_worker_that_wakes_after_the_retry_began_writes_nothing_more(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster(THREADLOG_DEMO_TOKEN_DELAY_MS="60", THREADLOG_RUN_MAX_RETRIES="1")
+    cluster.start_api()
+    workers = [cluster.start_worker("worker-a"), cluster.start_worker("worker-b")]
+    cluster.wait_ready()
+    stalled: list[ThreadlogProcess] = []
+    retried_tokens: list[SSEEvent] = []
+
+    def stall_then_wake(event: SSEEvent) -> None:
+        if event.event == "TokenStreamed" and not stalled:
+            stalled.append(holder(workers, run_id))
+            stalled[0].process.send_signal(signal.SIGSTOP)  # alive, but its lease runs out
+        elif event.event == "TokenStreamed" and "RunInterrupted" in seen:
+            retried_tokens.append(event)
+            if len(retried_tokens) == 3:
+                stalled[0].process.send_signal(signal.SIGCONT)
+        seen.add(event.event)
+
+    seen: set[str] = set()
+    with cluster.client() as client:
+        conversation_id = create_conversation(client)
+        run_id = post_message(client, conversation_id, "do not write twice")["run_id"]
+        try:
+            run_events(
+                client,
+                conversation_id,
+                until=lambda e: e.event in ENDINGS,
+                meanwhile=stall_then_wake,
+            )
+        finally:
+            if stalled:
+                stalled[0].process.send_signal(signal.SIGCONT)
+        stalled[0].stop()  # it exits once its run's task has written all it tries to
+        events = stored_events(client, conversation_id)
+    types = [e["type"] for e in events]
+    assert types.count("RunInterrupted") == 1
+    retry = types.index("RunInterrupted") + 1
+    assert types[retry] == "RunStarted"
+    after_retry = events[retry + 1 :]
+    assert [e["type"] for e in after_retry[-2:]] == ["MessageCompleted", "RunCompleted"]
+    tokens = [e["data"]["delta"] for e in after_retry if e["type"] == "TokenStreamed"]
+    assert "".join(tokens) == after_retry[-2]["data"]["content"]
+    assert sum(1 for t in types if t in ENDINGS) == 1
+
+
 def test_without_retries_a_lost_run_ends_interrupted_and_the_next_message_runs(
     make_cluster: Callable[..., Cluster],
 ) -> None:
