@@ -135,7 +135,14 @@ class RunWorker:
 
     async def _takes(self, request: RunRequest, delivered: int) -> bool:
         """Whether this worker executes the run; a redelivered run's worker was lost."""
-        if delivered == 1 or self._executor.is_running(request.run_id):
+        if self._executor.is_running(request.run_id):
+            return True  # its own lease ran out and the run came back here: keep it
+        conversation = await asyncio.to_thread(
+            self._service.get_conversation, request.conversation_id
+        )
+        if conversation.active_run_id != request.run_id:
+            return False  # it ended meanwhile (a stale ticket): nothing to execute or queue
+        if delivered == 1:
             return True
         cause = Cause(
             actor="system", correlation_id=request.correlation_id, causation_id=request.run_id
@@ -150,7 +157,7 @@ class RunWorker:
         )
         retry = written.value
         if retry is None:
-            return False  # it had ended: the lost worker died after recording that
+            return False  # it ended just now: the lost worker died after recording that
         log.warning("worker.run_interrupted", run_id=request.run_id, retry=retry)
         if not retry:
             await self._queue_next(request)

@@ -3,7 +3,7 @@
 Scaled out (THREADLOG_WORKERS), a run is one message on a JetStream stream with
 work-queue retention: the API publishes it, one worker takes it and acks it when
 the run has ended (infra/worker.py). Its Nats-Msg-Id is the run id, so publishing a
-run twice queues it once.
+run twice (within RUN_DEDUP_WINDOW_SECONDS) queues it once.
 """
 
 import asyncio
@@ -21,11 +21,14 @@ from nats.js.errors import BadRequestError, NotFoundError
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import Cause
 from threadlog.infra.feed import ConversationFeed, FeedEvent, ends_run
-from threadlog.infra.nats import DUPLICATE_WINDOW_SECONDS, HEADER_MSG_ID, StreamNames
+from threadlog.infra.nats import HEADER_MSG_ID, StreamNames
 from threadlog.infra.runs import RunExecutor, RunRequest
 
 log = structlog.get_logger(__name__)
 
+# A run queued twice within this window is queued once (a worker that lost its lease
+# and woke up again may try to queue the conversation's next run a second time).
+RUN_DEDUP_WINDOW_SECONDS = 600.0
 NOT_QUEUED = ("run_not_queued", "The run could not be handed to a worker.")
 # The feed's idle heartbeat while waiting for a remote run; only bounds the wake-ups.
 WAIT_HEARTBEAT_SECONDS = 5.0
@@ -71,7 +74,7 @@ async def ensure_run_queue(js: JetStreamContext, names: StreamNames) -> None:
         subjects=[names.run_queue_subject],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        duplicate_window=RUN_DEDUP_WINDOW_SECONDS,
     )
     try:
         await js.stream_info(names.run_queue_stream)
