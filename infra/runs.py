@@ -125,8 +125,8 @@ class _Flusher:
     async def _rebase(self, decided: Sequence[ConversationEvent]) -> None:
         for attempt in range(REBASE_ATTEMPTS):
             fresh = await asyncio.to_thread(self._service.get_conversation, self.conversation.id)
-            run_id, attempt = self._attempt
-            if fresh.active_run_id == run_id and fresh.active_attempt != attempt:
+            run_id, run_attempt = self._attempt
+            if fresh.active_run_id == run_id and fresh.active_attempt != run_attempt:
                 raise RunNotActive(run_id or "")
             for event in decided:
                 fresh.redo(event)
