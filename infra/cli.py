@@ -115,7 +115,7 @@ async def _work(settings: Settings) -> None:
         await worker.start()
         log.info("worker.running", lease_seconds=settings.worker_lease_seconds)
         await stop.wait()
-        await worker.stop()
+        await worker.stop(drain_seconds=settings.worker_drain_seconds)
     log.info("worker.stopped")
 
 

@@ -60,6 +60,9 @@ class Settings:
     workers: bool = False
     # A worker holds a run for this long without a heartbeat before another takes it over.
     worker_lease_seconds: float = 10.0
+    # On SIGTERM a worker takes no more runs and lets its runs finish for this long;
+    # the runs still going then end as interrupted (RunFailed).
+    worker_drain_seconds: float = 8.0
     # Runs one worker process executes at once at most.
     worker_concurrency: int = 16
     # How many times a run whose worker was lost starts again (then RunInterrupted, no retry).
@@ -117,6 +120,8 @@ class Settings:
             raise SettingsError(f"{PREFIX}READ_WAIT_SECONDS must not be negative")
         if self.worker_lease_seconds <= 0:
             raise SettingsError(f"{PREFIX}WORKER_LEASE_SECONDS must be positive")
+        if self.worker_drain_seconds < 0:
+            raise SettingsError(f"{PREFIX}WORKER_DRAIN_SECONDS must not be negative")
         if self.run_max_retries < 0:
             raise SettingsError(f"{PREFIX}RUN_MAX_RETRIES must not be negative")
         if self.sse_heartbeat_seconds <= 0 or self.token_flush_interval_ms < 0:

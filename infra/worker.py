@@ -74,11 +74,15 @@ class RunWorker:
         self._subscription = await self._js.pull_subscribe_bind(durable=CONSUMER, stream=stream)
         self._taking = asyncio.create_task(self._take_runs(self._subscription))
 
-    async def stop(self) -> None:
-        """Takes no more runs; the runs in flight record why they ended, then are acked."""
+    async def stop(self, drain_seconds: float = 0.0) -> None:
+        """Takes no more runs and lets the runs in flight finish for `drain_seconds`;
+        those still going then record why they ended. Each is acked."""
         if self._taking is not None:
             self._taking.cancel()
             await asyncio.gather(self._taking, return_exceptions=True)
+        if self._held and drain_seconds > 0:
+            log.info("worker.draining", runs=len(self._held), seconds=drain_seconds)
+            await asyncio.wait(self._held, timeout=drain_seconds)
         await self._executor.stop()
         await asyncio.gather(*self._held, return_exceptions=True)
         if self._subscription is not None:

@@ -399,3 +399,31 @@ def test_a_run_the_queue_cannot_take_fails_and_says_so(
     assert events[-1].data["data"]["run_id"] == run_id
     assert events[-1].data["data"]["error"] == "run_not_queued"
     assert again["queued"] is False
+
+
+def test_a_stopped_worker_finishes_its_run_before_it_exits(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster(THREADLOG_DEMO_TOKEN_DELAY_MS="40", THREADLOG_WORKER_DRAIN_SECONDS="60")
+    cluster.start_api()
+    worker = cluster.start_worker("worker")
+    cluster.wait_ready()
+    stopping: list[bool] = []
+
+    def stop_worker_at_first_token(event: SSEEvent) -> None:
+        if event.event == "TokenStreamed" and not stopping:
+            stopping.append(True)
+            worker.process.send_signal(signal.SIGTERM)
+
+    with cluster.client() as client:
+        conversation_id = create_conversation(client)
+        post_message(client, conversation_id, "finish me")
+        events = run_events(
+            client,
+            conversation_id,
+            until=lambda e: e.event in ENDINGS,
+            meanwhile=stop_worker_at_first_token,
+        )
+    assert worker.process.wait(timeout=30) == 0
+    assert [e.event for e in events][-2:] == ["MessageCompleted", "RunCompleted"]
+    assert "finish me" in events[-2].data["data"]["content"]

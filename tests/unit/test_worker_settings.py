@@ -28,6 +28,7 @@ def test_worker_settings_are_read_from_the_environment() -> None:
     [
         ("THREADLOG_WORKER_LEASE_SECONDS", "0"),
         ("THREADLOG_RUN_MAX_RETRIES", "-1"),
+        ("THREADLOG_WORKER_DRAIN_SECONDS", "-1"),
         ("THREADLOG_WORKER_CONCURRENCY", "0"),
     ],
 )
