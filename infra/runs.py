@@ -215,10 +215,16 @@ class RunExecutor:
         self._policy = policy
         self._snapshot_interval = snapshot_interval
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._requests: dict[str, RunRequest] = {}
         self._cancel_requests: dict[str, Cause] = {}
 
     def is_running(self, run_id: str) -> bool:
         return run_id in self._tasks
+
+    def conversation_of(self, run_id: str) -> UUID | None:
+        """The conversation of a run this process runs (None when it runs no such run)."""
+        request = self._requests.get(run_id)
+        return request.conversation_id if request is not None else None
 
     async def wait(self, run_id: str, seconds: float) -> None:
         """Waits, at most `seconds`, for a run of this process to end."""
@@ -240,7 +246,13 @@ class RunExecutor:
     def start(self, request: RunRequest) -> None:
         task = asyncio.create_task(self._run(request), name=f"run-{request.run_id}")
         self._tasks[request.run_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(request.run_id, None))
+        self._requests[request.run_id] = request
+
+        def forget(_: object) -> None:
+            self._tasks.pop(request.run_id, None)
+            self._requests.pop(request.run_id, None)
+
+        task.add_done_callback(forget)
 
     async def stop(self) -> None:
         """Interrupts every run in flight; each records why it ended."""

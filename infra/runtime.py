@@ -18,11 +18,21 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.models import Model
 
 from threadlog.domain.application import ConversationService
+from threadlog.domain.identity_service import IdentityService
+from threadlog.infra.auth import (
+    Authenticator,
+    Passwords,
+    Tokens,
+    announce_admin_key,
+    ensure_admin,
+    open_identities,
+)
 from threadlog.infra.control import RunControl
 from threadlog.infra.demo_model import demo_model
 from threadlog.infra.embedded import EmbeddedNats
 from threadlog.infra.feed import ConversationFeed
 from threadlog.infra.nats import StreamNames, connect, ensure_stream
+from threadlog.infra.ratelimit import RateLimiter, open_bucket
 from threadlog.infra.relay import Relay
 from threadlog.infra.runs import FlushPolicy, RunExecutor
 from threadlog.infra.settings import Settings, SettingsError
@@ -59,6 +69,11 @@ class Runtime:
     control: RunControl
     model_name: str
     read_models: ReadModels
+    identities: IdentityService
+    authenticator: Authenticator
+    passwords: Passwords
+    tokens: Tokens
+    rate_limiter: RateLimiter | None = None
     relay: Relay | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -72,6 +87,12 @@ class Runtime:
             nats_url = settings.nats_url or await _start_embedded_nats(settings, stack)
             service = await asyncio.to_thread(open_service, settings)
             stack.callback(service.close)
+            identities = await asyncio.to_thread(open_identities, settings)
+            stack.callback(identities.close)
+            created_key = await asyncio.to_thread(ensure_admin, identities, settings)
+            if created_key is not None:
+                announce_admin_key(created_key)
+            tokens = Tokens(settings)
             writer = EventWriter(service, max_events=settings.writer_max_events)
             writer.start()
             stack.callback(writer.stop)
@@ -100,7 +121,7 @@ class Runtime:
                 ),
                 snapshot_interval=settings.snapshot_interval,
             )
-            control = RunControl(nc, names, executor)
+            control = RunControl(nc, names, executor, service)
             await control.start()
             stack.push_async_callback(control.stop)
             runtime = cls(
@@ -116,7 +137,15 @@ class Runtime:
                 control=control,
                 model_name=settings.model if model is None else model.model_name,
                 read_models=read_models,
+                identities=identities,
+                authenticator=Authenticator(identities, tokens, settings),
+                passwords=Passwords(),
+                tokens=tokens,
             )
+            if settings.rate_limit_per_key or settings.rate_limit_per_ip:
+                window = settings.rate_limit_window_seconds
+                bucket = await open_bucket(js, f"{names.stream}_RATES", window)
+                runtime.rate_limiter = RateLimiter(bucket, window_seconds=window)
             if settings.projections:
                 read_models.start()
             if settings.relay:

@@ -53,10 +53,11 @@ def test_a_created_conversation_is_listed_at_once_when_asked_for_its_position(
     with LiveServer(make_settings(), scripted_model(REPLY)) as server, server.client() as client:
         created = create(client, title="Fresh", agent="helper")
         page = listed(client, min_position=created["global_position"])
+        me = client.get("/v1/users/me").json()["id"]
     (item,) = page["items"]
     assert item == {
         "id": created["id"],
-        "owner": "anonymous",
+        "owner": me,
         "agent": "helper",
         "title": "Fresh",
         "created_at": created["created_at"],
