@@ -11,6 +11,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from pydantic_ai.models import Model
 
+from threadlog.http.agents import list_agents
 from threadlog.http.context import request_context
 from threadlog.http.conversations import ConversationController
 from threadlog.http.errors import exception_handlers
@@ -39,7 +40,13 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
     handlers: Any = exception_handlers()
     app = Litestar(
         # READ_HANDLERS share ConversationController's paths: they must come after it.
-        route_handlers=[ConversationController, *READ_HANDLERS, RunController, HealthController],
+        route_handlers=[
+            ConversationController,
+            *READ_HANDLERS,
+            RunController,
+            HealthController,
+            list_agents,
+        ],
         dependencies={"runtime": Provide(_runtime, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers=handlers,

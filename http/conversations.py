@@ -16,7 +16,7 @@ from threadlog.domain.conversation import Conversation, PostedMessage
 from threadlog.domain.errors import ConversationNotFound
 from threadlog.domain.events import Cause
 from threadlog.http.context import request_id_of
-from threadlog.http.errors import BadRequest
+from threadlog.http.errors import BadRequest, UnknownAgent
 from threadlog.http.schemas import (
     ConversationOut,
     CreateConversation,
@@ -149,11 +149,15 @@ class ConversationController(Controller):
         runtime: NamedDependency[Runtime],
         data: JSONBody[CreateConversation],
     ) -> ConversationOut:
-        settings = runtime.settings
+        agent = data.agent or runtime.settings.agent
+        if agent not in runtime.agents:
+            raise UnknownAgent(
+                f"unknown agent {agent!r}; GET /v1/agents lists them", extra={"field": "agent"}
+            )
         written = await asyncio.to_thread(
             runtime.service.start_conversation,
             owner=ANONYMOUS,
-            agent=data.agent or settings.agent,
+            agent=agent,
             title=data.title or "New conversation",
             metadata=data.metadata,
             cause=cause_of(request),
@@ -249,7 +253,7 @@ class ConversationController(Controller):
             conversation_id,
             content=data.content,
             client_message_id=data.client_message_id,
-            model=runtime.model_name,
+            model=runtime.agents.model_of,
             cause=cause_of(request),
         )
         posted = written.value
