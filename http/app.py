@@ -18,6 +18,7 @@ from threadlog.http.errors import exception_handlers
 from threadlog.http.health import HealthController
 from threadlog.http.reads import READ_HANDLERS
 from threadlog.http.runs import RunController
+from threadlog.infra.agents import AgentRegistry
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings
 
@@ -30,10 +31,12 @@ def _runtime(state: State) -> Runtime:
 
 def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
     """The whole service: `model` replaces the configured one (tests pass fakes here)."""
+    # Built now, not at startup: a bad agents file is a SettingsError before serving.
+    agents = AgentRegistry.build(settings, model)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with Runtime.open(settings, model=model) as runtime:
+        async with Runtime.open(settings, model=model, agents=agents) as runtime:
             app.state.runtime = runtime
             yield
 

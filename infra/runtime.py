@@ -52,9 +52,9 @@ class Runtime:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, settings: Settings, *, model: Model | None = None
+        cls, settings: Settings, *, model: Model | None = None, agents: AgentRegistry | None = None
     ) -> AsyncIterator["Runtime"]:
-        agents = AgentRegistry.build(settings, model)
+        agents = agents or AgentRegistry.build(settings, model)
         async with contextlib.AsyncExitStack() as stack:
             nats_url = settings.nats_url or await _start_embedded_nats(settings, stack)
             service = await asyncio.to_thread(open_service, settings)
