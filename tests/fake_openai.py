@@ -192,8 +192,8 @@ class _Handler(BaseHTTPRequestHandler):
         self, model: str, name: str, arguments: dict[str, Any], prompt_tokens: int
     ) -> None:
         """One tool call, its JSON arguments split over two chunks, then usage."""
-        base = {"id": _new_id("chatcmpl-"), "object": "chat.completion.chunk", "model": model}
-        base["created"] = int(time.time())
+        base: dict[str, Any] = {"id": _new_id("chatcmpl-"), "object": "chat.completion.chunk"}
+        base |= {"model": model, "created": int(time.time())}
         text = json.dumps(arguments)
         half = len(text) // 2
         call = {"index": 0, "id": _new_id("call_"), "type": "function"}
