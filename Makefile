@@ -30,7 +30,7 @@ lint: $(INSTALLED)
 typecheck: $(INSTALLED)
 	@mkdir -p .typecheck/threadlog
 	@for layer in $(LAYERS); do ln -sfn ../../$$layer .typecheck/threadlog/$$layer; done
-	$(BIN)/mypy .typecheck/threadlog tests $(wildcard bench)
+	$(BIN)/mypy .typecheck/threadlog tests $(wildcard bench) $(wildcard examples)
 
 pytest: $(INSTALLED)
 	$(BIN)/python -m pytest

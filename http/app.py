@@ -12,6 +12,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from pydantic_ai.models import Model
 
 from threadlog.http.agents import list_agents
+from threadlog.http.audit import AuditController
 from threadlog.http.context import request_context
 from threadlog.http.conversations import ConversationController
 from threadlog.http.errors import exception_handlers
@@ -47,6 +48,7 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
             ConversationController,
             *READ_HANDLERS,
             RunController,
+            AuditController,
             HealthController,
             list_agents,
         ],

@@ -8,11 +8,13 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from uuid import UUID
 
 import structlog
 import uvicorn
 
 from threadlog.http.app import create_app
+from threadlog.infra.audit import ChainAuditor, describe
 from threadlog.infra.logging import configure_logging
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings, SettingsError
@@ -50,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
         help="follow the log and keep the read models current (THREADLOG_PROJECTIONS=false "
         "on the API nodes)",
     )
+    audit = commands.add_parser("audit", help="tamper evidence")
+    audit.add_argument("--data-dir", type=Path, help="THREADLOG_DATA_DIR")
+    audit_actions = audit.add_subparsers(dest="action", required=True)
+    verify = audit_actions.add_parser(
+        "verify", help="recompute hash chains; exit status 1 when one is broken"
+    )
+    which = verify.add_mutually_exclusive_group(required=True)
+    which.add_argument("conversation_id", nargs="?", type=UUID, help="one conversation")
+    which.add_argument("--all", action="store_true", help="every conversation in the store")
     return parser
 
 
@@ -119,6 +130,32 @@ def projections(settings: Settings, action: str, name: str | None) -> None:
         service.close()
 
 
+def audit_verify(settings: Settings, conversation_id: UUID | None) -> int:
+    """Prints each broken chain (and, for one conversation, its verdict); 1 if any broke."""
+    service = open_service(settings)
+    try:
+        auditor = ChainAuditor(service)
+        if conversation_id is not None:
+            verification = auditor.verify(conversation_id)
+            if verification is None:
+                print(f"conversation {conversation_id} has no events", file=sys.stderr)
+                return 2
+            print(describe(verification))
+            return 0 if verification.intact else 1
+        report = RateReport("verify", sys.stderr.write)
+        checked = broken = 0
+        for verification in auditor.verify_all(progress=report):
+            checked += 1
+            if not verification.intact:
+                broken += 1
+                print(describe(verification))
+        report.finish()
+        print(f"{checked} conversations verified, {broken} broken")
+        return 1 if broken else 0
+    finally:
+        service.close()
+
+
 def _follow_until_signalled(read_models: ReadModels) -> None:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -139,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if args.command == "serve":
             serve(settings)
+        elif args.command == "audit":
+            sys.exit(audit_verify(settings, args.conversation_id))
         elif args.command == "projections":
             projections(settings, args.action, getattr(args, "name", None))
         else:

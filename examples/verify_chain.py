@@ -1,0 +1,45 @@
+"""Re-verify a conversation's hash chain over the HTTP API, with nothing of threadlog's code.
+
+    python examples/verify_chain.py http://127.0.0.1:8000 <conversation-id>
+
+Exit status 0 and "intact up to position N", or 1 naming the first broken position.
+The canonical encoding is described in docs/audit.md.
+"""
+
+import hashlib
+import json
+import sys
+import urllib.request
+
+
+def canonical_hash(event: dict[str, object]) -> str:
+    document = {k: v for k, v in event.items() if k not in ("hash", "global_position")}
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def main(base: str, conversation: str) -> int:
+    if not base.startswith(("http://", "https://")):
+        print("the base URL must be http:// or https://")
+        return 2
+    previous, after = "0" * 64, 0
+    while True:
+        url = f"{base}/v1/conversations/{conversation}/events?after={after}"
+        request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
+        with urllib.request.urlopen(request) as answer:  # noqa: S310 (scheme checked)
+            page = json.load(answer)
+        for event in page["items"]:
+            if event["position"] != after + 1:
+                print(f"broken at position {after + 1}: missing")
+                return 1
+            if event["prev_hash"] != previous or canonical_hash(event) != event["hash"]:
+                print(f"broken at position {event['position']}")
+                return 1
+            previous, after = event["hash"], event["position"]
+        if page["next"] is None:
+            print(f"intact up to position {after}")
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))
