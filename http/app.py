@@ -12,6 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from pydantic_ai.models import Model
 
+from threadlog.http.agents import list_agents
 from threadlog.http.audit import AuditController
 from threadlog.http.auth import Authentication
 from threadlog.http.context import request_context
@@ -22,6 +23,7 @@ from threadlog.http.protection import RateLimits, cors_config
 from threadlog.http.reads import READ_HANDLERS
 from threadlog.http.runs import RunController
 from threadlog.http.users import AdminController, KeyController, UserController
+from threadlog.infra.agents import AgentRegistry
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings
 
@@ -34,10 +36,12 @@ def _runtime(state: State) -> Runtime:
 
 def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
     """The whole service: `model` replaces the configured one (tests pass fakes here)."""
+    # Built now, not at startup: a bad agents file is a SettingsError before serving.
+    agents = AgentRegistry.build(settings, model)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with Runtime.open(settings, model=model) as runtime:
+        async with Runtime.open(settings, model=model, agents=agents) as runtime:
             app.state.runtime = runtime
             yield
 
@@ -53,6 +57,7 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
             KeyController,
             AdminController,
             HealthController,
+            list_agents,
         ],
         # Rate limits first: they must also meter requests that fail authentication.
         middleware=[RateLimits(), DefineMiddleware(Authentication, exclude=["^/schema"])],

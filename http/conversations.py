@@ -17,7 +17,7 @@ from threadlog.domain.events import Cause
 from threadlog.http.access import owned_conversation, owner_of
 from threadlog.http.auth import USER, identity, requires
 from threadlog.http.context import request_id_of
-from threadlog.http.errors import BadRequest
+from threadlog.http.errors import BadRequest, UnknownAgent
 from threadlog.http.schemas import (
     ConversationOut,
     CreateConversation,
@@ -151,11 +151,15 @@ class ConversationController(Controller):
         runtime: NamedDependency[Runtime],
         data: JSONBody[CreateConversation],
     ) -> ConversationOut:
-        settings = runtime.settings
+        agent = data.agent or runtime.settings.agent
+        if agent not in runtime.agents:
+            raise UnknownAgent(
+                f"unknown agent {agent!r}; GET /v1/agents lists them", extra={"field": "agent"}
+            )
         written = await asyncio.to_thread(
             runtime.service.start_conversation,
             owner=owner_of(request),
-            agent=data.agent or settings.agent,
+            agent=agent,
             title=data.title or "New conversation",
             metadata=data.metadata,
             cause=cause_of(request),
@@ -260,7 +264,7 @@ class ConversationController(Controller):
             conversation_id,
             content=data.content,
             client_message_id=data.client_message_id,
-            model=runtime.model_name,
+            model=runtime.agents.model_of,
             cause=cause_of(request),
         )
         posted = written.value

@@ -82,6 +82,13 @@ class BadRequest(HTTPException):
     """A request parameter is wrong; `details` names it."""
 
     status_code = 400
+    code = "bad_request"
+
+
+class UnknownAgent(BadRequest):
+    """A conversation names an agent this server does not define."""
+
+    code = "unknown_agent"
 
 
 def error_response(
@@ -140,6 +147,8 @@ def _http(request: RequestAny, error: Exception) -> Response[ErrorBody]:
     assert isinstance(error, HTTPException)
     status = error.status_code
     code = HTTP_CODES.get(status, "error" if status < 500 else "internal_error")
+    if isinstance(error, BadRequest):
+        code = error.code
     if status >= 500:
         log.error("http.server_error", error=repr(error))
         return error_response(request, status, code, "the server failed to handle the request")

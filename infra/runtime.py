@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from pydantic_ai import Agent
-from pydantic_ai.exceptions import UserError
 from pydantic_ai.models import Model
 
 from threadlog.domain.application import ConversationService
 from threadlog.domain.identity_service import IdentityService
+from threadlog.infra.agents import AgentRegistry
 from threadlog.infra.auth import (
     Authenticator,
     Passwords,
@@ -28,31 +27,18 @@ from threadlog.infra.auth import (
     open_identities,
 )
 from threadlog.infra.control import RunControl
-from threadlog.infra.demo_model import demo_model
 from threadlog.infra.embedded import EmbeddedNats
 from threadlog.infra.feed import ConversationFeed
 from threadlog.infra.nats import StreamNames, connect, ensure_stream
 from threadlog.infra.ratelimit import RateLimiter, open_bucket
 from threadlog.infra.relay import Relay
 from threadlog.infra.runs import FlushPolicy, RunExecutor
-from threadlog.infra.settings import Settings, SettingsError
+from threadlog.infra.settings import Settings
 from threadlog.infra.store import EventLog, open_service, store_environment
 from threadlog.infra.writer import EventWriter
 from threadlog.projections.read_models import ReadModels
 
 log = structlog.get_logger(__name__)
-
-
-def build_agent(settings: Settings, model: Model | None) -> Agent[None, str]:
-    chosen: Model | str = model or (
-        demo_model(settings.demo_token_delay_ms / 1000)
-        if settings.model == "demo"
-        else settings.model
-    )
-    try:
-        return Agent(chosen, instructions=settings.system_prompt, name=settings.agent)
-    except UserError as error:
-        raise SettingsError(f"THREADLOG_MODEL={settings.model!r}: {error}") from None
 
 
 @dataclass(kw_only=True)
@@ -67,7 +53,8 @@ class Runtime:
     feed: ConversationFeed
     executor: RunExecutor
     control: RunControl
-    model_name: str
+    model_name: str  # the default agent's
+    agents: AgentRegistry
     read_models: ReadModels
     identities: IdentityService
     authenticator: Authenticator
@@ -80,9 +67,9 @@ class Runtime:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, settings: Settings, *, model: Model | None = None
+        cls, settings: Settings, *, model: Model | None = None, agents: AgentRegistry | None = None
     ) -> AsyncIterator["Runtime"]:
-        agent = build_agent(settings, model)
+        agents = agents or AgentRegistry.build(settings, model)
         async with contextlib.AsyncExitStack() as stack:
             nats_url = settings.nats_url or await _start_embedded_nats(settings, stack)
             service = await asyncio.to_thread(open_service, settings)
@@ -114,7 +101,7 @@ class Runtime:
                 service,
                 event_log,
                 writer,
-                agent,
+                agents,
                 policy=FlushPolicy(
                     batch_size=settings.token_batch_size,
                     interval_seconds=settings.token_flush_interval_ms / 1000,
@@ -135,7 +122,8 @@ class Runtime:
                 feed=ConversationFeed(event_log, nc, names),
                 executor=executor,
                 control=control,
-                model_name=settings.model if model is None else model.model_name,
+                model_name=agents.model_of(settings.agent),
+                agents=agents,
                 read_models=read_models,
                 identities=identities,
                 authenticator=Authenticator(identities, tokens, settings),

@@ -31,6 +31,8 @@ class Settings:
     model: str = "demo"
     agent: str = "assistant"
     system_prompt: str = "You are a helpful assistant."
+    # A TOML file of more agents (infra/agents.py); unset: the built-in agents only.
+    agents_file: Path | None = None
     demo_token_delay_ms: float = 25.0
     # Token events are appended in batches: at most this many per transaction …
     token_batch_size: int = 64

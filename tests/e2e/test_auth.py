@@ -250,8 +250,11 @@ def test_unknown_roles_are_400(site: Site) -> None:
 def test_each_user_sees_only_their_own_conversations(site: Site) -> None:
     with site.user(unique("judy")) as judy, site.user(unique("mallory")) as mallory:
         mine = create_conversation(judy, title="judy's")
-        theirs = create_conversation(mallory, title="mallory's")
-        listed = judy.get("/v1/conversations").json()["items"]
+        created = mallory.post("/v1/conversations", json={"title": "mallory's"}).json()
+        theirs = created["id"]
+        # min_position: the list reflects both creations (read-your-writes).
+        at = created["global_position"]
+        listed = judy.get("/v1/conversations", params={"min_position": at}).json()["items"]
         assert [c["id"] for c in listed] == [mine]
         assert judy.get(f"/v1/conversations/{theirs}").status_code == 404
 
