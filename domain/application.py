@@ -13,7 +13,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import IntegrityError, Recording
 
-from threadlog.domain.conversation import Conversation, PostedMessage, validate_content
+from threadlog.domain.conversation import Conversation, ModelOf, PostedMessage, validate_content
 from threadlog.domain.errors import ConcurrentWrite, ConversationNotFound
 from threadlog.domain.events import Cause
 
@@ -81,7 +81,7 @@ class ConversationService(Application[UUID]):
         *,
         content: str,
         client_message_id: str | None,
-        model: str,
+        model: ModelOf,
         cause: Cause,
     ) -> Written[PostedMessage]:
         """Appends a user message and the run it starts (or queues it)."""

@@ -5,6 +5,7 @@ chain's last hash, the active run, and what idempotent posting needs. Messages
 themselves are read back from the events, not kept here.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
@@ -45,6 +46,9 @@ from threadlog.domain.events import (
     event_data,
     schema_version,
 )
+
+ModelOf = str | Callable[[str], str]
+"""A model name, or the model name of an agent."""
 
 RUN_ENDINGS = (RunCompleted, RunFailed, RunCancelled, RunInterrupted)
 """The events that end a run; exactly one ends each (RunInterrupted with retry=False)."""
@@ -164,9 +168,11 @@ class Conversation(Aggregate):
         self.trigger_event(event_class, **fields)
 
     def post_message(
-        self, *, content: str, client_message_id: str | None, model: str, cause: Cause
+        self, *, content: str, client_message_id: str | None, model: ModelOf, cause: Cause
     ) -> PostedMessage:
         """Records a user message and the run it starts, or queues it behind the active run.
+
+        `model` is the model the run records, or how to find it from the conversation's agent.
 
         While a run is active, `enqueue` queues the message; `reject` and `interrupt`
         refuse it (interrupting is the caller's to do: cancel the run, then post again).
@@ -194,7 +200,8 @@ class Conversation(Aggregate):
         )
         position = self.version
         if not busy:
-            self._start_run(run_id, message_id, cause.correlation_id, model)
+            chosen = model if isinstance(model, str) else model(self.agent)
+            self._start_run(run_id, message_id, cause.correlation_id, chosen)
         return PostedMessage(message_id=message_id, run_id=run_id, position=position, queued=busy)
 
     def _start_run(self, run_id: str, message_id: str, correlation_id: str, model: str) -> None:

@@ -1,13 +1,15 @@
 """Re-verify a conversation's hash chain over the HTTP API, with nothing of threadlog's code.
 
-    python examples/verify_chain.py http://127.0.0.1:8000 <conversation-id>
+    THREADLOG_API_KEY=<key> python examples/verify_chain.py http://127.0.0.1:8000 <conversation-id>
 
+(an auditor's key, or the owner's).
 Exit status 0 and "intact up to position N", or 1 naming the first broken position.
 The canonical encoding is described in docs/audit.md.
 """
 
 import hashlib
 import json
+import os
 import sys
 import urllib.request
 
@@ -25,7 +27,8 @@ def main(base: str, conversation: str) -> int:
     previous, after = "0" * 64, 0
     while True:
         url = f"{base}/v1/conversations/{conversation}/events?after={after}"
-        request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
+        headers = {"Accept": "application/json", "X-API-Key": os.environ["THREADLOG_API_KEY"]}
+        request = urllib.request.Request(url, headers=headers)  # noqa: S310
         with urllib.request.urlopen(request) as answer:  # noqa: S310 (scheme checked)
             page = json.load(answer)
         for event in page["items"]:

@@ -7,17 +7,23 @@ from typing import Any, cast
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from pydantic_ai.models import Model
 
+from threadlog.http.agents import list_agents
 from threadlog.http.audit import AuditController
+from threadlog.http.auth import Authentication
 from threadlog.http.context import request_context
 from threadlog.http.conversations import ConversationController
-from threadlog.http.errors import exception_handlers
+from threadlog.http.errors import document_errors, exception_handlers
 from threadlog.http.health import HealthController
+from threadlog.http.protection import RateLimits, cors_config
 from threadlog.http.reads import READ_HANDLERS
 from threadlog.http.runs import RunController
+from threadlog.http.users import AdminController, KeyController, UserController
+from threadlog.infra.agents import AgentRegistry
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings
 
@@ -30,10 +36,12 @@ def _runtime(state: State) -> Runtime:
 
 def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
     """The whole service: `model` replaces the configured one (tests pass fakes here)."""
+    # Built now, not at startup: a bad agents file is a SettingsError before serving.
+    agents = AgentRegistry.build(settings, model)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with Runtime.open(settings, model=model) as runtime:
+        async with Runtime.open(settings, model=model, agents=agents) as runtime:
             app.state.runtime = runtime
             yield
 
@@ -45,8 +53,15 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
             *READ_HANDLERS,
             RunController,
             AuditController,
+            UserController,
+            KeyController,
+            AdminController,
             HealthController,
+            list_agents,
         ],
+        # Rate limits first: they must also meter requests that fail authentication.
+        middleware=[RateLimits(), DefineMiddleware(Authentication, exclude=["^/schema"])],
+        cors_config=cors_config(settings),
         dependencies={"runtime": Provide(_runtime, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers=handlers,
@@ -61,6 +76,7 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
         logging_config=None,
         debug=False,
     )
+    document_errors(app)
     # Outermost, not as route middleware: unrouted requests (404, 405) get a request id too.
     app.asgi_handler = request_context(app.asgi_handler)
     return app

@@ -1,17 +1,20 @@
 """The auditors' routes: re-verifying a conversation's hash chain from the store.
 
-Until roles exist (auditor, issue 6) these routes are open like every other one.
+Auditors may verify any conversation; an owner may verify their own.
 """
 
 import asyncio
+from typing import Any
 from uuid import UUID
 
 import msgspec
-from litestar import Controller, get
+from litestar import Controller, Request, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from threadlog.domain.errors import ConversationNotFound
+from threadlog.http.access import owned_conversation
+from threadlog.http.auth import identity, requires
 from threadlog.infra.audit import ChainAuditor, Verification
 from threadlog.infra.runtime import Runtime
 
@@ -58,12 +61,16 @@ class AuditController(Controller):
             "`intact` is false when an event was edited, deleted, replaced or no longer "
             "decodes; `first_broken` locates the first problem."
         ),
+        guards=[requires("auditor", "user")],
     )
     async def verify(
         self,
+        request: Request[Any, Any, Any],
         runtime: NamedDependency[Runtime],
         conversation_id: FromPath[UUID],
     ) -> VerificationOut:
+        if not identity(request).has("auditor"):
+            await owned_conversation(runtime, request, conversation_id)
         auditor = ChainAuditor(runtime.service)
         verification = await asyncio.to_thread(auditor.verify, conversation_id)
         if verification is None:

@@ -11,6 +11,14 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = b"x-request-id"
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+# An API answers data, never pages: nothing may load or frame it. The OpenAPI pages
+# (/schema) load Swagger UI's scripts and keep the browser default.
+API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 log = structlog.get_logger("threadlog.http")
@@ -46,6 +54,9 @@ def request_context(app: ASGIApp) -> ASGIApp:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers.append((REQUEST_ID_HEADER, request_id.encode("latin-1")))
+                headers.extend(SECURITY_HEADERS)
+                if not str(scope.get("path", "")).startswith("/schema"):
+                    headers.append(API_CSP)
                 message["headers"] = headers
                 log.info(
                     "http.request",

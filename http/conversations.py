@@ -12,10 +12,11 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from threadlog.domain.conversation import Conversation, PostedMessage
-from threadlog.domain.errors import ConversationNotFound
 from threadlog.domain.events import Cause
+from threadlog.http.access import owned_conversation, owner_of
+from threadlog.http.auth import USER, identity, requires
 from threadlog.http.context import request_id_of
-from threadlog.http.errors import BadRequest
+from threadlog.http.errors import BadRequest, UnknownAgent
 from threadlog.http.schemas import (
     ConversationOut,
     CreateConversation,
@@ -32,7 +33,6 @@ from threadlog.infra.outcomes import run_outcome
 from threadlog.infra.runs import RunRequest
 from threadlog.infra.runtime import Runtime
 
-ANONYMOUS = "anonymous"
 STREAM_INTERRUPTED = (
     b'event: error\ndata: {"error":"unavailable","message":"the stream was interrupted; '
     b'reconnect with Last-Event-ID to resume"}\n\n'
@@ -63,7 +63,9 @@ def conversation_out(
 
 
 def cause_of(request: Request[Any, Any, Any]) -> Cause:
-    return Cause(actor=f"user:{ANONYMOUS}", correlation_id=request_id_of(request) or "")
+    return Cause(
+        actor=f"user:{identity(request).user_id}", correlation_id=request_id_of(request) or ""
+    )
 
 
 def parse_cursor(name: str, value: str | int | None) -> int | None:
@@ -128,18 +130,22 @@ class ConversationController(Controller):
     path = "/v1/conversations"
     tags = ["conversations"]
 
-    @post("/", status_code=201, summary="Start a conversation")
+    @post("/", status_code=201, summary="Start a conversation", guards=USER)
     async def create(
         self,
         request: Request[Any, Any, Any],
         runtime: NamedDependency[Runtime],
         data: JSONBody[CreateConversation],
     ) -> ConversationOut:
-        settings = runtime.settings
+        agent = data.agent or runtime.settings.agent
+        if agent not in runtime.agents:
+            raise UnknownAgent(
+                f"unknown agent {agent!r}; GET /v1/agents lists them", extra={"field": "agent"}
+            )
         written = await asyncio.to_thread(
             runtime.service.start_conversation,
-            owner=ANONYMOUS,
-            agent=data.agent or settings.agent,
+            owner=owner_of(request),
+            agent=agent,
             title=data.title or "New conversation",
             metadata=data.metadata,
             cause=cause_of(request),
@@ -147,14 +153,16 @@ class ConversationController(Controller):
         )
         return conversation_out(written.value, written.global_position)
 
-    @get("/{conversation_id:uuid}", summary="A conversation's current state")
+    @get("/{conversation_id:uuid}", summary="A conversation's current state", guards=USER)
     async def read(
-        self, runtime: NamedDependency[Runtime], conversation_id: FromPath[UUID]
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        conversation_id: FromPath[UUID],
     ) -> ConversationOut:
-        conversation = await asyncio.to_thread(runtime.service.get_conversation, conversation_id)
-        return conversation_out(conversation)
+        return conversation_out(await owned_conversation(runtime, request, conversation_id))
 
-    @patch("/{conversation_id:uuid}", summary="Rename or archive a conversation")
+    @patch("/{conversation_id:uuid}", summary="Rename or archive a conversation", guards=USER)
     async def update(
         self,
         request: Request[Any, Any, Any],
@@ -165,6 +173,7 @@ class ConversationController(Controller):
         service, cause = runtime.service, cause_of(request)
         if data.title is None and data.archived is None:
             raise BadRequest("give `title` and/or `archived`", extra={"field": "body"})
+        await owned_conversation(runtime, request, conversation_id)
         written = None
         if data.title is not None:
             written = await asyncio.to_thread(
@@ -179,6 +188,7 @@ class ConversationController(Controller):
         "/{conversation_id:uuid}",
         status_code=200,
         summary="Archive a conversation (its events stay)",
+        guards=USER,
     )
     async def archive(
         self,
@@ -186,6 +196,7 @@ class ConversationController(Controller):
         runtime: NamedDependency[Runtime],
         conversation_id: FromPath[UUID],
     ) -> ConversationOut:
+        await owned_conversation(runtime, request, conversation_id)
         written = await asyncio.to_thread(
             runtime.service.archive, conversation_id, cause=cause_of(request)
         )
@@ -195,6 +206,7 @@ class ConversationController(Controller):
         "/{conversation_id:uuid}/clear",
         status_code=200,
         summary="Restart the history and the agent's context (nothing is deleted)",
+        guards=USER,
     )
     async def clear(
         self,
@@ -202,6 +214,7 @@ class ConversationController(Controller):
         runtime: NamedDependency[Runtime],
         conversation_id: FromPath[UUID],
     ) -> ConversationOut:
+        await owned_conversation(runtime, request, conversation_id)
         written = await asyncio.to_thread(
             runtime.service.clear_history, conversation_id, cause=cause_of(request)
         )
@@ -218,6 +231,7 @@ class ConversationController(Controller):
             "`Accept: text/event-stream` streams this run's events and closes after its "
             "last one."
         ),
+        guards=USER,
     )
     async def post_message(
         self,
@@ -229,13 +243,14 @@ class ConversationController(Controller):
             bool, QueryParameter(description="Answer with the run's result when it ends")
         ] = False,
     ) -> Response[Any]:
+        await owned_conversation(runtime, request, conversation_id)
         written = await intake.post_message(
             runtime.service,
             runtime.control,
             conversation_id,
             content=data.content,
             client_message_id=data.client_message_id,
-            model=runtime.model_name,
+            model=runtime.agents.model_of,
             cause=cause_of(request),
         )
         posted = written.value
@@ -276,6 +291,8 @@ class ConversationController(Controller):
             "`{items, next}`; pass `next` back as `after`."
         ),
         response_description="text/event-stream, or an EventPage as JSON",
+        # The owner, or an auditor (who may read every conversation's events).
+        guards=[requires("user", "auditor")],
     )
     async def events(
         self,
@@ -292,8 +309,7 @@ class ConversationController(Controller):
         if start is None:
             start = parse_cursor("after", after) or 0
         event_log = runtime.event_log
-        if not await asyncio.to_thread(event_log.exists, conversation_id):
-            raise ConversationNotFound(conversation_id)
+        await owned_conversation(runtime, request, conversation_id, auditors=True)
         if wants_json(request):
             page_size = min(limit or runtime.settings.page_size, runtime.settings.max_page_size)
             logged = await asyncio.to_thread(

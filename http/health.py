@@ -5,6 +5,7 @@ import asyncio
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 
+from threadlog.http.auth import PUBLIC
 from threadlog.http.schemas import HealthOut
 from threadlog.infra.runtime import Runtime
 
@@ -14,6 +15,7 @@ CHECK_TIMEOUT_SECONDS = 2
 class HealthController(Controller):
     path = "/health"
     tags = ["health"]
+    opt = PUBLIC  # probes carry no credentials
 
     @get("/", summary="The process is up")
     async def live(self) -> HealthOut:

@@ -19,8 +19,9 @@ from litestar import Request, get
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, QueryParameter
 
-from threadlog.domain.errors import ConversationNotFound
-from threadlog.http.conversations import ANONYMOUS, MAX_POSITION
+from threadlog.http.access import owned_conversation, owner_of
+from threadlog.http.auth import USER
+from threadlog.http.conversations import MAX_POSITION
 from threadlog.http.errors import BadRequest
 from threadlog.infra.runtime import Runtime
 from threadlog.projections.conversation_list import (
@@ -73,11 +74,6 @@ class MessageOut(msgspec.Struct, frozen=True, kw_only=True):
 class MessagePage(msgspec.Struct, frozen=True, kw_only=True):
     items: list[MessageOut]
     next: int | None
-
-
-def owner_of(request: Request[Any, Any, Any]) -> str:
-    """Whose conversations a caller sees. No authentication yet: everyone is anonymous."""
-    return ANONYMOUS
 
 
 def reject_unknown_parameters(request: Request[Any, Any, Any], known: frozenset[str]) -> None:
@@ -154,6 +150,7 @@ _MESSAGE_PARAMETERS = frozenset({"after", "limit", "min_position"})
     summary="The caller's conversations, newest activity first",
     tags=["conversations"],
     dependencies={"owner": Provide(owner_of, sync_to_thread=False)},
+    guards=USER,
 )
 async def list_conversations_page(
     request: Request[Any, Any, Any],
@@ -202,6 +199,7 @@ async def list_conversations_page(
     "/v1/conversations/{conversation_id:uuid}/messages",
     summary="A conversation's messages, in order",
     tags=["conversations"],
+    guards=USER,
 )
 async def messages_page(
     request: Request[Any, Any, Any],
@@ -216,8 +214,7 @@ async def messages_page(
     reject_unknown_parameters(request, _MESSAGE_PARAMETERS)
     settings = runtime.settings
     page_size = min(limit or settings.page_size, settings.max_page_size)
-    if not await asyncio.to_thread(runtime.event_log.exists, conversation_id):
-        raise ConversationNotFound(conversation_id)
+    await owned_conversation(runtime, request, conversation_id)
     read_models = runtime.read_models
     await read_models.wait(MessageHistory.name, min_position, settings.read_wait_seconds)
     view = read_models.view(MessageHistory.name)

@@ -13,8 +13,12 @@ from uuid import UUID
 import structlog
 import uvicorn
 
+from threadlog.domain.errors import DomainError
+from threadlog.domain.identity import ROLES
+from threadlog.domain.identity_service import Actor
 from threadlog.http.app import create_app
 from threadlog.infra.audit import ChainAuditor, describe
+from threadlog.infra.auth import Passwords, open_identities
 from threadlog.infra.logging import configure_logging
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings, SettingsError
@@ -54,6 +58,23 @@ def _parser() -> argparse.ArgumentParser:
         help="follow the log and keep the read models current (THREADLOG_PROJECTIONS=false "
         "on the API nodes)",
     )
+    users = commands.add_parser("users", help="manage users")
+    users.add_argument("--data-dir", type=Path, help="THREADLOG_DATA_DIR")
+    user_actions = users.add_subparsers(dest="action", required=True)
+    create = user_actions.add_parser("create", help="create a user (prints its id)")
+    create.add_argument("username")
+    create.add_argument(
+        "--role", action="append", choices=ROLES, help="repeat for several (default: user)"
+    )
+    create.add_argument(
+        "--password-stdin", action="store_true", help="read a password from standard input"
+    )
+    keys = commands.add_parser("keys", help="manage API keys")
+    keys.add_argument("--data-dir", type=Path, help="THREADLOG_DATA_DIR")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    issue = key_actions.add_parser("issue", help="issue an API key for a user (printed once)")
+    issue.add_argument("username")
+    issue.add_argument("--name", default="cli", help="a label for the key")
     audit = commands.add_parser("audit", help="tamper evidence")
     audit.add_argument("--data-dir", type=Path, help="THREADLOG_DATA_DIR")
     audit_actions = audit.add_subparsers(dest="action", required=True)
@@ -149,6 +170,40 @@ def projections(settings: Settings, action: str, name: str | None) -> None:
         service.close()
 
 
+def identities(settings: Settings, args: argparse.Namespace) -> int:
+    """`users create` and `keys issue`, straight on the identity store."""
+    store = open_identities(settings)
+    by = Actor(actor="cli", correlation_id="cli")
+    try:
+        if args.command == "users":
+            password_hash = None
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\n")
+                if len(password) < settings.min_password_length:
+                    print(f"the password is shorter than {settings.min_password_length}")
+                    return 2
+                password_hash = Passwords().hash(password)
+            user = store.register(
+                username=args.username,
+                password_hash=password_hash,
+                roles=args.role or ["user"],
+                by=by,
+            )
+            print(user.id)
+            return 0
+        owner = store.find_user(args.username)
+        if owner is None:
+            print(f"no user {args.username!r}", file=sys.stderr)
+            return 2
+        print(store.issue_key(owner.id, name=args.name, by=by).key)
+        return 0
+    except DomainError as error:
+        print(f"threadlog: {error}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+
+
 def audit_verify(settings: Settings, conversation_id: UUID | None) -> int:
     """Prints each broken chain (and, for one conversation, its verdict); 1 if any broke."""
     service = open_service(settings)
@@ -195,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if args.command == "serve":
             serve(settings)
+        elif args.command in ("users", "keys"):
+            sys.exit(identities(settings, args))
         elif args.command == "audit":
             sys.exit(audit_verify(settings, args.conversation_id))
         elif args.command == "projections":

@@ -10,7 +10,7 @@ import contextlib
 from uuid import UUID
 
 from threadlog.domain.application import ConversationService, Written
-from threadlog.domain.conversation import PostedMessage
+from threadlog.domain.conversation import ModelOf, PostedMessage
 from threadlog.domain.errors import RunAlreadyActive, RunNotFound
 from threadlog.domain.events import Cause
 from threadlog.infra.control import RunControl
@@ -25,7 +25,7 @@ async def post_message(
     *,
     content: str,
     client_message_id: str | None,
-    model: str,
+    model: ModelOf,
     cause: Cause,
 ) -> Written[PostedMessage]:
     for attempt in range(INTERRUPT_ATTEMPTS):

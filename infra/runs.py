@@ -6,10 +6,11 @@ most `batch_size` pending, and no later than `flush_interval` after the first.
 """
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 from uuid import UUID
 
 import structlog
@@ -17,17 +18,13 @@ from eventsourcing.persistence import IntegrityError
 from pydantic_ai import Agent
 from pydantic_ai.exceptions import ModelConnectionError, ModelHTTPError, UnexpectedModelBehavior
 from pydantic_ai.messages import (
-    AgentStreamEvent,
     ModelMessage,
     ModelMessagesTypeAdapter,
     ModelRequest,
-    PartDeltaEvent,
-    PartStartEvent,
-    TextPart,
-    TextPartDelta,
     UserPromptPart,
 )
-from pydantic_ai.run import AgentRunResult, AgentRunResultEvent
+from pydantic_ai.run import AgentRunResult
+from pydantic_core import to_jsonable_python
 
 from threadlog.domain.application import ConversationService
 from threadlog.domain.conversation import Conversation
@@ -39,7 +36,10 @@ from threadlog.domain.events import (
     MessageCompleted,
     MessagePosted,
 )
+from threadlog.infra.agents import AgentRegistry, RegisteredAgent
+from threadlog.infra.recorder import RunRecorder
 from threadlog.infra.store import EventLog, topics_of
+from threadlog.infra.tools import RunDeps
 from threadlog.infra.writer import EventWriter
 
 log = structlog.get_logger(__name__)
@@ -51,6 +51,14 @@ class RunRequest:
     run_id: str
     message_id: str
     correlation_id: str
+
+
+class UnknownAgent(LookupError):
+    """The conversation names an agent this server does not define (any more)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,15 +152,6 @@ class _Flusher:
             return
 
 
-def _text_delta(event: AgentStreamEvent | AgentRunResultEvent[str]) -> tuple[int, str] | None:
-    # The first text of a part arrives in PartStartEvent, not as a delta.
-    if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
-        return (event.index, event.part.content) if event.part.content else None
-    if isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
-        return (event.index, event.delta.content_delta) if event.delta.content_delta else None
-    return None
-
-
 def safe_failure(error: BaseException) -> tuple[str, str]:
     """An error code and a message that are safe to show to the conversation's users."""
     if isinstance(error, ModelHTTPError):
@@ -160,6 +159,8 @@ def safe_failure(error: BaseException) -> tuple[str, str]:
             "model_error",
             f"The model provider answered with an error (HTTP {error.status_code}).",
         )
+    if isinstance(error, UnknownAgent):
+        return "unknown_agent", f"The conversation's agent {error.name!r} is not configured."
     if isinstance(error, UnexpectedModelBehavior):
         return "model_error", "The model returned a response threadlog could not use."
     if isinstance(error, (ModelConnectionError, ConnectionError, TimeoutError, OSError)):
@@ -167,7 +168,7 @@ def safe_failure(error: BaseException) -> tuple[str, str]:
     return "run_error", "The run failed because of an internal error."
 
 
-def usage_of(result: AgentRunResult[str]) -> dict[str, int]:
+def usage_of(result: AgentRunResult[Any]) -> dict[str, int]:
     usage = result.usage
     return {
         "input_tokens": usage.input_tokens,
@@ -210,7 +211,7 @@ class RunExecutor:
         service: ConversationService,
         event_log: EventLog,
         writer: EventWriter,
-        agent: Agent[None, str],
+        agents: AgentRegistry,
         *,
         policy: FlushPolicy,
         snapshot_interval: int,
@@ -218,10 +219,11 @@ class RunExecutor:
         self._service = service
         self._log = event_log
         self._writer = writer
-        self._agent = agent
+        self._agents = agents
         self._policy = policy
         self._snapshot_interval = snapshot_interval
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._requests: dict[str, RunRequest] = {}
         self._cancel_requests: dict[str, Cause] = {}
         self._attempts: dict[str, int] = {}  # run id -> the attempt this process executes
         # Where the next queued run goes when one ends: here, or a worker queue (workers).
@@ -229,6 +231,11 @@ class RunExecutor:
 
     def is_running(self, run_id: str) -> bool:
         return run_id in self._tasks
+
+    def conversation_of(self, run_id: str) -> UUID | None:
+        """The conversation of a run this process runs (None when it runs no such run)."""
+        request = self._requests.get(run_id)
+        return request.conversation_id if request is not None else None
 
     async def wait(self, run_id: str, seconds: float) -> None:
         """Waits, at most `seconds`, for a run of this process to end."""
@@ -250,11 +257,14 @@ class RunExecutor:
     def start(self, request: RunRequest) -> None:
         task = asyncio.create_task(self._run(request), name=f"run-{request.run_id}")
         self._tasks[request.run_id] = task
-        task.add_done_callback(lambda _: self._forget(request.run_id))
+        self._requests[request.run_id] = request
 
-    def _forget(self, run_id: str) -> None:
-        self._tasks.pop(run_id, None)
-        self._attempts.pop(run_id, None)
+        def forget(_: object) -> None:
+            self._tasks.pop(request.run_id, None)
+            self._requests.pop(request.run_id, None)
+            self._attempts.pop(request.run_id, None)
+
+        task.add_done_callback(forget)
 
     async def _start_here(self, request: RunRequest) -> None:
         self.start(request)
@@ -317,8 +327,11 @@ class RunExecutor:
         bound = log.bind(run_id=request.run_id, conversation_id=str(request.conversation_id))
         text: list[str] = []
         try:
+            registered = self._agents.get(conversation.agent)
+            if registered is None:
+                raise UnknownAgent(conversation.agent)
             prompt, history = await asyncio.to_thread(self._history, request)
-            await self._stream(flusher, request, cause, prompt, history, text)
+            await self._stream(flusher, request, cause, registered, prompt, history, text)
             bound.info("run.completed", events=flusher.conversation.version - first_version)
         except asyncio.CancelledError:
             requested = self._cancel_requests.pop(request.run_id, None)
@@ -343,41 +356,50 @@ class RunExecutor:
         flusher: _Flusher,
         request: RunRequest,
         cause: Cause,
+        registered: RegisteredAgent,
         prompt: str,
         history: list[ModelMessage],
         text: list[str],
     ) -> None:
         started = time.perf_counter()
-        first_token: float | None = None
-        result: AgentRunResult[str] | None = None
-        async with self._agent.run_stream_events(prompt, message_history=history) as stream:
-            async for event in stream:
-                if isinstance(event, AgentRunResultEvent):
-                    result = event.result
-                    continue
-                delta = _text_delta(event)
-                if delta is None:
-                    continue
-                first_token = first_token or time.perf_counter()
-                part, chunk = delta
-                text.append(chunk)
-                flusher.conversation.stream_token(
-                    run_id=request.run_id, part=part, delta=chunk, cause=cause
-                )
-                await flusher.added()
+        recorder = RunRecorder(
+            flusher,
+            request.run_id,
+            cause,
+            text,
+            structured=registered.spec.output_schema is not None,
+        )
+        agent = registered.agent
+        async with agent.iter(
+            prompt, message_history=history, deps=RunDeps(report_progress=recorder.progress)
+        ) as run:
+            async for node in run:
+                if Agent.is_model_request_node(node):
+                    async with node.stream(run.ctx) as model_stream:
+                        async for event in model_stream:
+                            await recorder.model_event(event, model_stream)
+                elif Agent.is_call_tools_node(node):
+                    async with node.stream(run.ctx) as tool_events:
+                        async for tool_event in tool_events:
+                            await recorder.tool_event(tool_event)
+            result = run.result
         if result is None:
             raise UnexpectedModelBehavior("the run ended without a result")
+        output = to_jsonable_python(result.output)
         conversation = flusher.conversation
         conversation.complete_message(
             run_id=request.run_id,
-            content="".join(text) if text else str(result.output),
+            content=output if isinstance(output, str) else json.dumps(output, ensure_ascii=False),
             model_messages=result.new_messages_json().decode(),
+            output=None if isinstance(output, str) else output,
             cause=cause,
         )
         finished = time.perf_counter()
+        first_token = recorder.first_token
         conversation.complete_run(
             run_id=request.run_id,
             usage=usage_of(result),
+            cost_usd=registered.cost_usd(result.usage),
             duration_ms=round((finished - started) * 1000, 3),
             time_to_first_token_ms=(
                 round((first_token - started) * 1000, 3) if first_token is not None else None

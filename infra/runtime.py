@@ -15,19 +15,27 @@ import structlog
 from eventsourcing.persistence import IntegrityError
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from pydantic_ai import Agent
-from pydantic_ai.exceptions import UserError
 from pydantic_ai.models import Model
 
 from threadlog.domain.application import ConversationService
+from threadlog.domain.identity_service import IdentityService
+from threadlog.infra.agents import AgentRegistry
+from threadlog.infra.auth import (
+    Authenticator,
+    Passwords,
+    Tokens,
+    announce_admin_key,
+    ensure_admin,
+    open_identities,
+)
 from threadlog.infra.control import RunControl
-from threadlog.infra.demo_model import demo_model
 from threadlog.infra.embedded import EmbeddedNats
 from threadlog.infra.feed import ConversationFeed
 from threadlog.infra.nats import StreamNames, connect, ensure_stream
+from threadlog.infra.ratelimit import RateLimiter, open_bucket
 from threadlog.infra.relay import Relay
 from threadlog.infra.runs import FlushPolicy, RunExecutor
-from threadlog.infra.settings import Settings, SettingsError
+from threadlog.infra.settings import Settings
 from threadlog.infra.store import EventLog, open_service, store_environment
 from threadlog.infra.workqueue import LocalRuns, QueuedRuns, Runs, ensure_run_queue
 from threadlog.infra.writer import EventWriter
@@ -35,18 +43,6 @@ from threadlog.projections.read_models import ReadModels
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-
-
-def build_agent(settings: Settings, model: Model | None) -> Agent[None, str]:
-    chosen: Model | str = model or (
-        demo_model(settings.demo_token_delay_ms / 1000)
-        if settings.model == "demo"
-        else settings.model
-    )
-    try:
-        return Agent(chosen, instructions=settings.system_prompt, name=settings.agent)
-    except UserError as error:
-        raise SettingsError(f"THREADLOG_MODEL={settings.model!r}: {error}") from None
 
 
 @dataclass(kw_only=True)
@@ -62,21 +58,33 @@ class Runtime:
     executor: RunExecutor
     control: RunControl
     runs: Runs
-    model_name: str
+    model_name: str  # the default agent's
+    agents: AgentRegistry
     read_models: ReadModels
+    identities: IdentityService
+    authenticator: Authenticator
+    passwords: Passwords
+    tokens: Tokens
+    rate_limiter: RateLimiter | None = None
     relay: Relay | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, settings: Settings, *, model: Model | None = None
+        cls, settings: Settings, *, model: Model | None = None, agents: AgentRegistry | None = None
     ) -> AsyncIterator["Runtime"]:
-        agent = build_agent(settings, model)
+        agents = agents or AgentRegistry.build(settings, model)
         async with contextlib.AsyncExitStack() as stack:
             nats_url = settings.nats_url or await _start_embedded_nats(settings, stack)
             service = await _creating_schema(lambda: open_service(settings))
             stack.callback(service.close)
+            identities = await _creating_schema(lambda: open_identities(settings))
+            stack.callback(identities.close)
+            created_key = await _creating_schema(lambda: ensure_admin(identities, settings))
+            if created_key is not None:
+                announce_admin_key(created_key)
+            tokens = Tokens(settings)
             writer = EventWriter(service, max_events=settings.writer_max_events)
             writer.start()
             stack.callback(writer.stop)
@@ -99,14 +107,14 @@ class Runtime:
                 service,
                 event_log,
                 writer,
-                agent,
+                agents,
                 policy=FlushPolicy(
                     batch_size=settings.token_batch_size,
                     interval_seconds=settings.token_flush_interval_ms / 1000,
                 ),
                 snapshot_interval=settings.snapshot_interval,
             )
-            control = RunControl(nc, names, executor)
+            control = RunControl(nc, names, executor, service)
             await control.start()
             stack.push_async_callback(control.stop)
             feed = ConversationFeed(event_log, nc, names)
@@ -123,9 +131,18 @@ class Runtime:
                 executor=executor,
                 control=control,
                 runs=runs,
-                model_name=settings.model if model is None else model.model_name,
+                model_name=agents.model_of(settings.agent),
+                agents=agents,
                 read_models=read_models,
+                identities=identities,
+                authenticator=Authenticator(identities, tokens, settings),
+                passwords=Passwords(),
+                tokens=tokens,
             )
+            if settings.rate_limit_per_key or settings.rate_limit_per_ip:
+                window = settings.rate_limit_window_seconds
+                bucket = await open_bucket(js, f"{names.stream}_RATES", window)
+                runtime.rate_limiter = RateLimiter(bucket, window_seconds=window)
             if settings.projections:
                 read_models.start()
             if settings.relay:
@@ -152,8 +169,8 @@ SCHEMA_ATTEMPTS = 3
 
 async def _creating_schema(open_: Callable[[], T]) -> T:
     """Opens what creates tables if missing. Processes starting together on an empty
-    PostgreSQL database (an API and its workers) race on CREATE TABLE IF NOT EXISTS;
-    the loser sees a duplicate catalog row and tries again."""
+    PostgreSQL database (an API and its workers) race on CREATE TABLE IF NOT EXISTS
+    (and on bootstrapping the admin); the loser sees a conflict and tries again."""
     for attempt in range(SCHEMA_ATTEMPTS):
         try:
             return await asyncio.to_thread(open_)

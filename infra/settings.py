@@ -31,6 +31,8 @@ class Settings:
     model: str = "demo"
     agent: str = "assistant"
     system_prompt: str = "You are a helpful assistant."
+    # A TOML file of more agents (infra/agents.py); unset: the built-in agents only.
+    agents_file: Path | None = None
     demo_token_delay_ms: float = 25.0
     # Token events are appended in batches: at most this many per transaction …
     token_batch_size: int = 64
@@ -71,6 +73,30 @@ class Settings:
     port: int = 8000
     log_level: str = "INFO"
     log_format: LogFormat = "auto"
+    # JWT: HS256 with a shared secret (generated into data_dir/jwt_secret when unset),
+    # or RS256 with a PEM public key (and a private key when this server logs people in).
+    jwt_algorithm: str = "HS256"
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_private_key: str | None = None
+    jwt_issuer: str = "threadlog"
+    jwt_audience: str = "threadlog"
+    jwt_ttl_seconds: int = 3600
+    # Ensures an admin user holds a key with exactly this value (automation, compose).
+    bootstrap_admin_key: str | None = None
+    # Anyone may register with POST /v1/users/register (else admins create users).
+    open_registration: bool = True
+    min_password_length: int = 10
+    # Trusted gateway: accept X-User-ID from these proxy addresses (comma-separated).
+    trusted_gateway: bool = False
+    trusted_proxies: str = "127.0.0.1,::1"
+    # Requests per window per credential and per client address, across all API
+    # processes (counted in NATS); 0 turns a limit off.
+    rate_limit_per_key: int = 600
+    rate_limit_per_ip: int = 1200
+    rate_limit_window_seconds: float = 60.0
+    # Origins allowed by CORS, comma-separated; empty: no CORS headers at all.
+    cors_origins: str = ""
 
     @property
     def sqlite_path(self) -> Path:
@@ -80,6 +106,10 @@ class Settings:
     def read_models_dir(self) -> Path:
         """SQLite only: one database file per read model (PostgreSQL keeps them with the events)."""
         return self.data_dir / "read_models"
+
+    @property
+    def identity_sqlite_path(self) -> Path:
+        return self.data_dir / "identity.sqlite"
 
     @property
     def nats_data_dir(self) -> Path:
@@ -130,6 +160,16 @@ class Settings:
             ("postgresql://", "postgres://")
         ):
             raise SettingsError(f"{PREFIX}DATABASE_URL must be a postgresql:// URL")
+        if self.jwt_algorithm not in ("HS256", "RS256"):
+            raise SettingsError(f"{PREFIX}JWT_ALGORITHM must be HS256 or RS256")
+        if self.jwt_algorithm == "RS256" and not self.jwt_public_key:
+            raise SettingsError(f"{PREFIX}JWT_PUBLIC_KEY is required with RS256")
+        if self.rate_limit_per_key < 0 or self.rate_limit_per_ip < 0:
+            raise SettingsError("rate limits must be 0 (off) or positive")
+        if self.rate_limit_window_seconds <= 0:
+            raise SettingsError(f"{PREFIX}RATE_LIMIT_WINDOW_SECONDS must be positive")
+        if self.jwt_ttl_seconds < 1 or self.min_password_length < 1:
+            raise SettingsError("JWT lifetime and minimum password length must be positive")
         if self.log_format not in ("auto", "json", "console"):
             raise SettingsError(f"{PREFIX}LOG_FORMAT must be auto, json or console")
 

@@ -1,5 +1,6 @@
 """The read models of one process: their views, runners, status and rebuild."""
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -13,6 +14,18 @@ from threadlog.projections.conversation_list import ConversationList
 from threadlog.projections.message_history import MessageHistory
 from threadlog.projections.runner import ProjectionRunner, ReadModel
 from threadlog.projections.views import View, open_view
+
+
+class PositionNotReached(ValueError):
+    """A reader asked for a global position the store has not reached: no write ever
+    answered it, so waiting could not help."""
+
+    def __init__(self, position: int, store_position: int) -> None:
+        super().__init__(
+            f"min_position {position} is beyond the store's latest position {store_position}"
+        )
+        self.position = position
+        self.store_position = store_position
 
 
 class ReadModelBehind(OperationalError):
@@ -106,6 +119,11 @@ class ReadModels:
         if position is None:
             return
         runner = self.runners[name]
+        if runner.position >= position:
+            return
+        store_position = await asyncio.to_thread(self.service.recorder.max_notification_id)
+        if position > (store_position or 0):
+            raise PositionNotReached(position, store_position or 0)
         if not await runner.wait_async(position, seconds):
             raise ReadModelBehind(name, position, runner.position)
 

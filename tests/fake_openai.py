@@ -140,7 +140,10 @@ class _Handler(BaseHTTPRequestHandler):
         model = str(body.get("model") or "fake-model")
         prompt_tokens = count_prompt_tokens(body)
         tokens = split_tokens(reply)
-        if path == CHAT_COMPLETIONS_PATH and streaming:
+        tool_call = self.fake._take_tool_call() if streaming else None
+        if path == CHAT_COMPLETIONS_PATH and tool_call is not None:
+            self._stream_chat_tool_call(model, *tool_call, prompt_tokens)
+        elif path == CHAT_COMPLETIONS_PATH and streaming:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             self._stream_chat(model, tokens, prompt_tokens, include_usage, drop_after)
         elif path == CHAT_COMPLETIONS_PATH:
@@ -182,6 +185,29 @@ class _Handler(BaseHTTPRequestHandler):
         self._write_event(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
         if include_usage:
             self._write_event(chunk([], usage=_chat_usage(prompt_tokens, len(tokens))))
+        self._write_chunk(b"data: [DONE]\n\n")
+        self._write_chunk(b"")
+
+    def _stream_chat_tool_call(
+        self, model: str, name: str, arguments: dict[str, Any], prompt_tokens: int
+    ) -> None:
+        """One tool call, its JSON arguments split over two chunks, then usage."""
+        base: dict[str, Any] = {"id": _new_id("chatcmpl-"), "object": "chat.completion.chunk"}
+        base |= {"model": model, "created": int(time.time())}
+        text = json.dumps(arguments)
+        half = len(text) // 2
+        call = {"index": 0, "id": _new_id("call_"), "type": "function"}
+        pieces = [
+            {**call, "function": {"name": name, "arguments": text[:half]}},
+            {"index": 0, "function": {"arguments": text[half:]}},
+        ]
+        self._start_event_stream()
+        for piece in pieces:
+            delta = {"role": "assistant", "tool_calls": [piece]}
+            self._write_event({**base, "choices": [{"index": 0, "delta": delta}]})
+        done = {"index": 0, "delta": {}, "finish_reason": "tool_calls"}
+        self._write_event({**base, "choices": [done]})
+        self._write_event({**base, "choices": [], "usage": _chat_usage(prompt_tokens, 5)})
         self._write_chunk(b"data: [DONE]\n\n")
         self._write_chunk(b"")
 
@@ -369,6 +395,7 @@ class FakeOpenAI:
         self._lock = threading.Lock()
         self._fail_next: tuple[int, str] | None = None
         self._fail_mid_stream_after: int | None = None
+        self._tool_call_next: tuple[str, dict[str, Any]] | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
@@ -401,6 +428,16 @@ class FakeOpenAI:
             raise ValueError("after_tokens must be >= 0")
         with self._lock:
             self._fail_mid_stream_after = after_tokens
+
+    def call_tool_next(self, name: str, arguments: dict[str, Any]) -> None:
+        """Make the next streamed chat completion a call of tool `name` (one-shot)."""
+        with self._lock:
+            self._tool_call_next = (name, arguments)
+
+    def _take_tool_call(self) -> tuple[str, dict[str, Any]] | None:
+        with self._lock:
+            call, self._tool_call_next = self._tool_call_next, None
+            return call
 
     def start(self) -> None:
         if self._server is not None:

@@ -23,6 +23,8 @@ from threadlog.infra.embedded import free_port
 from threadlog.infra.settings import Settings
 
 TERMINAL = {"RunCompleted", "RunFailed", "RunCancelled"}
+# Every test server bootstraps its admin (roles admin and user) with this key.
+ADMIN_KEY = "tlk_test-admin-key-0123456789"
 
 
 def settings_for(
@@ -38,6 +40,10 @@ def settings_for(
         sse_heartbeat_seconds=1,
         log_format="json",
         log_level="WARNING",
+        bootstrap_admin_key=ADMIN_KEY,
+        # Tests poll; the rate-limit tests turn the limits on themselves.
+        rate_limit_per_key=0,
+        rate_limit_per_ip=0,
     ).replace(**changes)
 
 
@@ -94,8 +100,11 @@ class LiveServer:
         self._server.should_exit = True
         self._thread.join(timeout=30)
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(15.0))
+    def client(self, key: str | None = ADMIN_KEY, **headers: str) -> httpx.Client:
+        """A client that authenticates with `key` (the admin's by default; None: anonymous)."""
+        if key is not None:
+            headers["X-API-Key"] = key
+        return httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(15.0), headers=headers)
 
 
 @dataclass(frozen=True)

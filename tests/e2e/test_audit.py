@@ -13,6 +13,7 @@ from psycopg import sql
 
 from tests.e2e.conftest import SettingsFactory
 from tests.support import (
+    ADMIN_KEY,
     LiveServer,
     create_conversation,
     post_message,
@@ -64,6 +65,7 @@ def test_an_auditor_verifies_the_chain_with_the_standalone_example_script(
             [sys.executable, str(VERIFY_SCRIPT), str(client.base_url), conversation_id],
             capture_output=True,
             text=True,
+            env={**os.environ, "THREADLOG_API_KEY": ADMIN_KEY},
         )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.strip() == f"intact up to position {last}"

@@ -53,3 +53,21 @@ def test_a_provider_dropping_the_stream_fails_the_run_safely_and_keeps_the_parti
         assert len([e for e in events if e["type"] == "TokenStreamed"]) == 3
         post_message(client, conversation_id, "again")
         assert wait_for_run_end(client, conversation_id)[-1]["type"] == "RunCompleted"
+
+
+def test_a_provider_tool_call_is_recorded_and_its_result_goes_back_to_the_model(
+    make_settings: SettingsFactory, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.call_tool_next("calculator", {"expression": "(2 + 3) * 7"})
+    settings = make_settings(model="openai-chat:gpt-4o-mini")
+    with LiveServer(settings) as server, server.client() as client:
+        conversation_id = create_conversation(client, agent="tools-demo")
+        post_message(client, conversation_id, "What is (2 + 3) * 7?")
+        events = wait_for_run_end(client, conversation_id)
+    assert events[-1]["type"] == "RunCompleted", events[-1]
+    started = next(e["data"] for e in events if e["type"] == "ToolCallStarted")
+    completed = next(e["data"] for e in events if e["type"] == "ToolCallCompleted")
+    assert started["args"] == {"expression": "(2 + 3) * 7"} and completed["result"] == 35
+    tool_message = fake_openai.requests[-1]["messages"][-1]
+    assert tool_message["role"] == "tool" and "35" in tool_message["content"]
+    assert events[-1]["data"]["usage"]["requests"] == 2

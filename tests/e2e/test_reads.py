@@ -51,13 +51,14 @@ def test_a_created_conversation_is_listed_at_once_when_asked_for_its_position(
     make_settings: SettingsFactory,
 ) -> None:
     with LiveServer(make_settings(), scripted_model(REPLY)) as server, server.client() as client:
-        created = create(client, title="Fresh", agent="helper")
+        created = create(client, title="Fresh", agent="assistant")
         page = listed(client, min_position=created["global_position"])
+        me = client.get("/v1/users/me").json()["id"]
     (item,) = page["items"]
     assert item == {
         "id": created["id"],
-        "owner": "anonymous",
-        "agent": "helper",
+        "owner": me,
+        "agent": "assistant",
         "title": "Fresh",
         "created_at": created["created_at"],
         "last_activity_at": created["created_at"],
@@ -89,19 +90,19 @@ def test_the_list_is_newest_activity_first_and_pages_with_an_opaque_cursor(
 
 def test_the_list_filters_by_agent_status_and_title(make_settings: SettingsFactory) -> None:
     with LiveServer(make_settings(), scripted_model(REPLY)) as server, server.client() as client:
-        create(client, title="Weekly Report", agent="analyst")
-        create(client, title="groceries", agent="helper")
-        talked = create_conversation(client, title="report ideas", agent="helper")
+        create(client, title="Weekly Report", agent="tools-demo")
+        create(client, title="groceries", agent="assistant")
+        talked = create_conversation(client, title="report ideas", agent="assistant")
         post_message(client, talked, "go")
         at = wait_for_run_end(client, talked)[-1]["global_position"]
 
         def titles(**params: Any) -> list[str]:
             return [i["title"] for i in listed(client, min_position=at, **params)["items"]]
 
-        assert titles(agent="analyst") == ["Weekly Report"]
+        assert titles(agent="tools-demo") == ["Weekly Report"]
         assert titles(q="REPORT") == ["report ideas", "Weekly Report"]
-        assert titles(q="report", agent="helper") == ["report ideas"]
-        assert titles(status="idle", agent="helper") == ["report ideas", "groceries"]
+        assert titles(q="report", agent="assistant") == ["report ideas"]
+        assert titles(status="idle", agent="assistant") == ["report ideas", "groceries"]
         assert titles(status="running") == []
         assert titles(status="failed") == []
 

@@ -4,6 +4,7 @@ from the wheel, the demo model; it stops that NATS server cleanly on exit."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,6 +47,10 @@ class ServeProcess:
             time.sleep(0.1)
         raise TimeoutError(self.log.read_text())
 
+    def printed_keys(self) -> list[str]:
+        """The admin keys this process printed (only a first start prints one)."""
+        return re.findall(r"X-API-Key: (\S+)", self.log.read_text())
+
     def stop(self) -> None:
         """SIGTERM; uvicorn shuts down gracefully, then re-raises the signal (exit -15)."""
         self.process.send_signal(signal.SIGTERM)
@@ -78,7 +83,10 @@ def alive(pid: int) -> bool:
 def test_serve_runs_on_embedded_defaults_and_stops_its_nats_server(workdir: Path) -> None:
     server = ServeProcess(workdir, free_port())
     try:
-        with httpx.Client(base_url=server.base_url, timeout=15) as client:
+        [key] = server.printed_keys()
+        with httpx.Client(
+            base_url=server.base_url, timeout=15, headers={"X-API-Key": key}
+        ) as client:
             conversation_id = create_conversation(client, title="embedded")
             post_message(client, conversation_id, "hello demo")
             events = read_sse(client, f"/v1/conversations/{conversation_id}/events")
@@ -95,14 +103,19 @@ def test_serve_runs_on_embedded_defaults_and_stops_its_nats_server(workdir: Path
 async def test_a_restarted_server_keeps_its_events_and_relays_none_twice(workdir: Path) -> None:
     port = free_port()
     first = ServeProcess(workdir, port)
-    with httpx.Client(base_url=first.base_url, timeout=15) as client:
+    [key] = first.printed_keys()
+    with httpx.Client(base_url=first.base_url, timeout=15, headers={"X-API-Key": key}) as client:
         conversation_id = create_conversation(client)
         post_message(client, conversation_id, "one")
         read_sse(client, f"/v1/conversations/{conversation_id}/events")
     first.stop()
+    first.log.write_text("")
     second = ServeProcess(workdir, port)
     try:
-        with httpx.Client(base_url=second.base_url, timeout=15) as client:
+        assert second.printed_keys() == []  # the admin exists: its key is not printed again
+        with httpx.Client(
+            base_url=second.base_url, timeout=15, headers={"X-API-Key": key}
+        ) as client:
             post_message(client, conversation_id, "two")
             read_sse(
                 client,

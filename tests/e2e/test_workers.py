@@ -22,6 +22,7 @@ import pytest
 
 from tests.servers import NatsNames, delete_stream
 from tests.support import (
+    ADMIN_KEY,
     LiveServer,
     SSEEvent,
     create_conversation,
@@ -128,7 +129,9 @@ class Cluster:
             return False
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(30.0))
+        return httpx.Client(
+            base_url=self.base_url, timeout=httpx.Timeout(30.0), headers={"X-API-Key": ADMIN_KEY}
+        )
 
     def stop_all(self) -> None:
         for process in self.processes:
@@ -146,6 +149,7 @@ def cluster_env(
         THREADLOG_NATS_STREAM=nats_names.stream,
         THREADLOG_NATS_SUBJECT_PREFIX=nats_names.subject_prefix,
         THREADLOG_WORKERS="true",
+        THREADLOG_BOOTSTRAP_ADMIN_KEY=ADMIN_KEY,
         THREADLOG_WORKER_LEASE_SECONDS=LEASE_SECONDS,
         THREADLOG_DEMO_TOKEN_DELAY_MS="5",
         THREADLOG_SSE_HEARTBEAT_SECONDS="1",
