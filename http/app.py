@@ -17,6 +17,7 @@ from threadlog.http.errors import exception_handlers
 from threadlog.http.health import HealthController
 from threadlog.http.reads import READ_HANDLERS
 from threadlog.http.runs import RunController
+from threadlog.http.ws import conversation_socket
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings
 
@@ -54,6 +55,7 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
         logging_config=None,
         debug=False,
     )
+    app.register(conversation_socket)
     # Outermost, not as route middleware: unrouted requests (404, 405) get a request id too.
     app.asgi_handler = request_context(app.asgi_handler)
     return app
