@@ -109,6 +109,12 @@ def error_frame(error: Exception, command_id: str | None = None) -> ErrorFrame:
     )
 
 
+def _too_large(size: int, limit: int) -> ErrorFrame:
+    """The same limit as a request body's (THREADLOG_MAX_REQUEST_BYTES)."""
+    message = f"the frame is {size} bytes; the limit is {limit} bytes"
+    return ErrorFrame(status=413, code="payload_too_large", message=message)
+
+
 def _frame_data(message: Any) -> str | bytes:
     """A received frame's text, or its bytes (a binary frame is decoded as JSON too)."""
     data = message.get("text") or message.get("bytes") or b""
@@ -159,6 +165,9 @@ class ConversationSocket:
             if message["type"] == "websocket.disconnect":
                 return
             frame = _frame_data(message)
+            if len(frame) > self._runtime.settings.max_request_bytes:
+                await self._send(_too_large(len(frame), self._runtime.settings.max_request_bytes))
+                continue
             try:
                 command = _commands.decode(frame)
             except msgspec.DecodeError as error:

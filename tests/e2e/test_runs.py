@@ -76,8 +76,13 @@ def test_a_run_is_readable_right_after_its_post_while_it_runs(
     with LiveServer(make_settings(), slow) as server, server.client() as client:
         conversation_id = create_conversation(client)
         accepted = post_background(client, conversation_id, "long job").json()
-        response = client.get(f"/v1/runs/{accepted['run_id']}")
+        at_once = client.get(f"/v1/runs/{accepted['run_id']}")
+        response = client.get(
+            f"/v1/runs/{accepted['run_id']}", params={"min_position": accepted["global_position"]}
+        )
         client.post(f"/v1/runs/{accepted['run_id']}/cancel")
+    assert at_once.status_code == 200, at_once.text  # found without min_position too
+    assert at_once.json()["run_id"] == accepted["run_id"]
     assert response.status_code == 200, response.text
     run = response.json()
     assert (run["run_id"], run["conversation_id"], run["message_id"]) == (

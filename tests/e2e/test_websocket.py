@@ -144,13 +144,15 @@ def test_cancelling_a_run_no_process_runs_gets_a_404_error_frame(
             "colour",
         ),
         ('{"type": "message", "content": "   "}', 400, "invalid_message", "empty"),
+        ('{"type": "message", "content": "' + "x" * 5000 + '"}', 413, "payload_too_large", "limit"),
     ],
-    ids=["not-json", "unknown-type", "no-content", "no-run-id", "unknown-field", "blank"],
+    ids=["not-json", "unknown-type", "no-content", "no-run-id", "unknown-field", "blank", "big"],
 )
 def test_a_bad_frame_gets_an_error_frame_and_the_socket_stays_open(
     make_settings: SettingsFactory, frame: str, status: int, code: str, mentions: str
 ) -> None:
-    with LiveServer(make_settings(), scripted_model(TOKENS)) as server, server.client() as client:
+    settings = make_settings(max_request_bytes=4096)
+    with LiveServer(settings, scripted_model(TOKENS)) as server, server.client() as client:
         conversation_id = create_conversation(client)
         with socket(server, conversation_id, after=1) as ws:
             ws.send(frame)
