@@ -57,6 +57,22 @@ Command = SendMessage | CancelRun
 _commands = msgspec.json.Decoder(Command)
 
 
+class _CommandRef(msgspec.Struct):
+    """Only a frame's `id`, so that even a frame refused as invalid gets it back."""
+
+    id: CommandId | None = None
+
+
+_command_refs = msgspec.json.Decoder(_CommandRef)
+
+
+def _command_id(frame: str | bytes) -> str | None:
+    try:
+        return _command_refs.decode(frame).id
+    except msgspec.DecodeError:
+        return None
+
+
 class Ack(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="ack"):
     command: str
     run_id: str
@@ -86,7 +102,9 @@ def error_frame(error: Exception, command_id: str | None = None) -> ErrorFrame:
         status = DOMAIN_STATUS.get(type(error), 400)
         return ErrorFrame(status=status, code=error.code, message=str(error), id=command_id)
     if isinstance(error, msgspec.DecodeError):  # ValidationError included
-        return ErrorFrame(status=400, code="validation_error", message=f"invalid frame: {error}")
+        return ErrorFrame(
+            status=400, code="validation_error", message=f"invalid frame: {error}", id=command_id
+        )
     if isinstance(error, HTTPException) and error.status_code < 500:
         code = HTTP_CODES.get(error.status_code, "error")
         return ErrorFrame(
@@ -135,6 +153,8 @@ class ConversationSocket:
         events = asyncio.create_task(self._forward_events(after))
         try:
             await self._serve_commands()
+        except OSError:
+            pass  # the client went away during a reply (the server's ClientDisconnected)
         finally:
             events.cancel()
             await asyncio.gather(events, return_exceptions=True)
@@ -150,6 +170,8 @@ class ConversationSocket:
                 if isinstance(item, FeedEvent):
                     async with self._sending:
                         await self._socket.send_text(item.payload)
+        except OSError:
+            return  # the client went away
         except Exception as error:
             log.warning(
                 "ws.stream_ended_by_error",
@@ -171,7 +193,7 @@ class ConversationSocket:
             try:
                 command = _commands.decode(frame)
             except msgspec.DecodeError as error:
-                await self._send(error_frame(error))
+                await self._send(error_frame(error, _command_id(frame)))
                 continue
             async with self._sending:
                 try:

@@ -56,6 +56,7 @@ class Run:
     message_id: str
     created_at: datetime
     started_at: datetime | None
+    """When the latest attempt started."""
     ended_at: datetime | None
     reply_message_id: str | None
     content: str | None

@@ -134,7 +134,7 @@ def test_cancelling_a_run_no_process_runs_gets_a_404_error_frame(
     ("frame", "status", "code", "mentions"),
     [
         ("this is not json", 400, "validation_error", "JSON"),
-        ('{"type": "dance"}', 400, "validation_error", "dance"),
+        ('{"type": "dance", "id": "d-1"}', 400, "validation_error", "dance"),
         ('{"type": "message"}', 400, "validation_error", "content"),
         ('{"type": "cancel"}', 400, "validation_error", "run_id"),
         (
@@ -161,6 +161,7 @@ def test_a_bad_frame_gets_an_error_frame_and_the_socket_stays_open(
             ack = receive_until(ws, lambda f: f["type"] == "ack")[-1]
     assert (error["type"], error["status"], error["code"]) == ("error", status, code)
     assert mentions in error["message"]
+    assert error.get("id") == ("d-1" if "d-1" in frame else None)
     assert ack["command"] == "message"
 
 
