@@ -75,6 +75,6 @@ class RunNotActive(DomainError):
 class RunNotFound(DomainError):
     code = "run_not_found"
 
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"no active run {run_id}")
+    def __init__(self, run_id: str, message: str | None = None) -> None:
+        super().__init__(message or f"no active run {run_id}")
         self.run_id = run_id

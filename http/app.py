@@ -23,6 +23,7 @@ from threadlog.http.protection import RateLimits, cors_config
 from threadlog.http.reads import READ_HANDLERS
 from threadlog.http.runs import RunController
 from threadlog.http.users import AdminController, KeyController, UserController
+from threadlog.http.ws import conversation_socket
 from threadlog.infra.agents import AgentRegistry
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings
@@ -77,6 +78,7 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
         debug=False,
     )
     document_errors(app)
+    app.register(conversation_socket)
     # Outermost, not as route middleware: unrouted requests (404, 405) get a request id too.
     app.asgi_handler = request_context(app.asgi_handler)
     return app

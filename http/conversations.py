@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 
+from threadlog.domain.application import Written
 from threadlog.domain.conversation import Conversation, PostedMessage
 from threadlog.domain.events import Cause
 from threadlog.http.access import owned_conversation, owner_of
@@ -126,6 +127,38 @@ async def _result(
     return Response(result, status_code=200 if outcome else 202)
 
 
+async def accept_message(
+    runtime: Runtime,
+    conversation_id: UUID,
+    *,
+    content: str,
+    client_message_id: str | None,
+    cause: Cause,
+) -> Written[PostedMessage]:
+    """Posts a user message under the busy policy and starts its run, in this process or
+    a worker's (a queued message's run starts when the run before it ends)."""
+    written = await intake.post_message(
+        runtime.service,
+        runtime.control,
+        conversation_id,
+        content=content,
+        client_message_id=client_message_id,
+        model=runtime.agents.model_of,
+        cause=cause,
+    )
+    posted = written.value
+    if not posted.duplicate and not posted.queued:
+        await runtime.runs.dispatch(
+            RunRequest(
+                conversation_id=conversation_id,
+                run_id=posted.run_id,
+                message_id=posted.message_id,
+                correlation_id=cause.correlation_id,
+            )
+        )
+    return written
+
+
 class ConversationController(Controller):
     path = "/v1/conversations"
     tags = ["conversations"]
@@ -229,7 +262,8 @@ class ConversationController(Controller):
             "(watch `/events`). With `?wait=true` answers 200 with the run's result when it "
             "ends (202 with status `running` after `THREADLOG_RUN_WAIT_SECONDS`). With "
             "`Accept: text/event-stream` streams this run's events and closes after its "
-            "last one."
+            "last one. `?background=true` answers the 202 with `Location: /v1/runs/{run_id}` "
+            "(read the run there, or wait for its `/result`)."
         ),
         guards=USER,
     )
@@ -242,28 +276,27 @@ class ConversationController(Controller):
         wait: Annotated[
             bool, QueryParameter(description="Answer with the run's result when it ends")
         ] = False,
+        background: Annotated[
+            bool, QueryParameter(description="Answer 202 at once, `Location` the run")
+        ] = False,
     ) -> Response[Any]:
         await owned_conversation(runtime, request, conversation_id)
-        written = await intake.post_message(
-            runtime.service,
-            runtime.control,
+        streams = "text/event-stream" in request.headers.get("accept", "")
+        if background and (wait or streams):
+            conflict = "wait=true" if wait else "Accept: text/event-stream"
+            raise BadRequest(
+                f"background=true and {conflict} ask for two ways to answer; give one",
+                extra={"field": "background"},
+            )
+        written = await accept_message(
+            runtime,
             conversation_id,
             content=data.content,
             client_message_id=data.client_message_id,
-            model=runtime.agents.model_of,
             cause=cause_of(request),
         )
         posted = written.value
-        if not posted.duplicate and not posted.queued:
-            await runtime.runs.dispatch(
-                RunRequest(
-                    conversation_id=conversation_id,
-                    run_id=posted.run_id,
-                    message_id=posted.message_id,
-                    correlation_id=request_id_of(request) or "",
-                )
-            )
-        if "text/event-stream" in request.headers.get("accept", ""):
+        if streams:
             return _event_stream(
                 self._sse(runtime, conversation_id, posted.position - 1, until_run=posted.run_id)
             )
@@ -279,7 +312,8 @@ class ConversationController(Controller):
             queued=posted.queued,
             events_url=f"/v1/conversations/{conversation_id}/events?after={posted.position - 1}",
         )
-        return Response(accepted, status_code=202)
+        headers = {"Location": f"/v1/runs/{posted.run_id}"} if background else None
+        return Response(accepted, status_code=202, headers=headers)
 
     @get(
         "/{conversation_id:uuid}/events",

@@ -13,6 +13,7 @@ from threadlog.domain.application import ConversationService
 from threadlog.projections.conversation_list import ConversationList
 from threadlog.projections.message_history import MessageHistory
 from threadlog.projections.runner import ProjectionRunner, ReadModel
+from threadlog.projections.runs import Runs
 from threadlog.projections.views import View, open_view
 
 
@@ -42,7 +43,7 @@ class ReadModelBehind(OperationalError):
 
 
 def read_model_classes() -> tuple[type[ReadModel], ...]:
-    return (ConversationList, MessageHistory)
+    return (ConversationList, MessageHistory, Runs)
 
 
 @dataclass(frozen=True, kw_only=True)
