@@ -123,7 +123,8 @@ async def _work(settings: Settings) -> None:
         )
     # The API (or `threadlog projections run`) runs the relay and the projections.
     worker_settings = settings.replace(workers=True, relay=False, projections=False)
-    async with Runtime.open(worker_settings) as runtime:
+    # Workers serve no reads: no read models, no connections for them.
+    async with Runtime.open(worker_settings, read_model_names=()) as runtime:
         worker = RunWorker(
             service=runtime.service,
             executor=runtime.executor,

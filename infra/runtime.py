@@ -72,8 +72,14 @@ class Runtime:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, settings: Settings, *, model: Model | None = None, agents: AgentRegistry | None = None
+        cls,
+        settings: Settings,
+        *,
+        model: Model | None = None,
+        agents: AgentRegistry | None = None,
+        read_model_names: tuple[str, ...] | None = None,
     ) -> AsyncIterator["Runtime"]:
+        """`read_model_names`: the read models to open (default all; a worker reads none)."""
         agents = agents or AgentRegistry.build(settings, model)
         async with contextlib.AsyncExitStack() as stack:
             nats_url = settings.nats_url or await _start_embedded_nats(settings, stack)
@@ -100,6 +106,7 @@ class Runtime:
                     store_environment(settings),
                     settings.read_models_dir,
                     batch_size=settings.projection_batch_size,
+                    names=read_model_names,
                 )
             )
             stack.callback(read_models.close)

@@ -108,18 +108,19 @@ class Cluster:
         return process
 
     def start_api(self) -> ThreadlogProcess:
+        """Ready before any worker starts: it creates the database's tables."""
         port = free_port()
         self.base_url = f"http://127.0.0.1:{port}"
-        return self._start("serve", "api", THREADLOG_PORT=str(port))
+        api = self._start("serve", "api", THREADLOG_PORT=str(port))
+        api.wait_until(self._api_ready)
+        return api
 
     def start_worker(self, name: str) -> ThreadlogProcess:
         return self._start("worker", name)
 
     def wait_ready(self) -> None:
         for process in self.processes:
-            if process.command == "serve":
-                process.wait_until(self._api_ready)
-            else:
+            if process.command == "worker":
                 process.wait_until(process.running)
 
     def _api_ready(self) -> bool:
