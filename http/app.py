@@ -17,6 +17,7 @@ from threadlog.http.errors import exception_handlers
 from threadlog.http.health import HealthController
 from threadlog.http.reads import READ_HANDLERS
 from threadlog.http.runs import RunController
+from threadlog.http.stats import STATS_HANDLERS
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings
 
@@ -39,7 +40,13 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
     handlers: Any = exception_handlers()
     app = Litestar(
         # READ_HANDLERS share ConversationController's paths: they must come after it.
-        route_handlers=[ConversationController, *READ_HANDLERS, RunController, HealthController],
+        route_handlers=[
+            ConversationController,
+            *READ_HANDLERS,
+            *STATS_HANDLERS,
+            RunController,
+            HealthController,
+        ],
         dependencies={"runtime": Provide(_runtime, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers=handlers,

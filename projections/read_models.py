@@ -11,6 +11,7 @@ from eventsourcing.persistence import OperationalError
 from threadlog.domain.application import ConversationService
 from threadlog.projections.conversation_list import ConversationList
 from threadlog.projections.message_history import MessageHistory
+from threadlog.projections.run_stats import RunStats
 from threadlog.projections.runner import ProjectionRunner, ReadModel
 from threadlog.projections.views import View, open_view
 
@@ -29,7 +30,7 @@ class ReadModelBehind(OperationalError):
 
 
 def read_model_classes() -> tuple[type[ReadModel], ...]:
-    return (ConversationList, MessageHistory)
+    return (ConversationList, MessageHistory, RunStats)
 
 
 @dataclass(frozen=True, kw_only=True)
