@@ -120,13 +120,13 @@ def stats_out(conversation_id: UUID, stats: ConversationStats | None) -> Convers
         conversation_id=str(conversation_id),
         messages=stats.messages,
         runs=RunCountsOut(
-            total=sum(count for outcome, count in runs.items() if outcome != "retried"),
+            total=sum(runs.values()),
             running=runs["running"],
             completed=runs["completed"],
             failed=runs["failed"],
             cancelled=runs["cancelled"],
             interrupted=runs["interrupted"],
-            retried=runs["retried"],
+            retried=stats.retried_runs,
         ),
         tokens=TokensOut(input=stats.input_tokens, output=stats.output_tokens),
         tool_calls=ToolCallsOut(

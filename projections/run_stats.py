@@ -215,7 +215,9 @@ class ConversationStats:
     owner: str
     messages: dict[str, int]
     runs: dict[str, int]
-    """Runs by outcome (every outcome present), and `retried`: runs with more than one attempt."""
+    """Runs by outcome, every outcome present."""
+    retried_runs: int
+    """Runs started again after an interruption (counted under their outcome too)."""
     input_tokens: int
     output_tokens: int
     tool_calls: int
@@ -267,7 +269,6 @@ def _conversation_stats(
     by_outcome = dict.fromkeys(OUTCOMES, 0)
     for run in runs:
         by_outcome[run["outcome"]] += 1
-    by_outcome["retried"] = sum(1 for run in runs if run["attempts"] > 1)
     costs = [float(run["cost_usd"]) for run in runs if run["cost_usd"] is not None]
     completed = [run for run in runs if run["outcome"] == "completed"]
     return ConversationStats(
@@ -275,6 +276,7 @@ def _conversation_stats(
         owner=owner,
         messages=messages,
         runs=by_outcome,
+        retried_runs=sum(1 for run in runs if run["attempts"] > 1),
         input_tokens=sum(int(run["input_tokens"]) for run in runs),
         output_tokens=sum(int(run["output_tokens"]) for run in runs),
         tool_calls=sum(int(tool["calls"]) for tool in tools),

@@ -95,8 +95,8 @@ def test_conversation_stats_count_messages_runs_by_outcome_tokens_tool_calls_tim
             "failed": 1,
             "cancelled": 1,
             "interrupted": 1,
-            "retried": 1,
         },
+        retried_runs=1,
         input_tokens=13,
         output_tokens=7,
         tool_calls=4,  # the lost attempt's call happened too
