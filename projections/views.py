@@ -177,11 +177,12 @@ def _upgrade(sql: Sql, name: str, schema: ViewSchema, tracking_table: str) -> in
         sql.execute(f"DELETE FROM {tracking_table}")  # noqa: S608 - our own table names
         for statement in schema.statements:
             sql.execute(statement)
-    sql.execute(
-        f"INSERT INTO {SCHEMAS_TABLE} (name, version) VALUES (?, ?) "  # noqa: S608
-        "ON CONFLICT (name) DO UPDATE SET version = excluded.version",
-        (name, schema.version),
-    )
+    if outdated or row is None:
+        sql.execute(
+            f"INSERT INTO {SCHEMAS_TABLE} (name, version) VALUES (?, ?) "  # noqa: S608
+            "ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+            (name, schema.version),
+        )
     return recorded if outdated else None
 
 
