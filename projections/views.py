@@ -201,8 +201,9 @@ def open_view(
         sqlite_dir.mkdir(parents=True, exist_ok=True)
         env["SQLITE_DBNAME"] = str(sqlite_dir / f"{name}.sqlite")
     else:
-        env["POSTGRES_POOL_SIZE"] = "4"
-        env["POSTGRES_MAX_OVERFLOW"] = "4"
+        # Two kept open per read model (its runner, a reader); more only under load.
+        env["POSTGRES_POOL_SIZE"] = "2"
+        env["POSTGRES_MAX_OVERFLOW"] = "6"
     factory: Any = InfrastructureFactory[TrackingRecorder].construct(env=Environment(name, env))
     datastore = factory.datastore
     view: SQLiteView | PostgresView
