@@ -122,7 +122,13 @@ class SQLiteView(SQLiteTrackingRecorder):
 
     def upgrade(self, name: str) -> int | None:
         with self.datastore.transaction(commit=True) as cursor:
-            return _upgrade(Sql(cursor, qmark=True), name, self.schema, "tracking")
+            return _upgrade(
+                Sql(cursor, qmark=True),
+                name,
+                self.schema,
+                "tracking",
+                self.table_migration_identifier,
+            )
 
 
 class PostgresView(PostgresTrackingRecorder):
@@ -157,12 +163,21 @@ class PostgresView(PostgresTrackingRecorder):
 
     def upgrade(self, name: str) -> int | None:
         with self.datastore.transaction(commit=True) as cursor:
-            return _upgrade(Sql(cursor, qmark=False), name, self.schema, self.tracking_table_name)
+            return _upgrade(
+                Sql(cursor, qmark=False),
+                name,
+                self.schema,
+                self.tracking_table_name,
+                self.table_migration_identifier,
+            )
 
 
-def _upgrade(sql: Sql, name: str, schema: ViewSchema, tracking_table: str) -> int | None:
+def _upgrade(
+    sql: Sql, name: str, schema: ViewSchema, tracking_table: str, migration_row: str
+) -> int | None:
     """Drops and recreates the tables of an outdated schema and deletes its tracking;
-    returns the outdated version, or None when the schema is current."""
+    returns the outdated version, or None when the schema is current or nothing had
+    been built yet (a new read model, whose tables are replaced silently)."""
     sql.execute(
         f"CREATE TABLE IF NOT EXISTS {SCHEMAS_TABLE} "
         "(name TEXT PRIMARY KEY, version INTEGER NOT NULL)"
@@ -171,10 +186,16 @@ def _upgrade(sql: Sql, name: str, schema: ViewSchema, tracking_table: str) -> in
     row = sql.fetchone()
     recorded = _UNVERSIONED if row is None else int(row["version"])
     outdated = recorded != schema.version
+    built = False
     if outdated:
+        # Every tracking row but eventsourcing's own (its table's migration marker).
+        tracked = f"FROM {tracking_table} WHERE application_name <> ?"
+        sql.execute(f"SELECT COUNT(*) AS batches {tracked}", (migration_row,))
+        counted = sql.fetchone()
+        built = counted is not None and int(counted["batches"]) > 0
         for table in schema.tables:
             sql.execute(f"DROP TABLE IF EXISTS {table}")
-        sql.execute(f"DELETE FROM {tracking_table}")  # noqa: S608 - our own table names
+        sql.execute(f"DELETE {tracked}", (migration_row,))
         for statement in schema.statements:
             sql.execute(statement)
     if outdated or row is None:
@@ -183,7 +204,7 @@ def _upgrade(sql: Sql, name: str, schema: ViewSchema, tracking_table: str) -> in
             "ON CONFLICT (name) DO UPDATE SET version = excluded.version",
             (name, schema.version),
         )
-    return recorded if outdated else None
+    return recorded if built else None
 
 
 def open_view(
