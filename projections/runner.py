@@ -33,6 +33,7 @@ from eventsourcing.utils import TopicError
 
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import ConversationEvent
+from threadlog.projections.lag import PROGRESS_LOG_SECONDS, LagLog
 from threadlog.projections.views import Sql, View, ViewSchema
 
 log = structlog.get_logger(__name__)
@@ -84,11 +85,13 @@ class ProjectionRunner:
         view: View,
         *,
         batch_size: int = 500,
+        progress_seconds: float = PROGRESS_LOG_SECONDS,
     ) -> None:
         self.service = service
         self.read_model = read_model
         self.view = view
         self.batch_size = batch_size
+        self.progress_seconds = progress_seconds
         self.name = read_model.name
         self.position = 0
         """The last committed global position, while the runner follows the log."""
@@ -245,15 +248,20 @@ class ProjectionRunner:
             target=self._pump, args=(subscription, pending), name=f"{self.name}-pump", daemon=True
         )
         pump.start()
+        lag = LagLog(self.name, self._store_position, self.progress_seconds)
         try:
             while not self._stopping.is_set():
                 batch = self._next_batch(pending)
                 if batch:
                     self.apply(batch)
                     self.error = None
+                lag.observe(self.position, idle=not batch)
         finally:
             subscription.stop()
             pump.join(timeout=5)
+
+    def _store_position(self) -> int:
+        return self.service.recorder.max_notification_id() or 0
 
     def _pump(self, subscription: Subscription[ApplicationRecorder], pending: _Pending) -> None:
         try:

@@ -9,6 +9,10 @@ in one transaction: a batch of events is applied exactly once, or not at all.
 - SQLite: one file per read model, `<data dir>/read_models/<name>.sqlite` (its own
   `tracking` table), so projection writes never wait for the event store's write
   lock, and a rebuild may simply delete the file.
+
+A read model whose `ViewSchema.version` differs from the one recorded beside its
+tables (in `read_model_schemas`) has its tables dropped and recreated and its
+tracking deleted when the view is opened: its runner then rebuilds it from the log.
 """
 
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,11 +22,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+import structlog
 from eventsourcing.persistence import InfrastructureFactory, Tracking, TrackingRecorder
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
 from psycopg.sql import SQL, Identifier
+
+log = structlog.get_logger(__name__)
 
 Row = Mapping[str, Any]
 
@@ -40,10 +47,18 @@ def from_micros(micros: int) -> datetime:
 
 @dataclass(frozen=True, kw_only=True)
 class ViewSchema:
-    """A read model's tables: their names (cleared on rebuild) and portable DDL."""
+    """A read model's tables: their names (cleared on rebuild) and portable DDL.
+
+    Bump `version` when the tables or what the rows mean change: existing read
+    models are then dropped and rebuilt from the log."""
 
     tables: tuple[str, ...]
     statements: tuple[str, ...]
+    version: int = 1
+
+
+SCHEMAS_TABLE = "read_model_schemas"
+_UNVERSIONED = 1  # read models built before versions were recorded
 
 
 class Sql:
@@ -105,6 +120,16 @@ class SQLiteView(SQLiteTrackingRecorder):
                 cursor.execute(f"DELETE FROM {table}")  # noqa: S608 - our own table names
             cursor.execute("DELETE FROM tracking WHERE application_name = ?", (application_name,))
 
+    def upgrade(self, name: str) -> int | None:
+        with self.datastore.transaction(commit=True) as cursor:
+            return _upgrade(
+                Sql(cursor, qmark=True),
+                name,
+                self.schema,
+                "tracking",
+                self.table_migration_identifier,
+            )
+
 
 class PostgresView(PostgresTrackingRecorder):
     def __init__(
@@ -136,6 +161,51 @@ class PostgresView(PostgresTrackingRecorder):
                 (application_name,),
             )
 
+    def upgrade(self, name: str) -> int | None:
+        with self.datastore.transaction(commit=True) as cursor:
+            return _upgrade(
+                Sql(cursor, qmark=False),
+                name,
+                self.schema,
+                self.tracking_table_name,
+                self.table_migration_identifier,
+            )
+
+
+def _upgrade(
+    sql: Sql, name: str, schema: ViewSchema, tracking_table: str, migration_row: str
+) -> int | None:
+    """Drops and recreates the tables of an outdated schema and deletes its tracking;
+    returns the outdated version, or None when the schema is current or nothing had
+    been built yet (a new read model, whose tables are replaced silently)."""
+    sql.execute(
+        f"CREATE TABLE IF NOT EXISTS {SCHEMAS_TABLE} "
+        "(name TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+    )
+    sql.execute(f"SELECT version FROM {SCHEMAS_TABLE} WHERE name = ?", (name,))  # noqa: S608
+    row = sql.fetchone()
+    recorded = _UNVERSIONED if row is None else int(row["version"])
+    outdated = recorded != schema.version
+    built = False
+    if outdated:
+        # Every tracking row but eventsourcing's own (its table's migration marker).
+        tracked = f"FROM {tracking_table} WHERE application_name <> ?"
+        sql.execute(f"SELECT COUNT(*) AS batches {tracked}", (migration_row,))
+        counted = sql.fetchone()
+        built = counted is not None and int(counted["batches"]) > 0
+        for table in schema.tables:
+            sql.execute(f"DROP TABLE IF EXISTS {table}")
+        sql.execute(f"DELETE {tracked}", (migration_row,))
+        for statement in schema.statements:
+            sql.execute(statement)
+    if outdated or row is None:
+        sql.execute(
+            f"INSERT INTO {SCHEMAS_TABLE} (name, version) VALUES (?, ?) "  # noqa: S608
+            "ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+            (name, schema.version),
+        )
+    return recorded if built else None
+
 
 def open_view(
     name: str, schema: ViewSchema, store_env: Mapping[str, str], sqlite_dir: Path
@@ -152,8 +222,9 @@ def open_view(
         sqlite_dir.mkdir(parents=True, exist_ok=True)
         env["SQLITE_DBNAME"] = str(sqlite_dir / f"{name}.sqlite")
     else:
-        env["POSTGRES_POOL_SIZE"] = "4"
-        env["POSTGRES_MAX_OVERFLOW"] = "4"
+        # Two kept open per read model (its runner, a reader); more only under load.
+        env["POSTGRES_POOL_SIZE"] = "2"
+        env["POSTGRES_MAX_OVERFLOW"] = "6"
     factory: Any = InfrastructureFactory[TrackingRecorder].construct(env=Environment(name, env))
     datastore = factory.datastore
     view: SQLiteView | PostgresView
@@ -164,4 +235,7 @@ def open_view(
     else:
         raise TypeError(f"unsupported datastore {type(datastore).__name__}")
     view.create_table()
+    outdated = view.upgrade(name)
+    if outdated is not None:
+        log.warning("projection.schema_changed", projection=name, old=outdated, new=schema.version)
     return view, factory
