@@ -82,5 +82,5 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
     document_errors(app)
     app.register(conversation_socket)
     # Outermost, not as route middleware: unrouted requests (404, 405) get a request id too.
-    app.asgi_handler = request_context(app.asgi_handler)
+    app.asgi_handler = request_context(app.asgi_handler, settings.max_header_bytes)
     return app
