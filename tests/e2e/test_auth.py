@@ -316,13 +316,20 @@ def test_every_route_needs_credentials_except_the_public_ones(site: Site) -> Non
         "key_id": "00000000-0000-4000-8000-000000000002",
         "user_id": "00000000-0000-4000-8000-000000000003",
     }
-    with site.anonymous() as anonymous, site.server.client(key="tlk_revoked-or-unknown") as bad:
+    with site.user(unique("revoked")) as owner:
+        issued = owner.post("/v1/keys", json={}).json()
+        assert owner.delete(f"/v1/keys/{issued['id']}").status_code == 200
+    with (
+        site.anonymous() as anonymous,
+        site.server.client(key=issued["key"]) as revoked,
+        site.server.client(key="tlk_never-issued") as unknown,
+    ):
         for method, path in operations:
             if (method, path) in PUBLIC_ROUTES:
                 continue
             url = _fill(path, ids)
-            assert_unauthorized(anonymous.request(method, url, json=_body(method, path)))
-            assert_unauthorized(bad.request(method, url, json=_body(method, path)))
+            for client in (anonymous, revoked, unknown):
+                assert_unauthorized(client.request(method, url, json=_body(method, path)))
 
 
 def test_every_conversation_route_is_404_to_a_user_who_does_not_own_it(site: Site) -> None:
