@@ -22,6 +22,7 @@ from eventsourcing.persistence import InfrastructureFactory, Tracking, TrackingR
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
+from psycopg import ClientCursor
 from psycopg.sql import SQL, Identifier
 
 Row = Mapping[str, Any]
@@ -62,6 +63,64 @@ class Sql:
     def fetchone(self) -> Row | None:
         row: Row | None = self._cursor.fetchone()
         return row
+
+    def flush(self) -> None:
+        """Sends the statements held back, if any (see `HeldSql`)."""
+
+
+HELD_BYTES = 256 * 1024
+
+
+class HeldSql(Sql):
+    """A PostgreSQL write transaction's cursor that sends statements together.
+
+    A projection batch runs many statements whose results nobody reads; a round trip
+    each dominated rebuilds. They are merged on the client (psycopg's `mogrify`) and
+    sent as one simple-protocol query when a result is fetched, when HELD_BYTES are
+    held, and before the tracking record: the same statements in the same order and
+    transaction, so an error still fails the whole batch. Not pipeline mode: psycopg's
+    pipeline can stall on one statement larger than the socket buffer
+    (docs/benchmarks.md), and a message can be that large.
+    """
+
+    def __init__(self, cursor: Any) -> None:
+        super().__init__(cursor, qmark=False)
+        self._merger = ClientCursor(cursor.connection)
+        self._held: list[tuple[str, Sequence[Any]]] = []
+        self._held_bytes = 0
+
+    def execute(self, query: str, params: Sequence[Any] = ()) -> None:
+        self._held.append((query, params))
+        self._held_bytes += len(query) + sum(len(p) for p in params if isinstance(p, str))
+        if self._held_bytes >= HELD_BYTES:
+            self.flush()
+
+    def fetchall(self) -> list[Row]:
+        self._run_last()
+        return super().fetchall()
+
+    def fetchone(self) -> Row | None:
+        self._run_last()
+        return super().fetchone()
+
+    def _run_last(self) -> None:
+        """Sends what was held before the last statement, then the last one on its own."""
+        if not self._held:
+            return
+        query, params = self._held.pop()
+        self.flush()
+        super().execute(query, params)
+
+    def flush(self) -> None:
+        if not self._held:
+            return
+        merged = ";\n".join(
+            self._merger.mogrify(query.replace("?", "%s"), params) for query, params in self._held
+        )
+        self._held.clear()
+        self._held_bytes = 0
+        # No parameters: psycopg sends it with the simple protocol, which takes many statements.
+        self._cursor.execute(merged, prepare=False)
 
 
 class View(Protocol):
@@ -117,7 +176,9 @@ class PostgresView(PostgresTrackingRecorder):
     @contextmanager
     def write(self, tracking: Tracking) -> Iterator[Sql]:
         with self.datastore.transaction(commit=True) as cursor:
-            yield Sql(cursor, qmark=False)
+            sql = HeldSql(cursor)
+            yield sql
+            sql.flush()
             self._insert_tracking(cursor, tracking)
 
     @contextmanager
