@@ -69,6 +69,7 @@ class Sql:
 
 
 HELD_BYTES = 256 * 1024
+_ASYNCHRONOUS_COMMIT = "SET LOCAL synchronous_commit TO OFF"
 
 
 class HeldSql(Sql):
@@ -81,12 +82,17 @@ class HeldSql(Sql):
     transaction, so an error still fails the whole batch. Not pipeline mode: psycopg's
     pipeline can stall on one statement larger than the socket buffer
     (docs/benchmarks.md), and a message can be that large.
+
+    The transaction commits asynchronously (`synchronous_commit` off, for it alone):
+    a crash of PostgreSQL may lose the last batches of a read model, rows and tracking
+    record together, and the runner applies them again from its checkpoint; waiting
+    for each commit's WAL flush made half of a rebuild's time on a busy disk.
     """
 
     def __init__(self, cursor: Any) -> None:
         super().__init__(cursor, qmark=False)
         self._merger = ClientCursor(cursor.connection)
-        self._held: list[tuple[str, Sequence[Any]]] = []
+        self._held: list[tuple[str, Sequence[Any]]] = [(_ASYNCHRONOUS_COMMIT, ())]
         self._held_bytes = 0
 
     def execute(self, query: str, params: Sequence[Any] = ()) -> None:
