@@ -248,8 +248,10 @@ def _rebuild(population: Population, result: RebuildResult) -> str:
         "aggregates: messages, runs with their tokens, tool calls, completions, failures, "
         "cancellations, renames, archives; one conversation of "
         f"{population.deep_messages:,} messages, most of one or two exchanges, some unused) "
-        f"and saved {BATCH_EVENTS} events per transaction, many conversations each, at "
-        f"{_number(population.rate)} events/s (setup, not judged). Events by type: {mix}.",
+        f"stored as the service's mapper encodes them, with COPY into the recorder's table, "
+        f"{BATCH_EVENTS:,} events per transaction, by {config.workers} processes at once, at "
+        f"{_number(population.rate)} events/s (setup, not judged: the recorder's own INSERT "
+        f"would take too long on this shared machine). Events by type: {mix}.",
         "- Each read model: `ProjectionRunner.rebuild()` (delete its rows and tracking, then "
         f"replay the whole log in transactions of {result.config.batch_size} events), timed "
         "from the call to its return.",

@@ -43,7 +43,7 @@ def run_store_reads(servers: Servers, config: StoreReadsConfig) -> StoreReadsRes
     try:
         size = config.population
         progress(f"population: {size.conversations:,} conversations, {size.events:,} events")
-        population = populate(service, size)
+        population = populate(url, size)
         progress(f"population: stored at {population.rate:,.0f} events/s")
         with tempfile.TemporaryDirectory(prefix="threadlog-bench-") as data_dir:
             read_models_dir = Path(data_dir) / "read_models"
