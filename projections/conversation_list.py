@@ -127,13 +127,14 @@ class ConversationList(ReadModel):
         # it starts, in their final state) and one UPDATE per other conversation, not a
         # statement per event.
         changes: dict[str, _Change] = {}
+        process = self.process_event  # bound once: each lookup builds a dispatch wrapper
         for item in events:
             event = item.event
             key = str(event.originator_id)
             change = changes.get(key)
             if change is None:
                 change = changes[key] = _Change()
-            self.process_event(event, change)
+            process(event, change)
         for item in latest:
             event = item.event
             key = str(event.originator_id)
