@@ -48,11 +48,13 @@ QUICK = Plan(
     token_write=TokenWriteConfig(concurrency=(1, 4), tokens_per_conversation=200, repetitions=2),
     replay=ReplayConfig(events=2_000, repetitions=2),
     store_reads=StoreReadsConfig(
-        population=PopulationConfig(conversations=2_000, events=20_000, deep_exchanges=120),
+        population=PopulationConfig(
+            conversations=1_000, events=10_000, deep_exchanges=60, workers=1
+        ),
         rebuild=RebuildConfig(repetitions=1),
-        reads=ReadLatencyConfig(list_pages=3, rounds=3),
+        reads=ReadLatencyConfig(list_pages=3, rounds=2),
     ),
-    cancel=CancelConfig(runs=5),
+    cancel=CancelConfig(runs=3),
 )
 
 
