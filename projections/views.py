@@ -15,6 +15,7 @@ tables (in `read_model_schemas`) has its tables dropped and recreated and its
 tracking deleted when the view is opened: its runner then rebuilds it from the log.
 """
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from eventsourcing.persistence import InfrastructureFactory, Tracking, TrackingR
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
+from psycopg.adapt import Transformer
 from psycopg.sql import SQL, Identifier
 
 log = structlog.get_logger(__name__)
@@ -77,6 +79,90 @@ class Sql:
     def fetchone(self) -> Row | None:
         row: Row | None = self._cursor.fetchone()
         return row
+
+    def flush(self) -> None:
+        """Sends the statements held back, if any (see `HeldSql`)."""
+
+
+HELD_BYTES = 256 * 1024
+_ASYNCHRONOUS_COMMIT = b"SET LOCAL synchronous_commit TO OFF"
+
+
+class HeldSql(Sql):
+    """A PostgreSQL write transaction's cursor that sends statements together.
+
+    A projection batch runs many statements whose results nobody reads; a round trip
+    each dominated rebuilds. They are merged on the client (values as psycopg's SQL
+    literals) and sent as one simple-protocol query when a result is fetched, when
+    HELD_BYTES are held, and before the tracking record: the same statements in the
+    same order and transaction, so an error still fails the whole batch. Not pipeline
+    mode: psycopg's pipeline can stall on one statement larger than the socket buffer
+    (docs/benchmarks.md), and a message can be that large.
+
+    The transaction commits asynchronously (`synchronous_commit` off, for it alone):
+    a crash of PostgreSQL may lose the last batches of a read model, rows and tracking
+    record together, and the runner applies them again from its checkpoint; waiting
+    for each commit's WAL flush made half of a rebuild's time on a busy disk.
+    """
+
+    def __init__(self, cursor: Any) -> None:
+        super().__init__(cursor, qmark=False)
+        self._literal = Transformer(cursor.connection).as_literal
+        self._held: list[bytes] = [_ASYNCHRONOUS_COMMIT]
+        self._held_bytes = 0
+        self._last: tuple[str, Sequence[Any]] | None = None
+
+    def execute(self, query: str, params: Sequence[Any] = ()) -> None:
+        if self._last is not None:
+            self._hold(*self._last)
+        # The last statement waits unmerged: it may be one whose result is fetched.
+        self._last = (query, params)
+
+    def fetchall(self) -> list[Row]:
+        self._run_last()
+        return super().fetchall()
+
+    def fetchone(self) -> Row | None:
+        self._run_last()
+        return super().fetchone()
+
+    def _run_last(self) -> None:
+        """Sends what was held, then the last statement on its own, for its result."""
+        last, self._last = self._last, None
+        self.flush()
+        if last is not None:
+            super().execute(*last)
+
+    def _hold(self, query: str, params: Sequence[Any]) -> None:
+        parts = _split(query)
+        if len(parts) != len(params) + 1:
+            raise TypeError(f"the query has {len(parts) - 1} placeholders, not {len(params)}")
+        pieces = [parts[0]]
+        for value, part in zip(params, parts[1:], strict=True):
+            pieces += (self._literal(value), part)
+        statement = b"".join(pieces)
+        self._held.append(statement)
+        self._held_bytes += len(statement)
+        if self._held_bytes >= HELD_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._last is not None:
+            self._hold(*self._last)
+            self._last = None
+        if not self._held:
+            return
+        merged = b";\n".join(self._held)
+        self._held.clear()
+        self._held_bytes = 0
+        # No parameters: psycopg sends it with the simple protocol, which takes many statements.
+        self._cursor.execute(merged, prepare=False)
+
+
+@functools.lru_cache(maxsize=256)
+def _split(query: str) -> tuple[bytes, ...]:
+    """A query's text around its `?` placeholders (`%%` is a literal `%`, as in psycopg)."""
+    return tuple(part.replace("%%", "%").encode() for part in query.split("?"))
 
 
 class View(Protocol):
@@ -142,7 +228,9 @@ class PostgresView(PostgresTrackingRecorder):
     @contextmanager
     def write(self, tracking: Tracking) -> Iterator[Sql]:
         with self.datastore.transaction(commit=True) as cursor:
-            yield Sql(cursor, qmark=False)
+            sql = HeldSql(cursor)
+            yield sql
+            sql.flush()
             self._insert_tracking(cursor, tracking)
 
     @contextmanager
