@@ -6,11 +6,16 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.machine import read_machine
+from bench.cancel import CancelConfig, run_cancel
+from bench.machine import load_average, read_machine
 from bench.measure import elapsed_seconds, progress
+from bench.population import PopulationConfig
+from bench.read_latency import ReadLatencyConfig
+from bench.rebuild import RebuildConfig
 from bench.report import Report, render
 from bench.servers import bench_servers
 from bench.sse_replay import ReplayConfig, run_replay
+from bench.store_reads import StoreReadsConfig, run_store_reads
 from bench.token_write import TokenWriteConfig, run_token_write
 from threadlog.infra.logging import configure_logging
 from threadlog.infra.settings import Settings
@@ -22,6 +27,8 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.m
 class Plan:
     token_write: TokenWriteConfig
     replay: ReplayConfig
+    store_reads: StoreReadsConfig
+    cancel: CancelConfig
 
 
 FULL = Plan(
@@ -29,11 +36,25 @@ FULL = Plan(
         concurrency=(1, 10, 50), tokens_per_conversation=2000, repetitions=5
     ),
     replay=ReplayConfig(events=10_000, repetitions=5),
+    store_reads=StoreReadsConfig(
+        population=PopulationConfig(conversations=100_000, events=1_000_000, deep_exchanges=250),
+        rebuild=RebuildConfig(repetitions=2),
+        reads=ReadLatencyConfig(list_pages=10, rounds=20),
+    ),
+    cancel=CancelConfig(runs=50),
 )
 # Small enough to finish in well under a minute; its figures are a smoke test only.
 QUICK = Plan(
     token_write=TokenWriteConfig(concurrency=(1, 4), tokens_per_conversation=200, repetitions=2),
     replay=ReplayConfig(events=2_000, repetitions=2),
+    store_reads=StoreReadsConfig(
+        population=PopulationConfig(
+            conversations=1_000, events=10_000, deep_exchanges=60, workers=1
+        ),
+        rebuild=RebuildConfig(repetitions=1),
+        reads=ReadLatencyConfig(list_pages=3, rounds=2),
+    ),
+    cancel=CancelConfig(runs=3),
 )
 
 
@@ -57,10 +78,13 @@ def main(argv: list[str] | None = None) -> None:
     output: Path | None = args.output or (None if args.quick else DEFAULT_OUTPUT)
     configure_logging(Settings(log_level="ERROR", log_format="json"))
     started = datetime.datetime.now(datetime.UTC)
+    load_at_start = load_average()
     progress("starting PostgreSQL and NATS")
     with bench_servers() as servers:
         token_write = run_token_write(servers, plan.token_write)
         replay = run_replay(servers, plan.replay)
+        store_reads = run_store_reads(servers, plan.store_reads)
+        cancel = run_cancel(servers, plan.cancel)
         postgres = servers.postgres
     report = Report(
         started=started,
@@ -73,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
         token_write=token_write,
         replay_config=plan.replay,
         replay=replay,
+        store_reads=store_reads,
+        cancel=cancel,
+        load=(load_at_start, load_average()),
     )
     text = render(report)
     if output is None:

@@ -59,3 +59,11 @@ def socket_buffer_bytes() -> int | None:
         return int(pathlib.Path("/proc/sys/net/core/wmem_default").read_text())
     except (OSError, ValueError):
         return None
+
+
+def load_average() -> float | None:
+    """The 1-minute load average: how busy the machine was besides this run."""
+    try:
+        return float(pathlib.Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None

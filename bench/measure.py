@@ -1,5 +1,6 @@
 """Repeated measurements, their medians, and a progress line on stderr."""
 
+import math
 import statistics
 import sys
 import time
@@ -47,3 +48,12 @@ def progress(message: str) -> None:
 
 def elapsed_seconds() -> float:
     return time.perf_counter() - _STARTED
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """The nearest-rank percentile `q` (0 to 100) of the values."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("a percentile needs at least one value")
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]

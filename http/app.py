@@ -22,6 +22,7 @@ from threadlog.http.health import HealthController
 from threadlog.http.protection import RateLimits, cors_config
 from threadlog.http.reads import READ_HANDLERS
 from threadlog.http.runs import RunController
+from threadlog.http.stats import STATS_HANDLERS
 from threadlog.http.users import AdminController, KeyController, UserController
 from threadlog.http.ws import conversation_socket
 from threadlog.infra.agents import AgentRegistry
@@ -52,6 +53,7 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
         route_handlers=[
             ConversationController,
             *READ_HANDLERS,
+            *STATS_HANDLERS,
             RunController,
             AuditController,
             UserController,
@@ -80,5 +82,5 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
     document_errors(app)
     app.register(conversation_socket)
     # Outermost, not as route middleware: unrouted requests (404, 405) get a request id too.
-    app.asgi_handler = request_context(app.asgi_handler)
+    app.asgi_handler = request_context(app.asgi_handler, settings.max_header_bytes)
     return app

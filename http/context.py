@@ -1,5 +1,6 @@
 """Per-request context: the request id, accepted or generated, and the access log."""
 
+import json
 import re
 import time
 import uuid
@@ -8,7 +9,15 @@ from typing import Any
 import structlog
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 
 REQUEST_ID_HEADER = b"x-request-id"
 SECURITY_HEADERS = [
@@ -39,8 +48,38 @@ def _incoming_request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-def request_context(app: ASGIApp) -> ASGIApp:
-    """Adds `X-Request-ID` to the response and every log line, and logs each request."""
+def _header_bytes(scope: Scope) -> int:
+    return sum(len(name) + len(value) for name, value in scope.get("headers", []))
+
+
+async def _refuse_large_headers(send: Send, request_id: str, size: int, limit: int) -> None:
+    body = json.dumps(
+        {
+            "error": "headers_too_large",
+            "message": f"the request headers are {size} bytes; the limit is {limit} bytes",
+            "details": {"limit": limit},
+            "request_id": request_id,
+        }
+    ).encode()
+    headers: list[tuple[bytes, bytes]] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (REQUEST_ID_HEADER, request_id.encode("latin-1")),
+        *SECURITY_HEADERS,
+    ]
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": 431,
+        "headers": headers,
+    }
+    end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
+    await send(start)
+    await send(end)
+
+
+def request_context(app: ASGIApp, max_header_bytes: int = 16 * 1024) -> ASGIApp:
+    """Adds `X-Request-ID` to the response and every log line, logs each request, and
+    refuses (431) requests whose headers exceed `max_header_bytes`."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -48,6 +87,11 @@ def request_context(app: ASGIApp) -> ASGIApp:
             return
         request_id = _incoming_request_id(scope)
         scope.setdefault("state", {})["request_id"] = request_id
+        size = _header_bytes(scope)
+        if size > max_header_bytes:
+            log.info("http.headers_too_large", request_id=request_id, size=size)
+            await _refuse_large_headers(send, request_id, size, max_header_bytes)
+            return
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:

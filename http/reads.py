@@ -62,6 +62,14 @@ class ConversationListPage(msgspec.Struct, frozen=True, kw_only=True):
     next: str | None
 
 
+class ToolCallOut(msgspec.Struct, frozen=True, kw_only=True):
+    tool_call_id: str
+    name: str
+    args: Any
+    result: Any
+    error: str | None
+
+
 class MessageOut(msgspec.Struct, frozen=True, kw_only=True):
     message_id: str
     run_id: str
@@ -69,6 +77,9 @@ class MessageOut(msgspec.Struct, frozen=True, kw_only=True):
     content: str
     position: int
     created_at: str
+    # Assistant messages: the run's tool calls in order, and its structured output.
+    tool_calls: list[ToolCallOut] | None = None
+    output: Any = None
 
 
 class MessagePage(msgspec.Struct, frozen=True, kw_only=True):
@@ -136,6 +147,19 @@ def message_out(message: Message) -> MessageOut:
         content=message.content,
         position=message.position,
         created_at=_iso(message.created_at),
+        tool_calls=None
+        if message.tool_calls is None
+        else [
+            ToolCallOut(
+                tool_call_id=call.tool_call_id,
+                name=call.tool_name,
+                args=call.args,
+                result=call.result,
+                error=call.error,
+            )
+            for call in message.tool_calls
+        ],
+        output=message.output,
     )
 
 

@@ -57,6 +57,8 @@ def identity_of(user: User, via: str) -> Identity:
 def open_identities(settings: Settings) -> IdentityService:
     """The identity store: its own tables next to the events (its own file on SQLite)."""
     env = store_environment(settings)
+    # Identity reads are one small row each: a small pool next to the event store's.
+    env.update(POSTGRES_POOL_SIZE="2", POSTGRES_MAX_OVERFLOW="4")
     if settings.database_url is None:
         env.update(
             SQLITE_DBNAME=str(settings.identity_sqlite_path),

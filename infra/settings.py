@@ -44,6 +44,8 @@ class Settings:
     snapshot_interval: int = 500
     max_message_bytes: int = 256 * 1024
     max_request_bytes: int = 1024 * 1024
+    # All request headers together at most (431 above).
+    max_header_bytes: int = 16 * 1024
     page_size: int = 100
     max_page_size: int = 1000
     sse_heartbeat_seconds: float = 15.0
@@ -137,6 +139,7 @@ class Settings:
             "snapshot_interval",
             "max_message_bytes",
             "max_request_bytes",
+            "max_header_bytes",
             "page_size",
             "max_page_size",
             "relay_batch_size",

@@ -62,6 +62,33 @@ class ListQuery:
     after: tuple[int, str] | None = None
 
 
+_ROWS_PER_INSERT = 100  # 1,000 parameters: far below SQLite's limit
+
+
+@dataclass(kw_only=True)
+class _Row:
+    """A row started in this batch, before the batch's later changes."""
+
+    owner: str
+    agent: str
+    title: str
+    created_at: int
+    last_activity_at: int
+    position: int
+
+
+@dataclass
+class _Change:
+    """What one batch does to one conversation's row."""
+
+    row: _Row | None = None
+    messages: int = 0
+    title: str | None = None
+    archived: bool = False
+    status: RunStatus | None = None
+    activity: tuple[int, int] | None = None  # (position, last_activity_at µs) of its latest event
+
+
 class ConversationList(ReadModel):
     name = "conversation_list"
     schema = ViewSchema(
@@ -96,82 +123,132 @@ class ConversationList(ReadModel):
     follows_activity = True
 
     def apply(self, sql: Sql, events: Sequence[Applied], latest: Sequence[Applied]) -> None:
+        # A batch's events are folded per conversation first: one INSERT (of the rows
+        # it starts, in their final state) and one UPDATE per other conversation, not a
+        # statement per event.
+        changes: dict[str, _Change] = {}
+        process = self.process_event  # bound once: each lookup builds a dispatch wrapper
         for item in events:
-            self.process_event(item.event, sql)
+            event = item.event
+            key = str(event.originator_id)
+            change = changes.get(key)
+            if change is None:
+                change = changes[key] = _Change()
+            process(event, change)
         for item in latest:
             event = item.event
-            sql.execute(
-                "UPDATE conversation_list SET position = ?, last_activity_at = ? "
-                "WHERE id = ? AND position < ?",
-                (
-                    event.originator_version,
-                    to_micros(event.timestamp),
-                    str(event.originator_id),
-                    event.originator_version,
-                ),
-            )
+            key = str(event.originator_id)
+            change = changes.get(key)
+            if change is None:
+                change = changes[key] = _Change()
+            change.activity = (event.originator_version, to_micros(event.timestamp))
+        started = [(key, change) for key, change in changes.items() if change.row is not None]
+        for start in range(0, len(started), _ROWS_PER_INSERT):
+            _insert(sql, started[start : start + _ROWS_PER_INSERT])
+        for key, change in changes.items():
+            if change.row is None:
+                _update(sql, key, change)
 
     @singledispatchmethod
-    def process_event(self, event: ConversationEvent, sql: Sql) -> None:
+    def process_event(self, event: ConversationEvent, change: _Change) -> None:
         """Most events only move the conversation's activity (done per batch)."""
 
     @process_event.register
-    def _started(self, event: ConversationStarted, sql: Sql) -> None:
+    def _started(self, event: ConversationStarted, change: _Change) -> None:
         at = to_micros(event.timestamp)
-        sql.execute(
-            f"INSERT INTO conversation_list ({_COLUMNS}, title_folded) "  # noqa: S608
-            "VALUES (?, ?, ?, ?, ?, ?, 0, 'idle', ?, ?)",
-            (
-                str(event.originator_id),
-                event.owner,
-                event.agent,
-                event.title,
-                at,
-                at,
-                event.originator_version,
-                event.title.casefold(),
-            ),
+        change.row = _Row(
+            owner=event.owner,
+            agent=event.agent,
+            title=event.title,
+            created_at=at,
+            last_activity_at=at,
+            position=event.originator_version,
         )
 
     @process_event.register(MessagePosted)
     @process_event.register(MessageCompleted)
-    def _message(self, event: ConversationEvent, sql: Sql) -> None:
-        sql.execute(
-            "UPDATE conversation_list SET message_count = message_count + 1 WHERE id = ?",
-            (str(event.originator_id),),
-        )
+    def _message(self, event: ConversationEvent, change: _Change) -> None:
+        change.messages += 1
 
     @process_event.register
-    def _renamed(self, event: ConversationRenamed, sql: Sql) -> None:
-        sql.execute(
-            "UPDATE conversation_list SET title = ?, title_folded = ? WHERE id = ?",
-            (event.title, event.title.casefold(), str(event.originator_id)),
-        )
+    def _renamed(self, event: ConversationRenamed, change: _Change) -> None:
+        change.title = event.title
 
     @process_event.register
-    def _archived(self, event: ConversationArchived, sql: Sql) -> None:
-        sql.execute(
-            "UPDATE conversation_list SET archived = 1 WHERE id = ?", (str(event.originator_id),)
-        )
+    def _archived(self, event: ConversationArchived, change: _Change) -> None:
+        change.archived = True
 
     @process_event.register
-    def _run_started(self, event: RunStarted, sql: Sql) -> None:
-        _set_status(sql, event, "running")
+    def _run_started(self, event: RunStarted, change: _Change) -> None:
+        change.status = "running"
 
     @process_event.register(RunCompleted)
     @process_event.register(RunCancelled)
-    def _run_ended(self, event: ConversationEvent, sql: Sql) -> None:
-        _set_status(sql, event, "idle")
+    def _run_ended(self, event: ConversationEvent, change: _Change) -> None:
+        change.status = "idle"
 
     @process_event.register
-    def _run_failed(self, event: RunFailed, sql: Sql) -> None:
-        _set_status(sql, event, "failed")
+    def _run_failed(self, event: RunFailed, change: _Change) -> None:
+        change.status = "failed"
 
 
-def _set_status(sql: Sql, event: ConversationEvent, status: RunStatus) -> None:
+def _insert(sql: Sql, started: Sequence[tuple[str, _Change]]) -> None:
+    values: list[Any] = []
+    for key, change in started:
+        row = change.row
+        assert row is not None
+        title = change.title if change.title is not None else row.title
+        position, activity = row.position, row.last_activity_at
+        if change.activity is not None and change.activity[0] > position:
+            position, activity = change.activity
+        values += (
+            key,
+            row.owner,
+            row.agent,
+            title,
+            row.created_at,
+            activity,
+            change.messages,
+            change.status or "idle",
+            position,
+            title.casefold(),
+            int(change.archived),
+        )
+    placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(started))
     sql.execute(
-        "UPDATE conversation_list SET run_status = ? WHERE id = ?",
-        (status, str(event.originator_id)),
+        f"INSERT INTO conversation_list ({_COLUMNS}, title_folded, archived) "  # noqa: S608
+        f"VALUES {placeholders}",
+        values,
+    )
+
+
+def _update(sql: Sql, key: str, change: _Change) -> None:
+    assignments: list[str] = []
+    params: list[Any] = []
+    if change.messages:
+        assignments.append("message_count = message_count + ?")
+        params.append(change.messages)
+    if change.title is not None:
+        assignments.append("title = ?, title_folded = ?")
+        params += (change.title, change.title.casefold())
+    if change.archived:
+        assignments.append("archived = 1")
+    if change.status is not None:
+        assignments.append("run_status = ?")
+        params.append(change.status)
+    if change.activity is not None:
+        # Every right-hand side sees the old row: both compare the old position.
+        position, at = change.activity
+        assignments.append(
+            "last_activity_at = CASE WHEN position < ? THEN ? ELSE last_activity_at END, "
+            "position = CASE WHEN position < ? THEN ? ELSE position END"
+        )
+        params += (position, at, position, position)
+    if not assignments:
+        return
+    sql.execute(
+        f"UPDATE conversation_list SET {', '.join(assignments)} WHERE id = ?",  # noqa: S608
+        [*params, key],
     )
 
 

@@ -2,20 +2,43 @@
 
 User messages come from `MessagePosted`; assistant messages from `MessageCompleted`
 (the whole reply, not its tokens). A message's position is its event's position.
+An assistant message also carries its run's tool calls (name, args, result or error,
+in order; those of the run's last attempt) and its structured output, if any.
+Tool calls wait in `message_history_tool_calls` until their message completes.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import msgspec
 from eventsourcing.utils import get_topic
 
-from threadlog.domain.events import HistoryCleared, MessageCompleted, MessagePosted
+from threadlog.domain.conversation import RUN_ENDINGS
+from threadlog.domain.events import (
+    ConversationEvent,
+    HistoryCleared,
+    MessageCompleted,
+    MessagePosted,
+    ToolCallCompleted,
+    ToolCallStarted,
+)
 from threadlog.projections.runner import Applied, ReadModel
 from threadlog.projections.views import Row, Sql, ViewSchema, from_micros, to_micros
 
-_COLUMNS = "conversation_id, position, message_id, run_id, role, content, created_at"
+_COLUMNS = (
+    "conversation_id, position, message_id, run_id, role, content, created_at, tool_calls, output"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolCall:
+    tool_call_id: str
+    tool_name: str
+    args: Any
+    result: Any
+    error: str | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,49 +50,136 @@ class Message:
     role: str
     content: str
     created_at: datetime
+    tool_calls: list[ToolCall] | None
+    """The run's tool calls, for an assistant message (None for a user message)."""
+    output: Any
+    """The structured output of an assistant message (None when it answered in text)."""
 
 
 class MessageHistory(ReadModel):
     name = "message_history"
     schema = ViewSchema(
-        tables=("message_history",),
+        tables=("message_history", "message_history_tool_calls"),
         statements=(
             "CREATE TABLE IF NOT EXISTS message_history ("
             "conversation_id TEXT NOT NULL, position BIGINT NOT NULL, "
             "message_id TEXT NOT NULL, run_id TEXT NOT NULL, role TEXT NOT NULL, "
             "content TEXT NOT NULL, created_at BIGINT NOT NULL, "
+            "tool_calls TEXT, output TEXT, "
             "PRIMARY KEY (conversation_id, position))",
+            "CREATE TABLE IF NOT EXISTS message_history_tool_calls ("
+            "run_id TEXT NOT NULL, position BIGINT NOT NULL, tool_call_id TEXT NOT NULL, "
+            "tool_name TEXT NOT NULL, args TEXT NOT NULL, result TEXT, error TEXT, "
+            "PRIMARY KEY (run_id, position))",
         ),
+        version=2,  # 2: tool_calls and output
     )
     topics: ClassVar[frozenset[str]] = frozenset(
-        get_topic(cls) for cls in (MessagePosted, MessageCompleted, HistoryCleared)
+        get_topic(cls)
+        for cls in (
+            MessagePosted,
+            MessageCompleted,
+            HistoryCleared,
+            ToolCallStarted,
+            ToolCallCompleted,
+            *RUN_ENDINGS,
+        )
     )
 
     def apply(self, sql: Sql, events: Sequence[Applied], latest: Sequence[Applied]) -> None:
-        # In order: a HistoryCleared removes only the rows before it. Plain INSERTs:
-        # applying an event twice would violate the primary key and fail the batch
-        # loudly rather than hide a duplicate.
+        # In order: a HistoryCleared removes only the rows before it, a message takes
+        # the tool calls recorded before it. Plain INSERTs: applying an event twice
+        # would violate a primary key and fail the batch loudly rather than hide a
+        # duplicate.
         for item in events:
-            event = item.event
-            if isinstance(event, HistoryCleared):
-                sql.execute(
-                    "DELETE FROM message_history WHERE conversation_id = ?",
-                    (str(event.originator_id),),
-                )
-                continue
-            assert isinstance(event, MessagePosted | MessageCompleted)
+            self._apply(sql, item.event)
+
+    def _apply(self, sql: Sql, event: ConversationEvent) -> None:
+        if isinstance(event, HistoryCleared):
             sql.execute(
-                f"INSERT INTO message_history ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                "DELETE FROM message_history WHERE conversation_id = ?",
+                (str(event.originator_id),),
+            )
+        elif isinstance(event, RUN_ENDINGS):
+            # Calls no message took: of a run that failed, was cancelled or
+            # interrupted (a retried run starts over; its earlier attempt's calls go).
+            sql.execute("DELETE FROM message_history_tool_calls WHERE run_id = ?", (event.run_id,))
+        elif isinstance(event, ToolCallStarted):
+            sql.execute(
+                "INSERT INTO message_history_tool_calls "
+                "(run_id, position, tool_call_id, tool_name, args) VALUES (?, ?, ?, ?, ?)",
                 (
-                    str(event.originator_id),
-                    event.originator_version,
-                    event.message_id,
                     event.run_id,
-                    event.role,
-                    event.content,
-                    to_micros(event.timestamp),
+                    event.originator_version,
+                    event.tool_call_id,
+                    event.tool_name,
+                    _json(event.args),
                 ),
             )
+        elif isinstance(event, ToolCallCompleted):
+            sql.execute(
+                "UPDATE message_history_tool_calls SET result = ?, error = ? "
+                "WHERE run_id = ? AND tool_call_id = ?",
+                (_json(event.result), event.error, event.run_id, event.tool_call_id),
+            )
+        elif isinstance(event, MessagePosted):
+            _insert_message(sql, event, tool_calls=None, output=None)
+        elif isinstance(event, MessageCompleted):
+            calls = _take_tool_calls(sql, event.run_id)
+            output = None if event.output is None else _json(event.output)
+            _insert_message(sql, event, tool_calls=_json(calls), output=output)
+
+
+def _insert_message(
+    sql: Sql,
+    event: MessagePosted | MessageCompleted,
+    *,
+    tool_calls: str | None,
+    output: str | None,
+) -> None:
+    sql.execute(
+        f"INSERT INTO message_history ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+        (
+            str(event.originator_id),
+            event.originator_version,
+            event.message_id,
+            event.run_id,
+            event.role,
+            event.content,
+            to_micros(event.timestamp),
+            tool_calls,
+            output,
+        ),
+    )
+
+
+def _take_tool_calls(sql: Sql, run_id: str) -> list[dict[str, Any]]:
+    """The run's tool calls in order (as JSON-ready objects), removed from the waiting table."""
+    sql.execute(
+        "SELECT tool_call_id, tool_name, args, result, error FROM message_history_tool_calls "
+        "WHERE run_id = ? ORDER BY position",
+        (run_id,),
+    )
+    calls = [
+        {
+            "tool_call_id": row["tool_call_id"],
+            "tool_name": row["tool_name"],
+            "args": _unjson(row["args"]),
+            "result": _unjson(row["result"]),
+            "error": row["error"],
+        }
+        for row in sql.fetchall()
+    ]
+    sql.execute("DELETE FROM message_history_tool_calls WHERE run_id = ?", (run_id,))
+    return calls
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _unjson(text: str | None) -> Any:
+    return None if text is None else msgspec.json.decode(text)
 
 
 def read_messages(sql: Sql, conversation_id: str, *, after: int, limit: int) -> list[Message]:
@@ -97,4 +207,8 @@ def _message(row: Row) -> Message:
         role=row["role"],
         content=row["content"],
         created_at=from_micros(row["created_at"]),
+        tool_calls=None
+        if row["tool_calls"] is None
+        else [ToolCall(**call) for call in _unjson(row["tool_calls"])],
+        output=_unjson(row["output"]),
     )

@@ -12,6 +12,7 @@ from eventsourcing.persistence import OperationalError
 from threadlog.domain.application import ConversationService
 from threadlog.projections.conversation_list import ConversationList
 from threadlog.projections.message_history import MessageHistory
+from threadlog.projections.run_stats import RunStats
 from threadlog.projections.runner import ProjectionRunner, ReadModel
 from threadlog.projections.runs import Runs
 from threadlog.projections.views import View, open_view
@@ -43,7 +44,7 @@ class ReadModelBehind(OperationalError):
 
 
 def read_model_classes() -> tuple[type[ReadModel], ...]:
-    return (ConversationList, MessageHistory, Runs)
+    return (ConversationList, MessageHistory, Runs, RunStats)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,6 +17,7 @@ Others are skipped and counted, never a reason to stop.
 """
 
 import asyncio
+import concurrent.futures
 import contextlib
 import queue
 import threading
@@ -33,6 +34,7 @@ from eventsourcing.utils import TopicError
 
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import ConversationEvent
+from threadlog.projections.lag import PROGRESS_LOG_SECONDS, LagLog
 from threadlog.projections.views import Sql, View, ViewSchema
 
 log = structlog.get_logger(__name__)
@@ -84,11 +86,13 @@ class ProjectionRunner:
         view: View,
         *,
         batch_size: int = 500,
+        progress_seconds: float = PROGRESS_LOG_SECONDS,
     ) -> None:
         self.service = service
         self.read_model = read_model
         self.view = view
         self.batch_size = batch_size
+        self.progress_seconds = progress_seconds
         self.name = read_model.name
         self.position = 0
         """The last committed global position, while the runner follows the log."""
@@ -152,22 +156,33 @@ class ProjectionRunner:
 
     def catch_up(self, *, until: int | None = None, progress: Progress | None = None) -> int:
         """Applies every stored event after the checkpoint up to `until` (default: the
-        store's last one) in this thread; returns the position reached."""
+        store's last one) in this thread; returns the position reached.
+
+        The next page is read while this one is applied (one reader thread): reading
+        the log is about as costly as applying it."""
         recorder = self.service.recorder
         position = self.checkpoint()
         stop = until if until is not None else (recorder.max_notification_id() or 0)
         total = max(stop - position, 0)
         first = position
-        while position < stop:
-            batch = recorder.select_notifications(
-                start=position, limit=self.batch_size, stop=stop, inclusive_of_start=False
+
+        def read(start: int) -> Sequence[Notification]:
+            return recorder.select_notifications(
+                start=start, limit=self.batch_size, stop=stop, inclusive_of_start=False
             )
-            if not batch:
-                break
-            self.apply(batch)
-            position = batch[-1].id
-            if progress is not None:
-                progress(position - first, total)
+
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.name) as reader:
+            pending = reader.submit(read, position) if position < stop else None
+            while pending is not None:
+                batch = pending.result()
+                if not batch:
+                    break
+                last = batch[-1].id
+                pending = reader.submit(read, last) if last < stop else None
+                self.apply(batch)
+                position = last
+                if progress is not None:
+                    progress(position - first, total)
         return position
 
     def rebuild(self, progress: Progress | None = None) -> int:
@@ -245,15 +260,20 @@ class ProjectionRunner:
             target=self._pump, args=(subscription, pending), name=f"{self.name}-pump", daemon=True
         )
         pump.start()
+        lag = LagLog(self.name, self._store_position, self.progress_seconds)
         try:
             while not self._stopping.is_set():
                 batch = self._next_batch(pending)
                 if batch:
                     self.apply(batch)
                     self.error = None
+                lag.observe(self.position, idle=not batch)
         finally:
             subscription.stop()
             pump.join(timeout=5)
+
+    def _store_position(self) -> int:
+        return self.service.recorder.max_notification_id() or 0
 
     def _pump(self, subscription: Subscription[ApplicationRecorder], pending: _Pending) -> None:
         try:

@@ -15,6 +15,7 @@ import pytest
 from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from tests.backends import BACKENDS, database_url_for
+from tests.histories import every_ending
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import Cause
 from threadlog.infra.cli import projections
@@ -34,6 +35,7 @@ from threadlog.projections.message_history import (
     read_messages,
 )
 from threadlog.projections.read_models import ReadModels
+from threadlog.projections.run_stats import RunStats, StatsRows, all_stats
 from threadlog.projections.runner import Applied, ProjectionRunner
 from threadlog.projections.views import PostgresView, Sql, open_view, to_micros
 
@@ -117,8 +119,12 @@ def message_rows(models: ReadModels) -> list[Message]:
         return all_messages(sql)
 
 
-def snapshot(models: ReadModels) -> tuple[list[ConversationSummary], list[Message]]:
-    return list_rows(models), message_rows(models)
+def snapshot(
+    models: ReadModels,
+) -> tuple[list[ConversationSummary], list[Message], StatsRows]:
+    with models.view(RunStats.name).read() as sql:
+        stats = all_stats(sql)
+    return list_rows(models), message_rows(models), stats
 
 
 def catch_up_all(models: ReadModels) -> None:
@@ -303,6 +309,7 @@ def test_a_rebuilt_read_model_equals_the_one_built_live_row_for_row(
             run(service, cid, question=f"q{i}", tokens=[f"t{j}" for j in range(20)])
             if i % 2:
                 run(service, cid, question="again", tokens=["x"], end="failed")
+        every_ending(service, start(service, title="tools, costs, retries"))
         last = service.recorder.max_notification_id() or 0
         for runner in read_models.runners.values():
             assert runner.wait(last, timeout=10)
@@ -314,7 +321,7 @@ def test_a_rebuilt_read_model_equals_the_one_built_live_row_for_row(
         assert runner.rebuild() == last
 
     assert snapshot(read_models) == live
-    assert (len(live[0]), len(live[1])) == (4, 10)
+    assert (len(live[0]), len(live[1]), len(live[2].runs)) == (5, 18, 12)
 
 
 def test_a_live_runner_resumes_from_its_checkpoint(store: Store) -> None:

@@ -316,13 +316,20 @@ def test_every_route_needs_credentials_except_the_public_ones(site: Site) -> Non
         "key_id": "00000000-0000-4000-8000-000000000002",
         "user_id": "00000000-0000-4000-8000-000000000003",
     }
-    with site.anonymous() as anonymous, site.server.client(key="tlk_revoked-or-unknown") as bad:
+    with site.user(unique("revoked")) as owner:
+        issued = owner.post("/v1/keys", json={}).json()
+        assert owner.delete(f"/v1/keys/{issued['id']}").status_code == 200
+    with (
+        site.anonymous() as anonymous,
+        site.server.client(key=issued["key"]) as revoked,
+        site.server.client(key="tlk_never-issued") as unknown,
+    ):
         for method, path in operations:
             if (method, path) in PUBLIC_ROUTES:
                 continue
             url = _fill(path, ids)
-            assert_unauthorized(anonymous.request(method, url, json=_body(method, path)))
-            assert_unauthorized(bad.request(method, url, json=_body(method, path)))
+            for client in (anonymous, revoked, unknown):
+                assert_unauthorized(client.request(method, url, json=_body(method, path)))
 
 
 def test_every_conversation_route_is_404_to_a_user_who_does_not_own_it(site: Site) -> None:
@@ -387,3 +394,93 @@ def test_the_cli_creates_a_user_with_roles_and_issues_a_key_that_works(site: Sit
     assert me.status_code == 200, me.text
     assert me.json()["roles"] == ["auditor"] and me.json()["username"] == username
     assert login.status_code == 200, login.text
+
+
+# --- other ways in: a trusted gateway, RS256 tokens, a token in the query string ----------
+
+
+def rsa_pair() -> tuple[str, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return private, public
+
+
+def test_a_trusted_gateway_may_name_the_user_and_an_untrusted_one_may_not(
+    make_settings: Any,
+) -> None:
+    trusted = make_settings(trusted_gateway=True)
+    with LiveServer(trusted) as server, server.client() as admin:
+        me = admin.get("/v1/users/me").json()
+        with server.client(key=None, **{"X-User-ID": me["id"]}) as gateway:
+            answer = gateway.get("/v1/users/me")
+    assert answer.status_code == 200 and answer.json()["authenticated_with"] == "gateway"
+    untrusted = make_settings(trusted_gateway=True, trusted_proxies="10.9.8.7")
+    with LiveServer(untrusted) as server, server.client(key=None) as client:
+        refused = client.get("/v1/users/me", headers={"X-User-ID": me["id"]})
+    assert_unauthorized(refused)
+
+
+def test_rs256_tokens_log_in_and_an_hs256_token_signed_with_the_public_key_is_refused(
+    make_settings: Any,
+) -> None:
+    private, public = rsa_pair()
+    settings = make_settings(jwt_algorithm="RS256", jwt_public_key=public, jwt_private_key=private)
+    username = unique("rsa")
+    with LiveServer(settings) as server, server.client(key=None) as client:
+        client.post("/v1/users/register", json={"username": username, "password": PASSWORD})
+        token = client.post(
+            "/v1/users/login", json={"username": username, "password": PASSWORD}
+        ).json()["access_token"]
+        assert jwt.get_unverified_header(token)["alg"] == "RS256"
+        me = client.get("/v1/users/me", headers={"Authorization": f"Bearer {token}"})
+        claims = jwt.decode(token, options={"verify_signature": False})
+        confused = base64_hs256(claims, public)
+        refused = client.get("/v1/users/me", headers={"Authorization": f"Bearer {confused}"})
+    assert me.status_code == 200, me.text
+    assert_unauthorized(refused)
+
+
+def base64_hs256(claims: dict[str, Any], secret: str) -> str:
+    """An HS256 token keyed with `secret`, built by hand (PyJWT refuses PEM keys as HMAC
+    secrets, which is the attack this stands for)."""
+    import hashlib
+    import hmac
+
+    def part(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    header = part(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = part(json.dumps(claims).encode())
+    signature = hmac.new(secret.encode(), f"{header}.{body}".encode(), hashlib.sha256).digest()
+    return f"{header}.{body}.{part(signature)}"
+
+
+def test_an_event_stream_accepts_a_token_in_the_query_string(site: Site) -> None:
+    """Browsers' EventSource cannot set headers."""
+    username = unique("browser")
+    with site.anonymous() as client:
+        client.post("/v1/users/register", json={"username": username, "password": PASSWORD})
+        token = client.post(
+            "/v1/users/login", json={"username": username, "password": PASSWORD}
+        ).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        created = client.post("/v1/conversations", json={}, headers=headers).json()
+        page = client.get(
+            f"/v1/conversations/{created['id']}/events",
+            params={"access_token": token},
+            headers={"accept": "application/json"},
+        )
+    assert page.status_code == 200, page.text
+    assert page.json()["items"][0]["type"] == "ConversationStarted"

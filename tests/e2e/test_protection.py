@@ -79,3 +79,13 @@ def test_every_answer_carries_the_security_headers(make_settings: SettingsFactor
             assert answer.headers["x-frame-options"] == "DENY"
             assert "default-src 'none'" in answer.headers["content-security-policy"]
             assert answer.headers["x-request-id"]
+
+
+def test_oversized_headers_get_431_with_the_error_body(make_settings: SettingsFactory) -> None:
+    with LiveServer(make_settings(max_header_bytes=4096)) as server, server.client() as client:
+        refused = client.get("/v1/users/me", headers={"X-Padding": "a" * 5000})
+        fine = client.get("/v1/users/me", headers={"X-Padding": "a" * 1000})
+    assert refused.status_code == 431
+    assert refused.json()["error"] == "headers_too_large"
+    assert refused.json()["request_id"] == refused.headers["x-request-id"]
+    assert fine.status_code == 200

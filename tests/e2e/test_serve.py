@@ -23,6 +23,8 @@ THREADLOG = Path(sys.executable).parent / "threadlog"
 
 
 class ServeProcess:
+    started: list[ServeProcess] = []
+
     def __init__(self, cwd: Path, port: int) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLOG_")}
         env.update(THREADLOG_PORT=str(port), THREADLOG_DEMO_TOKEN_DELAY_MS="1")
@@ -32,6 +34,7 @@ class ServeProcess:
             self.process = subprocess.Popen(
                 [str(THREADLOG), "serve"], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
             )
+        ServeProcess.started.append(self)
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -61,6 +64,15 @@ class ServeProcess:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
+    # A failed test must not leave a server (and its NATS server) running.
+    while ServeProcess.started:
+        leftover = ServeProcess.started.pop()
+        if leftover.process.poll() is None:
+            leftover.process.send_signal(signal.SIGTERM)
+            try:
+                leftover.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                leftover.process.kill()
 
 
 def nats_pids(data_dir: Path) -> list[int]:
