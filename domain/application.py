@@ -99,6 +99,13 @@ class ConversationService(Application[UUID]):
     def archive(self, conversation_id: UUID, *, cause: Cause) -> Written[Conversation]:
         return self._change(conversation_id, lambda c: c.archive(cause=cause))
 
+    def cancel_queued_run(
+        self, conversation_id: UUID, *, run_id: str, cause: Cause
+    ) -> Written[Conversation]:
+        return self._change(
+            conversation_id, lambda c: c.cancel_queued_run(run_id=run_id, cause=cause)
+        )
+
     def clear_history(self, conversation_id: UUID, *, cause: Cause) -> Written[Conversation]:
         return self._change(conversation_id, lambda c: c.clear_history(cause=cause))
 

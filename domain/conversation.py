@@ -376,6 +376,12 @@ class Conversation(Aggregate):
         )
         self._start_next_queued()
 
+    def cancel_queued_run(self, *, run_id: str, cause: Cause) -> None:
+        """Cancels a run still waiting behind the active one (the `enqueue` policy)."""
+        if not any(entry[1] == run_id for entry in self.queue):
+            raise RunNotActive(run_id)
+        self._record(RunCancelled, cause, run_id=run_id, reason="requested", partial_content="")
+
     def fail_run(self, *, run_id: str, error: str, message: str, cause: Cause) -> None:
         self._require_active(run_id)
         self._record(RunFailed, cause, run_id=run_id, error=error, message=message)

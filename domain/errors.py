@@ -72,6 +72,15 @@ class RunNotActive(DomainError):
         self.run_id = run_id
 
 
+class RunAlreadyEnded(DomainError):
+    code = "run_already_ended"
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(f"run {run_id} already ended ({status}); there is nothing to cancel")
+        self.run_id = run_id
+        self.status = status
+
+
 class RunNotFound(DomainError):
     code = "run_not_found"
 

@@ -239,14 +239,17 @@ class RunInterrupted(ConversationEvent):
 
 
 class RunCancelled(ConversationEvent):
-    """A run stopped on request; its streamed tokens stay, `partial_content` joins them."""
+    """A run stopped on request; its streamed tokens stay, `partial_content` joins them.
+    A queued run can be cancelled before it starts: it then leaves the queue."""
 
     run_id: str
     reason: str
     partial_content: str
 
     def evolve(self, aggregate: Any) -> None:
-        aggregate.active_run_id = None
+        if aggregate.active_run_id == self.run_id:
+            aggregate.active_run_id = None
+        aggregate.queue = [entry for entry in aggregate.queue if entry[1] != self.run_id]
 
 
 @cache

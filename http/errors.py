@@ -23,6 +23,7 @@ from threadlog.domain.errors import (
     InvalidMessage,
     MessageTooLarge,
     RunAlreadyActive,
+    RunAlreadyEnded,
     RunNotActive,
     RunNotFound,
 )
@@ -39,6 +40,7 @@ DOMAIN_STATUS: dict[type[DomainError], int] = {
     RunAlreadyActive: 409,
     ConcurrentWrite: 409,
     RunNotActive: 409,
+    RunAlreadyEnded: 409,
     RunNotFound: 404,
     InvalidMessage: 400,
     InvalidConversation: 400,

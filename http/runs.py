@@ -16,9 +16,11 @@ from uuid import UUID
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
+from litestar.exceptions import ClientException
 from litestar.params import PathParameter, QueryParameter
 
-from threadlog.domain.errors import RunNotFound
+from threadlog.domain.errors import RunAlreadyEnded, RunNotActive, RunNotFound
+from threadlog.domain.events import Cause
 from threadlog.http.access import owner_of
 from threadlog.http.auth import USER
 from threadlog.http.conversations import cause_of
@@ -196,6 +198,34 @@ async def find_run(runtime: Runtime, run_id: str, owner: str, min_position: int 
     return run
 
 
+async def _cancel_elsewhere(runtime: Runtime, run: Run, cause: Cause) -> None:
+    """A run this process does not run: queued, ended, or in another process."""
+    if run.status == "queued":
+        try:
+            await asyncio.to_thread(
+                runtime.service.cancel_queued_run,
+                UUID(run.conversation_id),
+                run_id=run.run_id,
+                cause=cause,
+            )
+            return
+        except RunNotActive:
+            pass  # it started meanwhile: cancel it where it runs
+    if run.ended:
+        raise RunAlreadyEnded(run.run_id, run.status)
+    try:
+        await runtime.control.cancel(run.run_id, cause, owner=run.owner)
+    except RunNotFound:
+        latest = await find_run(runtime, run.run_id, run.owner, None)
+        if latest.ended:
+            raise RunAlreadyEnded(run.run_id, latest.status) from None
+        raise ClientException(
+            status_code=409,
+            detail=f"run {run.run_id} is not running in any process at the moment (a "
+            "worker has not taken it yet); retry shortly",
+        ) from None
+
+
 async def _until_ended(runtime: Runtime, run: Run, deadline: float) -> Run:
     """The run once it ended, or as it is at `deadline`."""
     executor = runtime.executor
@@ -332,12 +362,18 @@ class RunController(Controller):
         description=(
             "Stops the model stream. The tokens already streamed stay as events; the run "
             "ends with `RunCancelled` (carrying the partial reply) and the conversation is "
-            "ready for the next message. 404 when no process runs it, or it is not "
-            "yours."
+            "ready for the next message. A queued run (the `enqueue` policy) is cancelled "
+            "before it starts. 409 for a run that already ended; 404 for an unknown run, "
+            "or one that is not yours."
         ),
     )
     async def cancel(
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], run_id: RunId
     ) -> RunCancelled:
-        await runtime.control.cancel(run_id, cause_of(request), owner=owner_of(request))
+        cause, owner = cause_of(request), owner_of(request)
+        if runtime.executor.is_running(run_id):
+            # In this process: cancel at once (the owner is checked on the way).
+            await runtime.control.cancel(run_id, cause, owner=owner)
+        else:
+            await _cancel_elsewhere(runtime, await find_run(runtime, run_id, owner, None), cause)
         return RunCancelled(run_id=run_id, status="cancelled")

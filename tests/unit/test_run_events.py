@@ -8,6 +8,7 @@ from threadlog.domain.events import (
     Cause,
     MessageCompleted,
     OutputPartial,
+    RunCancelled,
     RunCompleted,
     RunInterrupted,
     RunProgressReported,
@@ -136,3 +137,22 @@ def test_an_interrupted_run_without_retry_ends_and_frees_the_conversation() -> N
 def test_a_new_run_is_a_first_attempt() -> None:
     conversation, _ = running()
     assert conversation.active_attempt == 1
+
+
+def test_a_queued_run_is_cancelled_without_touching_the_active_one() -> None:
+    conversation = Conversation.start(
+        owner="alice", agent="demo", title="", metadata={}, cause=CAUSE, busy_policy="enqueue"
+    )
+    active = conversation.post_message(
+        content="one", client_message_id=None, model="demo", cause=CAUSE
+    )
+    queued = conversation.post_message(
+        content="two", client_message_id=None, model="demo", cause=CAUSE
+    )
+    conversation.collect_events()
+    conversation.cancel_queued_run(run_id=queued.run_id, cause=CAUSE)
+    [cancelled] = conversation.collect_events()
+    assert isinstance(cancelled, RunCancelled) and cancelled.run_id == queued.run_id
+    assert conversation.active_run_id == active.run_id and conversation.queue == []
+    with pytest.raises(RunNotActive):
+        conversation.cancel_queued_run(run_id=active.run_id, cause=CAUSE)
