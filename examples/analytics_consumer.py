@@ -3,13 +3,15 @@
     python examples/analytics_consumer.py --nats-url nats://127.0.0.1:4222 \\
         --durable analytics --state analytics.json
 
-A durable pull consumer: JetStream remembers what it acknowledged, and the state file
-keeps the counts together with the global position of the last event they include.
-Each batch is applied, the state written atomically (temporary file, fsync, rename),
-and only then acknowledged. A message delivered again (after a crash between the
-write and the acknowledgement, or a relay duplicate published outside JetStream's
-duplicate window) carries a global position at or below the saved one and is
-skipped: a restart never counts an event twice.
+A durable pull consumer. The state file keeps the counts together with the global
+position of the last event they include, and is the truth about what was applied:
+on start the consumer is (re)created at the first stream message after that
+position. Each batch is applied in stream order, the state written atomically
+(temporary file, fsync, rename), and only then acknowledged. A message delivered
+again (a lost acknowledgement, or a relay duplicate published outside JetStream's
+duplicate window) is at or below the saved position and skipped; a message that
+arrives ahead of the next expected stream sequence makes it resubscribe from the
+saved position. So a kill at any moment never loses or double-counts an event.
 
 It counts `TokenStreamed` events (one per model text delta) by the agent of their
 run (from `RunStarted`, else the conversation's `ConversationStarted`) and by the
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -109,6 +112,10 @@ class State:
         return "\n".join(lines)
 
 
+class Gap(Exception):
+    """A message arrived ahead of the next expected one: an earlier one is still out."""
+
+
 async def first_sequence_after(js: JetStreamContext, stream: str, global_position: int) -> int:
     """The stream sequence of the first event after `global_position`.
 
@@ -116,6 +123,8 @@ async def first_sequence_after(js: JetStreamContext, stream: str, global_positio
     differ wherever the store's global log has a gap, so this searches by header."""
     info = await js.stream_info(stream)
     low, high = info.state.first_seq, info.state.last_seq
+    if info.state.messages == 0:
+        return high + 1
     found = high + 1
     while low <= high:
         middle = (low + high) // 2
@@ -127,54 +136,76 @@ async def first_sequence_after(js: JetStreamContext, stream: str, global_positio
     return found
 
 
-async def subscribe(
+async def open_consumer(
     js: JetStreamContext, args: argparse.Namespace, state: State
-) -> JetStreamContext.PullSubscription:
-    """Binds to the durable consumer; a new one starts where the saved state ends."""
-    config: ConsumerConfig | None = None  # an existing one knows where it stands
-    try:
-        await js.consumer_info(args.stream, args.durable)
-    except NotFoundError:
-        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=args.ack_wait)
-        if state.last_global_position > 0:
-            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-            config.opt_start_seq = await first_sequence_after(
-                js, args.stream, state.last_global_position
-            )
-    return await js.pull_subscribe(
+) -> tuple[JetStreamContext.PullSubscription, int]:
+    """(Re)creates the durable consumer at the first event after the saved position.
+
+    The state file, not the consumer's acknowledgements, says what was applied: a
+    message a crashed run fetched but never applied would otherwise come back only
+    after `ack_wait`, behind newer ones, and be mistaken for a duplicate."""
+    with contextlib.suppress(NotFoundError):
+        await js.delete_consumer(args.stream, args.durable)
+    start = await first_sequence_after(js, args.stream, state.last_global_position)
+    config = ConsumerConfig(
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=args.ack_wait,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=start,
+    )
+    subscription = await js.pull_subscribe(
         f"{args.prefix}.conversation.>", durable=args.durable, stream=args.stream, config=config
     )
+    return subscription, start
 
 
 async def consume(args: argparse.Namespace) -> State:
     state = State.load(args.state)
     nc = await nats.connect(args.nats_url)
+    js = nc.jetstream()
+    last_message = time.monotonic()
     try:
-        subscription = await subscribe(nc.jetstream(), args, state)
-        last_message = time.monotonic()
         while args.idle_exit is None or time.monotonic() - last_message < args.idle_exit:
+            subscription, expected = await open_consumer(js, args, state)
             try:
-                batch = await subscription.fetch(args.batch, timeout=1.0)
-            except nats.errors.TimeoutError:
-                continue
-            last_message = time.monotonic()
-            await apply_batch(state, batch, args.state)
+                while args.idle_exit is None or time.monotonic() - last_message < args.idle_exit:
+                    try:
+                        batch = await subscription.fetch(args.batch, timeout=1.0)
+                    except nats.errors.TimeoutError:
+                        continue
+                    last_message = time.monotonic()
+                    expected = await apply_batch(state, batch, args.state, expected)
+            except Gap:
+                print("an earlier message is missing: resubscribing", file=sys.stderr)
+            finally:
+                await subscription.unsubscribe()
     finally:
         await nc.close()
     return state
 
 
-async def apply_batch(state: State, batch: list[Msg], path: Path) -> None:
-    applied = 0
+async def apply_batch(state: State, batch: list[Msg], path: Path, expected: int) -> int:
+    """Applies a batch in stream order, saves, then acknowledges; the next expected sequence."""
+    applied, taken, gap = 0, [], False
     for message in batch:
-        position = int((message.headers or {})[GLOBAL_POSITION])
-        applied += state.apply(position, json.loads(message.data))
+        sequence = message.metadata.sequence.stream
+        if sequence > expected:
+            gap = True
+            break
+        taken.append(message)
+        if sequence == expected:
+            expected += 1
+            position = int((message.headers or {})[GLOBAL_POSITION])
+            applied += state.apply(position, json.loads(message.data))
     if applied:
         state.save(path)  # before acknowledging: a crash in between means a redelivery
-    for message in batch:
+    for message in taken:
         await message.ack()
-    if applied < len(batch):
-        print(f"skipped {len(batch) - applied} already applied", file=sys.stderr)
+    if applied < len(taken):
+        print(f"skipped {len(taken) - applied} already applied", file=sys.stderr)
+    if gap:
+        raise Gap
+    return expected
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
