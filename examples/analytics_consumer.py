@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import nats
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -171,7 +170,7 @@ async def consume(args: argparse.Namespace) -> State:
                 while args.idle_exit is None or time.monotonic() - last_message < args.idle_exit:
                     try:
                         batch = await subscription.fetch(args.batch, timeout=1.0)
-                    except nats.errors.TimeoutError:
+                    except TimeoutError:  # nats.errors.TimeoutError is one too
                         continue
                     last_message = time.monotonic()
                     expected = await apply_batch(state, batch, args.state, expected)

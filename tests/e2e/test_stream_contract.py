@@ -204,7 +204,10 @@ def test_every_published_payload_matches_the_checked_in_schema(
     settings, names = make_settings(), names_of(nats_names)
     with LiveServer(settings) as server, server.client() as client:
         conversations = run_scenario(client)
-        client.patch(f"/v1/conversations/{conversations[0]}", json={"title": "renamed"})
+        renamed = client.patch(
+            f"/v1/conversations/{conversations[0]}", json={"title": "renamed", "archived": True}
+        )
+        assert renamed.status_code == 200, renamed.text
         count = len(store_log(settings))
         wait_for_relay(nats_url, names, count)
         received = read_stream(nats_url, names, start=1, count=count)
@@ -215,6 +218,8 @@ def test_every_published_payload_matches_the_checked_in_schema(
     kinds = {item.payload["type"] for item in received}
     assert {
         "ConversationStarted",
+        "ConversationRenamed",
+        "ConversationArchived",
         "MessagePosted",
         "RunStarted",
         "TokenStreamed",
