@@ -25,9 +25,11 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from tests.e2e.conftest import SettingsFactory
+from tests.e2e.test_serve import ServeProcess, workdir  # noqa: F401 (a fixture)
 from tests.servers import NatsNames
 from tests.support import LiveServer, create_conversation, post_message, stored_events
 from tests.support import wait_for_run_end as wait_for_end
+from threadlog.infra.embedded import free_port
 from threadlog.infra.nats import (
     HEADER_CONVERSATION,
     HEADER_GLOBAL_POSITION,
@@ -366,3 +368,35 @@ def republish_tokens(
             await nc.close()
 
     asyncio.run(publish())
+
+
+def test_the_example_consumer_reads_the_embedded_nats_of_threadlog_serve(
+    workdir: Path,  # noqa: F811 (the fixture imported above)
+) -> None:
+    server = ServeProcess(workdir, free_port())
+    try:
+        [key] = server.printed_keys()
+        headers = {"X-API-Key": key}
+        with httpx.Client(base_url=server.base_url, timeout=15, headers=headers) as client:
+            events = pages(client, run_scenario(client))
+        # As docs/stream.md says: the `runtime.started` log line names the NATS URL.
+        started = next(
+            line for line in server.log.read_text().splitlines() if "runtime.started" in line
+        )
+        url = json.loads(started)["nats"]
+        command = [sys.executable, str(CONSUMER), "--nats-url", url, "--idle-exit", "3"]
+        state = workdir / "analytics-state.json"  # the default --state, in its working folder
+        deadline = time.monotonic() + 30
+        while True:  # until the relay has published the last event
+            consumed = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
+            assert consumed.returncode == 0, consumed.stderr
+            if saved(state)["last_global_position"] == events[-1]["global_position"]:
+                break
+            assert time.monotonic() < deadline, "the consumer never saw the last event"
+    finally:
+        server.stop()
+    expected = tokens_per_agent_minute(events)
+    assert saved(state)["tokens"] == expected
+    for agent, minutes in expected.items():
+        for minute, count in minutes.items():
+            assert re.search(rf"^{agent} +{minute} +{count}$", consumed.stdout, re.MULTILINE)
