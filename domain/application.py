@@ -20,6 +20,7 @@ from threadlog.domain.events import Cause
 T = TypeVar("T")
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
+DECIDE_ATTEMPTS = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,10 +147,12 @@ class ConversationService(Application[UUID]):
         return self._decide(conversation_id, decide)
 
     def _decide(self, conversation_id: UUID, decide: Callable[[Conversation], T]) -> Written[T]:
-        """Loads, decides, saves what was decided; retries once when another writer
-        appended first. A decision that records nothing (a duplicate post, a second
-        archive) saves nothing and reaches no new global position."""
-        for attempt in range(2):
+        """Loads, decides, saves what was decided; decides again on the fresh state when
+        another writer appended first (a run streaming tokens appends every few
+        milliseconds, so a few rounds may be needed). A decision that records nothing
+        (a duplicate post, a second archive) saves nothing and reaches no new global
+        position."""
+        for attempt in range(DECIDE_ATTEMPTS):
             conversation = self.get_conversation(conversation_id)
             outcome = decide(conversation)
             if not conversation.pending_events:
@@ -157,7 +160,7 @@ class ConversationService(Application[UUID]):
             try:
                 recordings = self.save(conversation)
             except IntegrityError:
-                if attempt == 0:
+                if attempt < DECIDE_ATTEMPTS - 1:
                     continue
                 raise ConcurrentWrite(conversation_id) from None
             return Written(value=outcome, global_position=last_global_position(recordings))

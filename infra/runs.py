@@ -182,7 +182,7 @@ _RunEnd = Callable[[Conversation, str], None]
 REBASE_ATTEMPTS = 3
 
 CANCEL_WAIT_SECONDS = 5.0
-INTERRUPTED = ("interrupted", "The run was interrupted because the server stopped.")
+SERVER_STOPPED = "server stopped"
 
 
 def _failure_end(cause: Cause, error: str, message: str) -> _RunEnd:
@@ -193,7 +193,13 @@ def _failure_end(cause: Cause, error: str, message: str) -> _RunEnd:
 
 
 def _interrupted_end(cause: Cause) -> _RunEnd:
-    return _failure_end(cause, *INTERRUPTED)
+    """The process stopped under the run: RunInterrupted, not retried here (a worker's
+    lost run is retried by the worker that finds it; infra/worker.py)."""
+
+    def end(conversation: Conversation, run_id: str) -> None:
+        conversation.interrupt_run(run_id=run_id, reason=SERVER_STOPPED, retry=False, cause=cause)
+
+    return end
 
 
 def _cancel_end(cause: Cause, partial: str) -> _RunEnd:
@@ -336,14 +342,14 @@ class RunExecutor:
         except asyncio.CancelledError:
             requested = self._cancel_requests.pop(request.run_id, None)
             if requested is not None:
-                await self._record_cancel(flusher, request, requested, "".join(text))
+                await self._finish(flusher, request, _cancel_end(requested, "".join(text)))
                 bound.info("run.cancelled", events=flusher.conversation.version - first_version)
                 return
-            await self._fail(flusher, request, cause, INTERRUPTED)
+            await self._finish(flusher, request, _interrupted_end(cause))
             raise
         except Exception as error:
             bound.warning("run.failed", error=repr(error))
-            await self._fail(flusher, request, cause, safe_failure(error))
+            await self._finish(flusher, request, _failure_end(cause, *safe_failure(error)))
         conversation = flusher.conversation
         if not conversation.pending_events and (
             conversation.version // self._snapshot_interval
@@ -408,41 +414,15 @@ class RunExecutor:
         )
         await flusher.flush()
 
-    async def _record_cancel(
-        self,
-        flusher: _Flusher,
-        request: RunRequest,
-        cause: Cause,
-        partial: str,
-    ) -> None:
+    async def _finish(self, flusher: _Flusher, request: RunRequest, end: _RunEnd) -> None:
+        """Records the run's ending after what it streamed (the partial reply stays)."""
         try:
             await flusher.flush()
-            _cancel_end(cause, partial)(flusher.conversation, request.run_id)
+            end(flusher.conversation, request.run_id)
             await flusher.flush()
         except Exception as error:
-            log.warning("run.cancel_on_reloaded", error=repr(error), run_id=request.run_id)
-            await asyncio.to_thread(self._end_reloaded, request, _cancel_end(cause, partial))
-
-    async def _fail(
-        self,
-        flusher: _Flusher,
-        request: RunRequest,
-        cause: Cause,
-        failure: tuple[str, str],
-    ) -> None:
-        error, message = failure
-        try:
-            # Keep the partial reply: its tokens are stored before the failure.
-            await flusher.flush()
-            flusher.conversation.fail_run(
-                run_id=request.run_id, error=error, message=message, cause=cause
-            )
-            await flusher.flush()
-        except Exception as flush_error:
-            log.warning("run.fail_on_reloaded", error=repr(flush_error), run_id=request.run_id)
-            await asyncio.to_thread(
-                self._end_reloaded, request, _failure_end(cause, error, message)
-            )
+            log.warning("run.end_on_reloaded", error=repr(error), run_id=request.run_id)
+            await asyncio.to_thread(self._end_reloaded, request, end)
 
     def _end_reloaded(self, request: RunRequest, end: "_RunEnd") -> None:
         """The live aggregate is out of step with the store: record the ending on a fresh one."""

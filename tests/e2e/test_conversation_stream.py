@@ -194,8 +194,9 @@ def test_a_server_stopping_mid_run_records_the_run_as_interrupted(
         )
     with LiveServer(settings, scripted_model(["ok"])) as server, server.client() as client:
         events = stored_events(client, conversation_id)
-        assert events[-1]["type"] == "RunFailed"
-        assert events[-1]["data"]["error"] == "interrupted"
+        assert events[-1]["type"] == "RunInterrupted"
+        assert events[-1]["data"]["reason"] == "server stopped"
+        assert events[-1]["data"]["retry"] is False
         assert any(e["type"] == "TokenStreamed" for e in events)
         post_message(client, conversation_id, "after the restart")
         assert wait_for_run_end(client, conversation_id)[-1]["type"] == "RunCompleted"
