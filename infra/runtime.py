@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import structlog
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, InternalError
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from pydantic_ai.models import Model
@@ -171,17 +171,18 @@ class Runtime:
         await asyncio.gather(*self.background, return_exceptions=True)
 
 
-SCHEMA_ATTEMPTS = 3
+SCHEMA_ATTEMPTS = 5
 
 
 async def _creating_schema(open_: Callable[[], T]) -> T:
     """Opens what creates tables if missing. Processes starting together on an empty
     PostgreSQL database (an API and its workers) race on CREATE TABLE IF NOT EXISTS
-    (and on bootstrapping the admin); the loser sees a conflict and tries again."""
+    (and on bootstrapping the admin); the loser sees a conflict ("duplicate key", or
+    PostgreSQL's "tuple concurrently updated", an InternalError) and tries again."""
     for attempt in range(SCHEMA_ATTEMPTS):
         try:
             return await asyncio.to_thread(open_)
-        except IntegrityError:
+        except (IntegrityError, InternalError):
             if attempt == SCHEMA_ATTEMPTS - 1:
                 raise
             await asyncio.sleep(0.1 * (attempt + 1))
