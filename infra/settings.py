@@ -47,6 +47,9 @@ class Settings:
     page_size: int = 100
     max_page_size: int = 1000
     sse_heartbeat_seconds: float = 15.0
+    # Events waiting for a /v1/stream client at most; one that falls further behind is
+    # disconnected (it resumes with Last-Event-ID).
+    stream_queue_size: int = 1000
     # How long `POST …/messages?wait=true` waits for the run before answering "running".
     run_wait_seconds: float = 120.0
     relay: bool = True
@@ -129,6 +132,7 @@ class Settings:
             "max_page_size",
             "relay_batch_size",
             "projection_batch_size",
+            "stream_queue_size",
         )
         for name in positive:
             if getattr(self, name) < 1:
