@@ -31,6 +31,23 @@ log = structlog.get_logger(__name__)
 _PARAMETERS = frozenset({"types", "agents", "after"})
 
 
+class StreamClients:
+    """How many firehose clients this process serves: each holds a subscription (on
+    PostgreSQL a LISTEN connection from the store's pool), so their number is capped."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    @classmethod
+    def of(cls, request: Request[Any, Any, Any], limit: int) -> "StreamClients":
+        state = request.app.state
+        clients = state.get("stream_clients")
+        if not isinstance(clients, StreamClients):
+            clients = state["stream_clients"] = cls(limit)
+        return clients
+
+
 def _names(values: list[str] | None) -> frozenset[str]:
     return frozenset(p.strip() for v in values or () for p in v.split(",") if p.strip())
 
@@ -53,6 +70,18 @@ def fell_behind(item: FellBehind, last_sent: int) -> bytes:
 
 
 async def _frames(
+    runtime: Runtime, stream_filter: StreamFilter, after: int, clients: StreamClients
+) -> AsyncIterator[bytes]:
+    # Counted while the stream runs (a response never started holds nothing).
+    clients.count += 1
+    try:
+        async for frame in _follow(runtime, stream_filter, after):
+            yield frame
+    finally:
+        clients.count -= 1
+
+
+async def _follow(
     runtime: Runtime, stream_filter: StreamFilter, after: int
 ) -> AsyncIterator[bytes]:
     settings = runtime.settings
@@ -119,8 +148,17 @@ async def firehose(
         return error_response(
             request, 406, "not_acceptable", "this route streams text/event-stream only"
         )
+    clients = StreamClients.of(request, runtime.settings.stream_max_clients)
+    if clients.count >= clients.limit:
+        return error_response(
+            request,
+            503,
+            "unavailable",
+            f"this server already streams to {clients.limit} clients; retry shortly",
+            headers={"Retry-After": "5"},
+        )
     return Stream(
-        _frames(runtime, stream_filter, start),
+        _frames(runtime, stream_filter, start, clients),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

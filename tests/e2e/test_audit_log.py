@@ -72,7 +72,9 @@ def canonical_hash(event: dict[str, Any]) -> str:
 
 
 def read_log(client: httpx.Client, limit: int = 3, **params: Any) -> list[dict[str, Any]]:
-    """Every page, following `next` (pages may be short)."""
+    """Every page, following `next` (pages may be short); `from_` stands for `from`."""
+    if "from_" in params:
+        params["from"] = params.pop("from_")
     items: list[dict[str, Any]] = []
     after = 0
     while True:
@@ -140,9 +142,9 @@ def test_the_log_filters_by_a_time_range(make_settings: SettingsFactory) -> None
         everything = read_log(site.auditor, limit=100)
         middle = everything[len(everything) // 2]["timestamp"]
         until = read_log(site.auditor, to=middle)
-        since = read_log(site.auditor, **{"from": middle})
+        since = read_log(site.auditor, from_=middle)
         future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
-        later = read_log(site.auditor, **{"from": future})
+        later = read_log(site.auditor, from_=future)
     assert until and since and later == []
     assert all(e["timestamp"] < middle for e in until)
     assert all(e["timestamp"] >= middle for e in since)

@@ -230,3 +230,25 @@ def test_bad_stream_parameters_get_a_400_naming_the_parameter(
     for answer, name in answers:
         assert answer.status_code == 400, (name, answer.text)
         assert name in answer.json()["message"], answer.text
+
+
+def test_clients_past_the_limit_get_503_until_one_leaves(make_settings: SettingsFactory) -> None:
+    with serving(make_settings, stream_max_clients=1) as site:
+        start_owned(site.service)
+        with site.analyst.stream("GET", STREAM, headers={"accept": "text/event-stream"}) as held:
+            assert held.status_code == 200
+            events = parse_sse(held.iter_lines())  # kept: closing it would disconnect
+            next(events)  # it is streaming
+            refused = site.analyst.get(STREAM, headers={"accept": "text/event-stream"})
+        deadline = time.monotonic() + 30
+        while (again := read_sse_or_status(site.analyst)) == 503 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the server notices the disconnection at its next write
+    assert refused.status_code == 503 and refused.headers["retry-after"]
+    assert again == 200
+
+
+def read_sse_or_status(client: httpx.Client) -> int:
+    with client.stream("GET", STREAM, headers={"accept": "text/event-stream"}) as answer:
+        if answer.status_code == 200:
+            next(parse_sse(answer.iter_lines()))
+        return answer.status_code

@@ -1,6 +1,7 @@
 """Folding a conversation's events into its state at a position."""
 
 from collections.abc import Sequence
+from typing import cast
 
 from threadlog.domain.conversation import Conversation
 from threadlog.domain.events import Cause, ConversationEvent
@@ -8,6 +9,10 @@ from threadlog.projections.conversation_state import ConversationState, StateFol
 
 CAUSE = Cause(actor="user:alice", correlation_id="req-1")
 AGENT = Cause(actor="agent:demo", correlation_id="req-1")
+
+
+def collected(c: Conversation) -> list[ConversationEvent]:
+    return cast(list[ConversationEvent], list(c.collect_events()))
 
 
 def fold(events: Sequence[ConversationEvent]) -> ConversationState:
@@ -44,7 +49,7 @@ def test_a_run_midway_shows_its_partial_text_and_no_assistant_message_yet() -> N
     run_id = c.post_message(content="hi", client_message_id=None, model="m", cause=CAUSE).run_id
     c.stream_token(run_id=run_id, part=0, delta="Hel", cause=AGENT)
     c.stream_token(run_id=run_id, part=0, delta="lo", cause=AGENT)
-    state = fold(c.collect_events())
+    state = fold(collected(c))
     assert state.active_run is not None
     assert (state.active_run.run_id, state.active_run.partial_text) == (run_id, "Hello")
     assert [(m.role, m.content) for m in state.messages] == [("user", "hi")]
@@ -54,7 +59,7 @@ def test_a_run_midway_shows_its_partial_text_and_no_assistant_message_yet() -> N
 def test_a_completed_run_leaves_its_assistant_message_and_no_active_run() -> None:
     c = conversation()
     answered(c, "hi", ["Hel", "lo"])
-    state = fold(c.collect_events())
+    state = fold(collected(c))
     assert state.active_run is None
     assert [(m.role, m.content) for m in state.messages] == [("user", "hi"), ("assistant", "Hello")]
 
@@ -63,7 +68,7 @@ def test_the_state_at_an_earlier_position_ignores_what_came_after() -> None:
     c = conversation()
     answered(c, "first", ["one"])
     c.rename(title="Renamed", cause=CAUSE)
-    events = c.collect_events()
+    events = collected(c)
     before = fold(events[:1])
     assert (before.title, before.messages, before.position) == ("Hello", (), 1)
     assert fold(events).title == "Renamed"
@@ -77,7 +82,7 @@ def test_tool_calls_are_summarised_on_the_run_and_then_on_its_message() -> None:
     c.complete_tool_call(
         run_id=run_id, tool_call_id="t2", tool_name="div", result=None, error="zero", cause=AGENT
     )
-    events = c.collect_events()
+    events = collected(c)
     midway = fold(events)
     assert midway.active_run is not None
     assert [(t.tool_name, t.status) for t in midway.active_run.tool_calls] == [
@@ -88,7 +93,7 @@ def test_tool_calls_are_summarised_on_the_run_and_then_on_its_message() -> None:
         run_id=run_id, tool_call_id="t1", tool_name="add", result=3, error=None, cause=AGENT
     )
     c.complete_message(run_id=run_id, content="3", model_messages="[]", cause=AGENT)
-    [_, reply] = fold(events + c.collect_events()).messages
+    [_, reply] = fold(events + collected(c)).messages
     assert reply.tool_calls is not None
     assert [(t.tool_name, t.status, t.error) for t in reply.tool_calls] == [
         ("add", "completed", None),
@@ -100,12 +105,12 @@ def test_a_queued_message_waits_until_its_run_starts() -> None:
     c = conversation(busy_policy="enqueue")
     first = c.post_message(content="a", client_message_id=None, model="m", cause=CAUSE)
     queued = c.post_message(content="b", client_message_id=None, model="m", cause=CAUSE)
-    events = c.collect_events()
+    events = collected(c)
     assert fold(events).queued_message_ids == (queued.message_id,)
     c.complete_run(
         run_id=first.run_id, usage={}, duration_ms=1.0, time_to_first_token_ms=None, cause=AGENT
     )
-    state = fold(events + c.collect_events())
+    state = fold(events + collected(c))
     assert state.queued_message_ids == ()
     assert state.active_run is not None and state.active_run.run_id == queued.run_id
 
@@ -116,7 +121,7 @@ def test_a_retried_run_streams_its_text_from_the_start_again() -> None:
     c.stream_token(run_id=run_id, part=0, delta="lost", cause=AGENT)
     c.interrupt_run(run_id=run_id, reason="worker died", retry=True, cause=CAUSE)
     c.stream_token(run_id=run_id, part=0, delta="kept", cause=AGENT)
-    state = fold(c.collect_events())
+    state = fold(collected(c))
     assert state.active_run is not None and state.active_run.partial_text == "kept"
 
 
@@ -126,6 +131,6 @@ def test_clearing_the_history_restarts_the_messages_and_archiving_shows() -> Non
     c.clear_history(cause=CAUSE)
     answered(c, "new", ["y"])
     c.archive(cause=CAUSE)
-    state = fold(c.collect_events())
+    state = fold(collected(c))
     assert [m.content for m in state.messages] == ["new", "y"]
     assert state.archived is True
