@@ -252,3 +252,13 @@ def read_sse_or_status(client: httpx.Client) -> int:
         if answer.status_code == 200:
             next(parse_sse(answer.iter_lines()))
         return answer.status_code
+
+
+def test_an_idle_stream_sends_heartbeats(make_settings: SettingsFactory) -> None:
+    with (
+        serving(make_settings) as site,
+        site.analyst.stream("GET", STREAM, headers={"accept": "text/event-stream"}) as answer,
+    ):
+        lines = answer.iter_lines()
+        beat = next(line for line in lines if line.startswith(":"))
+    assert beat == ": heartbeat"
