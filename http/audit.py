@@ -100,13 +100,20 @@ async def _ndjson(
     """One event per line; pages are read in a thread, one at a time, as the client reads."""
     pages = audit_log.export(query, after=after, stop=stop)
     done = object()
+    last = after
     try:
         while (items := await asyncio.to_thread(next, pages, done)) is not done:
             assert isinstance(items, list)
             yield b"".join(encode_envelope(item) + b"\n" for item in items)
+            last = items[-1].global_position
     except UnreadableEvent as error:
         log.warning("audit.unreadable_event", error=str(error))
         yield msgspec.json.encode({"error": "unreadable_event", "message": str(error)}) + b"\n"
+    except Exception as error:
+        # The status line is sent: end with a line that says why and where to resume.
+        log.warning("audit.export_interrupted", error=repr(error))
+        message = f"the export was interrupted; resume with after={last}"
+        yield msgspec.json.encode({"error": "unavailable", "message": message}) + b"\n"
 
 
 class BrokenLinkOut(msgspec.Struct, frozen=True, kw_only=True):
