@@ -22,7 +22,9 @@ from threadlog.http.health import HealthController
 from threadlog.http.protection import RateLimits, cors_config
 from threadlog.http.reads import READ_HANDLERS
 from threadlog.http.runs import RunController
+from threadlog.http.state import conversation_state
 from threadlog.http.stats import STATS_HANDLERS
+from threadlog.http.stream import firehose
 from threadlog.http.users import AdminController, KeyController, UserController
 from threadlog.http.ws import conversation_socket
 from threadlog.infra.agents import AgentRegistry
@@ -54,6 +56,7 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
             ConversationController,
             *READ_HANDLERS,
             *STATS_HANDLERS,
+            conversation_state,
             RunController,
             AuditController,
             UserController,
@@ -61,6 +64,7 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
             AdminController,
             HealthController,
             list_agents,
+            firehose,
         ],
         # Rate limits first: they must also meter requests that fail authentication.
         middleware=[RateLimits(), DefineMiddleware(Authentication, exclude=["^/schema"])],

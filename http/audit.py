@@ -1,22 +1,119 @@
-"""The auditors' routes: re-verifying a conversation's hash chain from the store.
+"""The auditors' routes: the global audit log, and re-verifying a conversation's chain.
 
-Auditors may verify any conversation; an owner may verify their own.
+Auditors read the global log and verify any conversation; an owner may verify their
+own (and read their own conversation's events at `/v1/conversations/{id}/events`).
 """
 
 import asyncio
-from typing import Any
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
-from litestar import Controller, Request, get
+import structlog
+from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency
-from litestar.params import FromPath
+from litestar.params import FromPath, QueryParameter
+from litestar.response import Stream
 
 from threadlog.domain.errors import ConversationNotFound
 from threadlog.http.access import owned_conversation
-from threadlog.http.auth import identity, requires
+from threadlog.http.auth import AUDITOR, identity, requires
+from threadlog.http.conversations import parse_cursor
+from threadlog.http.errors import BadRequest, error_response
+from threadlog.http.reads import reject_unknown_parameters
+from threadlog.http.schemas import EventPage
 from threadlog.infra.audit import ChainAuditor, Verification
+from threadlog.infra.auditlog import AuditLog, AuditQuery, UnreadableEvent, event_types, topics_for
+from threadlog.infra.envelope import encode_envelope
 from threadlog.infra.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+NDJSON = "application/x-ndjson"
+_LOG_PARAMETERS = frozenset(
+    {"after", "limit", "conversation_id", "user", "agent", "type", "from", "to"}
+)
+
+
+def parse_types(name: str, values: Iterable[str] | None) -> tuple[str, ...]:
+    """Event type names, repeated and/or comma-separated, each one known."""
+    names = [part.strip() for value in values or () for part in value.split(",")]
+    names = [n for n in names if n]
+    known = event_types()
+    for type_name in names:
+        if type_name not in known:
+            raise BadRequest(
+                f"{name}: unknown event type {type_name!r}; known: {', '.join(sorted(known))}",
+                extra={"field": name},
+            )
+    return topics_for(names)
+
+
+def parse_instant(name: str, value: str | None) -> datetime | None:
+    """An ISO 8601 time; one without a UTC offset is taken as UTC."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(
+            f"{name} must be an ISO 8601 time, e.g. 2026-11-23T15:00:00Z", extra={"field": name}
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def parse_uuid(name: str, value: str | None) -> UUID | None:
+    if value is None:
+        return None
+    try:
+        return UUID(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be a UUID", extra={"field": name}) from None
+
+
+def audit_query(
+    conversation_id: str | None,
+    user: str | None,
+    agent: str | None,
+    types: list[str] | None,
+    since: str | None,
+    until: str | None,
+) -> AuditQuery:
+    query = AuditQuery(
+        conversation_id=parse_uuid("conversation_id", conversation_id),
+        owner=user,
+        agent=agent,
+        topics=parse_types("type", types),
+        since=parse_instant("from", since),
+        until=parse_instant("to", until),
+    )
+    if query.since and query.until and query.since > query.until:
+        raise BadRequest("from must not be after to", extra={"field": "from"})
+    return query
+
+
+async def _ndjson(
+    audit_log: AuditLog, query: AuditQuery, after: int, stop: int
+) -> AsyncIterator[bytes]:
+    """One event per line; pages are read in a thread, one at a time, as the client reads."""
+    pages = audit_log.export(query, after=after, stop=stop)
+    done = object()
+    last = after
+    try:
+        while (items := await asyncio.to_thread(next, pages, done)) is not done:
+            assert isinstance(items, list)
+            yield b"".join(encode_envelope(item) + b"\n" for item in items)
+            last = items[-1].global_position
+    except UnreadableEvent as error:
+        log.warning("audit.unreadable_event", error=str(error))
+        yield msgspec.json.encode({"error": "unreadable_event", "message": str(error)}) + b"\n"
+    except Exception as error:
+        # The status line is sent: end with a line that says why and where to resume.
+        log.warning("audit.export_interrupted", error=repr(error))
+        message = f"the export was interrupted; resume with after={last}"
+        yield msgspec.json.encode({"error": "unavailable", "message": message}) + b"\n"
 
 
 class BrokenLinkOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,3 +173,74 @@ class AuditController(Controller):
         if verification is None:
             raise ConversationNotFound(conversation_id)
         return verification_out(verification)
+
+    @get(
+        "/events",
+        summary="The global audit log: every event as written, in global order",
+        description=(
+            "Every conversation's events ordered by `global_position` (the cursor: pass a "
+            "page's `next` as `after`), served as written (stored schema version and data) "
+            "so each re-hashes to its `hash` (docs/audit.md). Filters: `conversation_id`, "
+            "`user` (the owner's user id), `agent`, `type` (repeat it or separate with "
+            "commas), `from` (inclusive) and `to` (exclusive) as ISO 8601 times. A page "
+            "examines a bounded span of global positions: filtered pages may be short or "
+            "empty with a `next` to go on from; `next` is null at the end of the log. "
+            "`Accept: application/x-ndjson` streams every matching event, one per line."
+        ),
+        response_description="An EventPage as JSON, or application/x-ndjson",
+        guards=AUDITOR,
+    )
+    async def log(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        after: Annotated[
+            str | None, QueryParameter(description="Global position to start after")
+        ] = None,
+        limit: Annotated[int | None, QueryParameter(ge=1, description="JSON page size")] = None,
+        conversation_id: Annotated[
+            str | None, QueryParameter(description="Only this conversation's events")
+        ] = None,
+        user: Annotated[
+            str | None, QueryParameter(description="Only conversations this user owns (user id)")
+        ] = None,
+        agent: Annotated[str | None, QueryParameter(description="Only this agent's")] = None,
+        types: Annotated[
+            list[str] | None, QueryParameter(name="type", description="Only these event types")
+        ] = None,
+        since: Annotated[
+            str | None, QueryParameter(name="from", description="At or after (ISO 8601)")
+        ] = None,
+        until: Annotated[
+            str | None, QueryParameter(name="to", description="Before (ISO 8601)")
+        ] = None,
+    ) -> Response[Any]:
+        reject_unknown_parameters(request, _LOG_PARAMETERS)
+        start = parse_cursor("after", after) or 0
+        query = audit_query(conversation_id, user, agent, types, since, until)
+        audit_log = AuditLog(runtime.service)
+        stop = await asyncio.to_thread(audit_log.last_position)
+        if NDJSON in request.headers.get("accept", ""):
+            return Stream(
+                _ndjson(audit_log, query, start, stop),
+                media_type=NDJSON,
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        settings = runtime.settings
+        page_size = min(limit or settings.page_size, settings.max_page_size)
+        try:
+            page = await asyncio.to_thread(
+                audit_log.page, query, after=start, limit=page_size, stop=stop
+            )
+        except UnreadableEvent as error:
+            return error_response(
+                request,
+                409,
+                "unreadable_event",
+                f"{error}; GET /v1/audit/conversations/{{id}}/verify locates the damage",
+                {
+                    "conversation_id": str(error.conversation_id),
+                    "global_position": error.global_position,
+                },
+            )
+        return Response(EventPage(items=page.items, next=page.next))

@@ -49,6 +49,11 @@ class Settings:
     page_size: int = 100
     max_page_size: int = 1000
     sse_heartbeat_seconds: float = 15.0
+    # Events waiting for a /v1/stream client at most; one that falls further behind is
+    # disconnected (it resumes with Last-Event-ID).
+    stream_queue_size: int = 1000
+    # Firehose clients per API process at most (each holds a store subscription).
+    stream_max_clients: int = 8
     # How long `POST …/messages?wait=true` waits for the run before answering "running".
     run_wait_seconds: float = 120.0
     relay: bool = True
@@ -145,6 +150,8 @@ class Settings:
             "relay_batch_size",
             "projection_batch_size",
             "worker_concurrency",
+            "stream_queue_size",
+            "stream_max_clients",
         )
         for name in positive:
             if getattr(self, name) < 1:
