@@ -10,8 +10,9 @@ import asyncio
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, cast, get_args
+from typing import Annotated, Any, TypeVar, cast, get_args
 from uuid import UUID
 
 import msgspec
@@ -32,7 +33,9 @@ from threadlog.projections.conversation_list import (
     list_conversations,
 )
 from threadlog.projections.message_history import Message, MessageHistory, read_messages
-from threadlog.projections.views import to_micros
+from threadlog.projections.views import Sql, to_micros
+
+T = TypeVar("T")
 
 MinPosition = Annotated[
     int | None,
@@ -85,6 +88,22 @@ class MessageOut(msgspec.Struct, frozen=True, kw_only=True):
 class MessagePage(msgspec.Struct, frozen=True, kw_only=True):
     items: list[MessageOut]
     next: int | None
+
+
+async def read_view(
+    runtime: Runtime, name: str, min_position: int | None, read: Callable[[Sql], T]
+) -> T:
+    """Waits for read model `name` to reach `min_position`, then runs `read(sql)` in one
+    read transaction, off the event loop."""
+    read_models = runtime.read_models
+    await read_models.wait(name, min_position, runtime.settings.read_wait_seconds)
+    view = read_models.view(name)
+
+    def in_transaction() -> T:
+        with view.read() as sql:
+            return read(sql)
+
+    return await asyncio.to_thread(in_transaction)
 
 
 def reject_unknown_parameters(request: Request[Any, Any, Any], known: frozenset[str]) -> None:
@@ -202,15 +221,9 @@ async def list_conversations_page(
         archived=archived,
         after=decode_cursor(cursor) if cursor is not None else None,
     )
-    read_models = runtime.read_models
-    await read_models.wait(ConversationList.name, min_position, settings.read_wait_seconds)
-    view = read_models.view(ConversationList.name)
-
-    def read() -> list[ConversationSummary]:
-        with view.read() as sql:
-            return list_conversations(sql, query)
-
-    rows = await asyncio.to_thread(read)
+    rows = await read_view(
+        runtime, ConversationList.name, min_position, lambda sql: list_conversations(sql, query)
+    )
     more = len(rows) > page_size
     rows = rows[:page_size]
     return ConversationListPage(
@@ -239,15 +252,12 @@ async def messages_page(
     settings = runtime.settings
     page_size = min(limit or settings.page_size, settings.max_page_size)
     await owned_conversation(runtime, request, conversation_id)
-    read_models = runtime.read_models
-    await read_models.wait(MessageHistory.name, min_position, settings.read_wait_seconds)
-    view = read_models.view(MessageHistory.name)
-
-    def read() -> list[Message]:
-        with view.read() as sql:
-            return read_messages(sql, str(conversation_id), after=after or 0, limit=page_size + 1)
-
-    rows = await asyncio.to_thread(read)
+    rows = await read_view(
+        runtime,
+        MessageHistory.name,
+        min_position,
+        lambda sql: read_messages(sql, str(conversation_id), after=after or 0, limit=page_size + 1),
+    )
     more = len(rows) > page_size
     rows = rows[:page_size]
     return MessagePage(

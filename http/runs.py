@@ -29,6 +29,7 @@ from threadlog.http.reads import (
     Limit,
     MinPosition,
     decode_cursor,
+    read_view,
     reject_unknown_parameters,
 )
 from threadlog.infra.runtime import Runtime
@@ -284,15 +285,9 @@ class RunController(Controller):
             conversation_id=str(conversation_id) if conversation_id is not None else None,
             after=decode_cursor(cursor) if cursor is not None else None,
         )
-        read_models = runtime.read_models
-        await read_models.wait(Runs.name, min_position, settings.read_wait_seconds)
-        view = read_models.view(Runs.name)
-
-        def read() -> list[Run]:
-            with view.read() as sql:
-                return list_run_rows(sql, query)
-
-        rows = await asyncio.to_thread(read)
+        rows = await read_view(
+            runtime, Runs.name, min_position, lambda sql: list_run_rows(sql, query)
+        )
         more = len(rows) > page_size
         rows = rows[:page_size]
         return RunPage(

@@ -2,7 +2,6 @@
 and the most used agents. Each takes `min_position` like the other reads."""
 
 import asyncio
-from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 from typing import Annotated, Any, TypeVar, cast
 from uuid import UUID
@@ -16,7 +15,7 @@ from threadlog.domain.errors import ConversationNotFound
 from threadlog.http.access import owned_conversation
 from threadlog.http.auth import identity, requires
 from threadlog.http.errors import BadRequest
-from threadlog.http.reads import MinPosition, reject_unknown_parameters
+from threadlog.http.reads import MinPosition, read_view, reject_unknown_parameters
 from threadlog.infra.runtime import Runtime
 from threadlog.projections.run_stats import (
     GROUP_BYS,
@@ -193,19 +192,6 @@ def popular_out(agent: AgentPopularity) -> PopularAgentOut:
     return PopularAgentOut(agent=agent.agent, conversations=agent.conversations, runs=agent.runs)
 
 
-async def _read_stats(runtime: Runtime, min_position: int | None, read: Callable[[Sql], T]) -> T:
-    """Waits for `run_stats` to reach `min_position`, then runs `read(sql)` off the loop."""
-    read_models = runtime.read_models
-    await read_models.wait(RunStats.name, min_position, runtime.settings.read_wait_seconds)
-    view = read_models.view(RunStats.name)
-
-    def in_transaction() -> T:
-        with view.read() as sql:
-            return read(sql)
-
-    return await asyncio.to_thread(in_transaction)
-
-
 def scope_of(request: Request[Any, Any, Any]) -> str | None:
     """Whose usage a caller sees: analysts and admins everyone's (None), users their own."""
     caller = identity(request)
@@ -239,7 +225,7 @@ async def conversation_stats_of(
     def read(sql: Sql) -> ConversationStats | None:
         return conversation_stats(sql, str(conversation_id))
 
-    stats = await _read_stats(runtime, min_position, read)
+    stats = await read_view(runtime, RunStats.name, min_position, read)
     return stats_out(conversation_id, stats)
 
 
@@ -274,7 +260,7 @@ async def usage_report(
     def read(sql: Sql) -> list[Usage]:
         return usage(sql, query)
 
-    groups = await _read_stats(runtime, min_position, read)
+    groups = await read_view(runtime, RunStats.name, min_position, read)
     return UsageOut(
         start=since.isoformat(),
         end=until.isoformat(),
@@ -310,7 +296,7 @@ async def popular_agents_ranking(
     def read(sql: Sql) -> list[AgentPopularity]:
         return popular_agents(sql, owner=owner, since=since, limit=limit)
 
-    agents = await _read_stats(runtime, min_position, read)
+    agents = await read_view(runtime, RunStats.name, min_position, read)
     return PopularAgentsOut(
         days=days, ranked_by="conversations", items=[popular_out(agent) for agent in agents]
     )

@@ -87,8 +87,14 @@ async def ensure_stream(js: JetStreamContext, names: StreamNames) -> None:
         discard=DiscardPolicy.OLD,
         duplicate_window=DUPLICATE_WINDOW_SECONDS,
     )
+    await apply_stream_config(js, config)
+
+
+async def apply_stream_config(js: JetStreamContext, config: StreamConfig) -> None:
+    """Creates a stream, or brings an existing one's settings up to date."""
+    assert config.name is not None
     try:
-        await js.stream_info(names.stream)
+        await js.stream_info(config.name)
     except NotFoundError:
         try:
             await js.add_stream(config)

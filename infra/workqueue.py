@@ -16,12 +16,11 @@ import nats.errors
 import structlog
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
 
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import Cause
 from threadlog.infra.feed import ConversationFeed, FeedEvent, ends_run
-from threadlog.infra.nats import HEADER_MSG_ID, StreamNames
+from threadlog.infra.nats import HEADER_MSG_ID, StreamNames, apply_stream_config
 from threadlog.infra.runs import RunExecutor, RunRequest
 
 log = structlog.get_logger(__name__)
@@ -76,15 +75,7 @@ async def ensure_run_queue(js: JetStreamContext, names: StreamNames) -> None:
         storage=StorageType.FILE,
         duplicate_window=RUN_DEDUP_WINDOW_SECONDS,
     )
-    try:
-        await js.stream_info(names.run_queue_stream)
-    except NotFoundError:
-        try:
-            await js.add_stream(config)
-            return
-        except BadRequestError:
-            pass  # created concurrently by another process
-    await js.update_stream(config)
+    await apply_stream_config(js, config)
 
 
 class Runs(Protocol):
