@@ -89,7 +89,9 @@ def test_cancelling_a_run_that_already_ended_is_409(make_settings: SettingsFacto
 def test_a_queued_run_is_cancelled_before_it_starts_and_the_active_one_goes_on(
     make_settings: SettingsFactory,
 ) -> None:
-    slow = scripted_model([f"w{i} " for i in range(40)], delay=0.02)
+    # Tokens 50 ms apart: every write below races the run's token flushes (see the
+    # issue note: a user write can still lose every retry to a fast stream on a slow store).
+    slow = scripted_model([f"w{i} " for i in range(20)], delay=0.05)
     with LiveServer(make_settings(), slow) as server, server.client() as client:
         conversation_id = create_conversation(client, busy_policy="enqueue")
         active = post_message(client, conversation_id, "first")["run_id"]
