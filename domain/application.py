@@ -13,6 +13,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import IntegrityError, Recording
 
+from threadlog.domain.content import Seal, plaintext_seals
 from threadlog.domain.conversation import Conversation, ModelOf, PostedMessage, validate_content
 from threadlog.domain.errors import ConcurrentWrite, ConversationNotFound
 from threadlog.domain.events import Cause
@@ -44,9 +45,12 @@ class ConversationService(Application[UUID]):
         env: dict[str, str] | None = None,
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        seal_for: Callable[[str], Seal] = plaintext_seals,
     ) -> None:
         super().__init__(env)
         self.max_message_bytes = max_message_bytes
+        # The owner's seal: personal content is recorded sealed (domain/content.py).
+        self.seal_for = seal_for
 
     def start_conversation(
         self,
@@ -90,7 +94,10 @@ class ConversationService(Application[UUID]):
         return self._decide(
             conversation_id,
             lambda c: c.post_message(
-                content=content, client_message_id=client_message_id, model=model, cause=cause
+                content=self.seal_for(c.owner)(content),
+                client_message_id=client_message_id,
+                model=model,
+                cause=cause,
             ),
         )
 

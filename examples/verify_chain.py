@@ -12,10 +12,13 @@ import json
 import os
 import sys
 import urllib.request
+from typing import Any
 
 
-def canonical_hash(event: dict[str, object]) -> str:
-    document = {k: v for k, v in event.items() if k not in ("hash", "global_position")}
+def canonical_hash(event: dict[str, Any]) -> str:
+    document = {k: v for k, v in event.items() if k not in ("hash", "global_position", "erased")}
+    # Content is hashed as stored: sealed with its owner's key (docs/erasure.md).
+    document["data"] = {**event["data"], **document.pop("sealed", {})}
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

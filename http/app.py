@@ -17,6 +17,7 @@ from threadlog.http.audit import AuditController
 from threadlog.http.auth import Authentication
 from threadlog.http.context import request_context
 from threadlog.http.conversations import ConversationController
+from threadlog.http.erasure import erase_user_content
 from threadlog.http.errors import document_errors, exception_handlers
 from threadlog.http.health import HealthController
 from threadlog.http.protection import RateLimits, cors_config
@@ -62,6 +63,7 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
             UserController,
             KeyController,
             AdminController,
+            erase_user_content,
             HealthController,
             list_agents,
             firehose,

@@ -218,7 +218,7 @@ class AuditController(Controller):
         reject_unknown_parameters(request, _LOG_PARAMETERS)
         start = parse_cursor("after", after) or 0
         query = audit_query(conversation_id, user, agent, types, since, until)
-        audit_log = AuditLog(runtime.service)
+        audit_log = AuditLog(runtime.service, runtime.content)
         stop = await asyncio.to_thread(audit_log.last_position)
         if NDJSON in request.headers.get("accept", ""):
             return Stream(

@@ -28,11 +28,13 @@ from threadlog.http.schemas import (
     UpdateConversation,
 )
 from threadlog.infra import intake
-from threadlog.infra.envelope import envelope_of
+from threadlog.infra.content import ContentKeys
+from threadlog.infra.envelope import EventEnvelope, envelope_of, served
 from threadlog.infra.feed import FeedEvent, ends_run
 from threadlog.infra.outcomes import run_outcome
 from threadlog.infra.runs import RunRequest
 from threadlog.infra.runtime import Runtime
+from threadlog.infra.store import EventLog, LoggedEvent
 
 STREAM_INTERRUPTED = (
     b'event: error\ndata: {"error":"unavailable","message":"the stream was interrupted; '
@@ -110,7 +112,12 @@ async def _result(
         seconds=runtime.settings.run_wait_seconds,
     )
     outcome = await asyncio.to_thread(
-        run_outcome, runtime.event_log, conversation_id, posted.run_id, after=posted.position
+        run_outcome,
+        runtime.event_log,
+        runtime.content,
+        conversation_id,
+        posted.run_id,
+        after=posted.position,
     )
     result = RunResult(
         conversation_id=str(conversation_id),
@@ -346,10 +353,9 @@ class ConversationController(Controller):
         await owned_conversation(runtime, request, conversation_id, auditors=True)
         if wants_json(request):
             page_size = min(limit or runtime.settings.page_size, runtime.settings.max_page_size)
-            logged = await asyncio.to_thread(
-                event_log.read, conversation_id, after=start, limit=page_size + 1
+            logged, items = await asyncio.to_thread(
+                _served_page, event_log, runtime.content, conversation_id, start, page_size
             )
-            items = [envelope_of(item) for item in logged[:page_size]]
             more = len(logged) > page_size
             return Response(EventPage(items=items, next=items[-1].position if more else None))
         return _event_stream(self._sse(runtime, conversation_id, start))
@@ -378,3 +384,11 @@ class ConversationController(Controller):
                 "sse.ended_by_error", error=repr(error), conversation_id=str(conversation_id)
             )
             yield STREAM_INTERRUPTED
+
+
+def _served_page(
+    event_log: EventLog, keys: ContentKeys, conversation_id: UUID, after: int, size: int
+) -> tuple[list[LoggedEvent], list[EventEnvelope]]:
+    """A JSON page of events, content opened, the sealed values kept for re-hashing."""
+    logged = event_log.read(conversation_id, after=after, limit=size + 1)
+    return logged, [served(envelope_of(item), keys) for item in logged[:size]]

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any, TypeVar, cast, get_args
 from uuid import UUID
@@ -24,6 +25,7 @@ from threadlog.http.access import owned_conversation, owner_of
 from threadlog.http.auth import USER
 from threadlog.http.conversations import MAX_POSITION
 from threadlog.http.errors import BadRequest
+from threadlog.infra.content import ContentKeys
 from threadlog.infra.runtime import Runtime
 from threadlog.projections.conversation_list import (
     ConversationList,
@@ -77,12 +79,15 @@ class MessageOut(msgspec.Struct, frozen=True, kw_only=True):
     message_id: str
     run_id: str
     role: str
-    content: str
+    # null when erased: its owner's content keys were destroyed (docs/erasure.md).
+    content: str | None
     position: int
     created_at: str
     # Assistant messages: the run's tool calls in order, and its structured output.
     tool_calls: list[ToolCallOut] | None = None
     output: Any = None
+    # The content (and the tool calls' arguments, results and output) was erased.
+    erased: bool = False
 
 
 class MessagePage(msgspec.Struct, frozen=True, kw_only=True):
@@ -179,6 +184,31 @@ def message_out(message: Message) -> MessageOut:
             for call in message.tool_calls
         ],
         output=message.output,
+        erased=message.erased,
+    )
+
+
+def opened_message(message: Message, keys: ContentKeys) -> Message:
+    """The message with its sealed content opened (None where erased)."""
+    content = keys.open(message.content)
+    calls = message.tool_calls
+    if calls is not None:
+        calls = [
+            replace(
+                call,
+                args=keys.open(call.args).value,
+                result=keys.open(call.result).value,
+                error=keys.open(call.error).value,
+            )
+            for call in calls
+        ]
+    output = keys.open(message.output)
+    return replace(
+        message,
+        content=content.value,
+        tool_calls=calls,
+        output=output.value,
+        erased=content.erased or output.erased,
     )
 
 
@@ -256,7 +286,12 @@ async def messages_page(
         runtime,
         MessageHistory.name,
         min_position,
-        lambda sql: read_messages(sql, str(conversation_id), after=after or 0, limit=page_size + 1),
+        lambda sql: [
+            opened_message(message, runtime.content)
+            for message in read_messages(
+                sql, str(conversation_id), after=after or 0, limit=page_size + 1
+            )
+        ],
     )
     more = len(rows) > page_size
     rows = rows[:page_size]

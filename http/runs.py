@@ -9,6 +9,7 @@ import asyncio
 import base64
 import math
 import time
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any, cast
 from uuid import UUID
@@ -32,6 +33,7 @@ from threadlog.http.reads import (
     read_view,
     reject_unknown_parameters,
 )
+from threadlog.infra.content import ContentKeys
 from threadlog.infra.runtime import Runtime
 from threadlog.projections.runs import RUN_STATUSES, Run, RunQuery, Runs, RunStatus, get_run
 from threadlog.projections.runs import list_runs as list_run_rows
@@ -97,6 +99,16 @@ class RunPage(msgspec.Struct, frozen=True, kw_only=True):
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
+
+
+def opened_run(run: Run, keys: ContentKeys) -> Run:
+    """The run with its sealed note, reply and output opened (None where erased)."""
+    return replace(
+        run,
+        note=keys.open(run.note).value,
+        content=keys.open(run.content).value,
+        output=keys.open(run.output).value,
+    )
 
 
 def run_out(run: Run) -> RunOut:
@@ -178,7 +190,8 @@ async def _read(runtime: Runtime, run_id: str) -> Run | None:
 
     def read() -> Run | None:
         with view.read() as sql:
-            return get_run(sql, run_id)
+            run = get_run(sql, run_id)
+        return None if run is None else opened_run(run, runtime.content)
 
     return await asyncio.to_thread(read)
 
@@ -286,7 +299,10 @@ class RunController(Controller):
             after=decode_cursor(cursor) if cursor is not None else None,
         )
         rows = await read_view(
-            runtime, Runs.name, min_position, lambda sql: list_run_rows(sql, query)
+            runtime,
+            Runs.name,
+            min_position,
+            lambda sql: [opened_run(run, runtime.content) for run in list_run_rows(sql, query)],
         )
         more = len(rows) > page_size
         rows = rows[:page_size]

@@ -14,6 +14,7 @@ from threadlog.http.auth import requires
 from threadlog.http.conversations import MAX_POSITION
 from threadlog.http.errors import BadRequest
 from threadlog.http.reads import reject_unknown_parameters
+from threadlog.infra.content import ContentKeys, opened_event
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.store import EventLog
 from threadlog.projections.conversation_state import (
@@ -38,7 +39,8 @@ class StateMessageOut(msgspec.Struct, frozen=True, kw_only=True):
     message_id: str
     run_id: str
     role: str
-    content: str
+    # null: erased with its owner's content keys (docs/erasure.md).
+    content: str | None
     position: int
     tool_calls: list[ToolCallSummaryOut] | None
 
@@ -113,8 +115,10 @@ def state_out(state: ConversationState, last_position: int) -> ConversationState
     )
 
 
-def replay(event_log: EventLog, conversation_id: UUID, up_to: int) -> ConversationState:
-    """Folds the conversation's events 1…`up_to`, a page at a time."""
+def replay(
+    event_log: EventLog, keys: ContentKeys, conversation_id: UUID, up_to: int
+) -> ConversationState:
+    """Folds the conversation's events 1…`up_to`, a page at a time, content opened."""
     fold = StateFold()
     after = 0
     while after < up_to:
@@ -122,7 +126,7 @@ def replay(event_log: EventLog, conversation_id: UUID, up_to: int) -> Conversati
         if not page:
             break
         for logged in page:
-            fold.apply(logged.event)
+            fold.apply(opened_event(keys, logged.event))
         after = page[-1].event.originator_version
     return fold.state()
 
@@ -156,5 +160,7 @@ async def conversation_state(
             f"at={at} is past the conversation's last position, {last}",
             extra={"field": "at", "last_position": last},
         )
-    state = await asyncio.to_thread(replay, runtime.event_log, conversation_id, at or last)
+    state = await asyncio.to_thread(
+        replay, runtime.event_log, runtime.content, conversation_id, at or last
+    )
     return state_out(state, last)

@@ -31,7 +31,8 @@ from psycopg.sql import SQL, Composed, Identifier
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import ConversationEvent, ConversationStarted
 from threadlog.infra.audit import written_event
-from threadlog.infra.envelope import EventEnvelope
+from threadlog.infra.content import ContentKeys
+from threadlog.infra.envelope import EventEnvelope, served
 
 SCAN_BUDGET = 20_000
 """Global positions one page examines at most."""
@@ -99,8 +100,10 @@ _Row = tuple[StoredEvent, int]
 
 
 class AuditLog:
-    def __init__(self, service: ConversationService) -> None:
+    def __init__(self, service: ConversationService, keys: ContentKeys | None = None) -> None:
+        """`keys`: to serve content opened (with the sealed values kept for re-hashing)."""
         self._mapper: Mapper[UUID] = service.mapper
+        self._keys = keys
         recorder = service.recorder
         if isinstance(recorder, PostgresApplicationRecorder):
             self._rows: _Rows = _PostgresRows(recorder)
@@ -171,7 +174,8 @@ class AuditLog:
                 return None
             if query.until is not None and at >= query.until:
                 return None
-        return EventEnvelope(global_position=global_position, hash=written.hash, **document)
+        item = EventEnvelope(global_position=global_position, hash=written.hash, **document)
+        return item if self._keys is None else served(item, self._keys)
 
 
 class ConversationDirectory:

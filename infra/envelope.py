@@ -1,14 +1,22 @@
-"""The wire form of a stored event: the same JSON on SSE, in JSON pages and on NATS."""
+"""The wire form of a stored event: the same JSON on SSE, in JSON pages and on NATS.
+
+On NATS (JetStream) an event is served as stored: its personal content sealed. Over
+HTTP its content is opened for the reader (`served`): `data` holds the plaintext, or
+null where the owner's keys were erased (`erased` names those fields), and `sealed`
+keeps the stored values so that the event can still be re-hashed.
+"""
 
 from typing import Any
 
 import msgspec
 
+from threadlog.domain.content import SEALED_FIELDS
 from threadlog.domain.events import ConversationEvent, event_data, schema_version
+from threadlog.infra.content import ContentKeys
 from threadlog.infra.store import LoggedEvent
 
 
-class EventEnvelope(msgspec.Struct, frozen=True, kw_only=True):
+class EventEnvelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     id: str
     type: str
     conversation_id: str
@@ -22,6 +30,10 @@ class EventEnvelope(msgspec.Struct, frozen=True, kw_only=True):
     prev_hash: str
     hash: str
     data: dict[str, Any]
+    # Served over HTTP only: the data fields whose content was erased …
+    erased: list[str] | None = None
+    # … and the stored (sealed) values of the fields opened in `data`.
+    sealed: dict[str, Any] | None = None
 
 
 def envelope(event: ConversationEvent, global_position: int) -> EventEnvelope:
@@ -47,6 +59,28 @@ def envelope_of(logged: LoggedEvent) -> EventEnvelope:
 
 
 _encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(EventEnvelope)
+
+
+def served(item: EventEnvelope, keys: ContentKeys) -> EventEnvelope:
+    """The event as a reader over HTTP gets it: its personal content opened, and the
+    sealed values kept beside, so that it still re-hashes (docs/audit.md)."""
+    opened = keys.open_data(item.type, item.data)
+    if not opened.sealed:
+        return item
+    return msgspec.structs.replace(
+        item,
+        data=opened.data,
+        erased=opened.erased or None,
+        sealed=opened.sealed,
+    )
+
+
+def served_payload(type_name: str, payload: bytes, keys: ContentKeys) -> bytes:
+    """A JetStream payload (content sealed) as a reader over HTTP gets it."""
+    if type_name not in SEALED_FIELDS:
+        return payload
+    return encode_envelope(served(_decoder.decode(payload), keys))
 
 
 def encode_envelope(item: EventEnvelope) -> bytes:

@@ -15,7 +15,8 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
-from threadlog.infra.envelope import encode_envelope, envelope_of
+from threadlog.infra.content import ContentKeys
+from threadlog.infra.envelope import encode_envelope, envelope_of, served, served_payload
 from threadlog.infra.nats import HEADER_POSITION, HEADER_TYPE, StreamNames
 from threadlog.infra.store import EventLog
 
@@ -60,8 +61,11 @@ def ends_run(item: FeedEvent, run_id: str) -> bool:
 
 
 class ConversationFeed:
-    def __init__(self, log: EventLog, nc: NatsClient, names: StreamNames) -> None:
+    def __init__(
+        self, log: EventLog, nc: NatsClient, names: StreamNames, keys: ContentKeys
+    ) -> None:
         self._log = log
+        self._keys = keys
         self._nc = nc
         self._names = names
 
@@ -91,7 +95,10 @@ class ConversationFeed:
                     async for item in self._stored(conversation_id, after=last, up_to=position - 1):
                         yield item
                         last = item.position
-                yield FeedEvent(position, headers[HEADER_TYPE], message.data)
+                event_type = headers[HEADER_TYPE]
+                yield FeedEvent(
+                    position, event_type, served_payload(event_type, message.data, self._keys)
+                )
                 last = position
         finally:
             if not self._nc.is_closed:
@@ -105,7 +112,7 @@ class ConversationFeed:
                 self._log.read, conversation_id, after=after, up_to=up_to, limit=CATCH_UP_PAGE
             )
             for logged in page:
-                item = envelope_of(logged)
+                item = served(envelope_of(logged), self._keys)
                 yield FeedEvent(item.position, item.type, encode_envelope(item))
                 after = item.position
             if len(page) < CATCH_UP_PAGE:

@@ -54,6 +54,11 @@ class StreamNames:
     def run_control_wildcard(self, action: str) -> str:
         return f"{self.prefix}.control.runs.*.{action}"
 
+    @property
+    def content_erased_subject(self) -> str:
+        """An owner's content keys were erased: every process drops its cached keys."""
+        return f"{self.prefix}.control.content.erased"
+
 
 async def connect(url: str, *, name: str = "threadlog") -> NatsClient:
     async def on_error(error: Exception) -> None:

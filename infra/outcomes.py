@@ -11,6 +11,7 @@ from threadlog.domain.events import (
     RunFailed,
     RunInterrupted,
 )
+from threadlog.infra.content import ContentKeys, opened_event
 from threadlog.infra.store import EventLog, topics_of
 
 _OUTCOME_TOPICS = topics_of(MessageCompleted, RunCompleted, RunFailed, RunCancelled, RunInterrupted)
@@ -28,12 +29,12 @@ class RunOutcome:
 
 
 def run_outcome(
-    event_log: EventLog, conversation_id: UUID, run_id: str, *, after: int
+    event_log: EventLog, keys: ContentKeys, conversation_id: UUID, run_id: str, *, after: int
 ) -> RunOutcome | None:
-    """The run's ending, or None while it runs."""
+    """The run's ending, or None while it runs (its reply opened; None where erased)."""
     reply: MessageCompleted | None = None
     for logged in event_log.read(conversation_id, after=after, topics=_OUTCOME_TOPICS):
-        event = logged.event
+        event = opened_event(keys, logged.event)
         if getattr(event, "run_id", None) != run_id:
             continue
         position = event.originator_version

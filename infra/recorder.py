@@ -24,6 +24,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.result import AgentStream
 from pydantic_core import from_json, to_jsonable_python
 
+from threadlog.domain.content import Seal
 from threadlog.domain.conversation import Conversation
 from threadlog.domain.events import Cause
 
@@ -70,8 +71,11 @@ class RunRecorder:
         text: list[str],
         *,
         structured: bool,
+        seal: Seal,
     ) -> None:
         self._live = live
+        # Personal content is recorded sealed with the owner's key (domain/content.py).
+        self._seal = seal
         self._run_id = run_id
         self._cause = cause
         self._text = text
@@ -88,7 +92,7 @@ class RunRecorder:
             part, chunk = delta
             self._text.append(chunk)
             conversation.stream_token(
-                run_id=self._run_id, part=part, delta=chunk, cause=self._cause
+                run_id=self._run_id, part=part, delta=self._seal(chunk), cause=self._cause
             )
             await self._live.added()
         elif self._structured and isinstance(
@@ -108,7 +112,7 @@ class RunRecorder:
         self._last_partial = output
         self.first_token = self.first_token or time.perf_counter()
         self._live.conversation.report_output_partial(
-            run_id=self._run_id, output=output, cause=self._cause
+            run_id=self._run_id, output=self._seal(output), cause=self._cause
         )
         await self._live.added()
 
@@ -119,7 +123,7 @@ class RunRecorder:
                 run_id=self._run_id,
                 tool_call_id=event.part.tool_call_id,
                 tool_name=event.part.tool_name,
-                args=call_args(event.part),
+                args=self._seal(call_args(event.part)),
                 cause=self._cause,
             )
         elif isinstance(event, FunctionToolResultEvent):
@@ -129,8 +133,10 @@ class RunRecorder:
                 run_id=self._run_id,
                 tool_call_id=returned.tool_call_id,
                 tool_name=returned.tool_name,
-                result=None if failed else _jsonable(returned.content),
-                error=returned.model_response_str(wrap_if_error=False) if failed else None,
+                result=None if failed else self._seal(_jsonable(returned.content)),
+                error=self._seal(returned.model_response_str(wrap_if_error=False))
+                if failed
+                else None,
                 cause=self._cause,
             )
         else:
@@ -140,6 +146,6 @@ class RunRecorder:
     async def progress(self, percent: float, note: str) -> None:
         """The `report_progress` tool: recorded on the run's live aggregate."""
         self._live.conversation.report_progress(
-            run_id=self._run_id, percent=percent, note=note, cause=self._cause
+            run_id=self._run_id, percent=percent, note=self._seal(note), cause=self._cause
         )
         await self._live.added()

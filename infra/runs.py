@@ -27,6 +27,7 @@ from pydantic_ai.run import AgentRunResult
 from pydantic_core import to_jsonable_python
 
 from threadlog.domain.application import ConversationService
+from threadlog.domain.content import Seal
 from threadlog.domain.conversation import Conversation
 from threadlog.domain.errors import RunNotActive
 from threadlog.domain.events import (
@@ -37,6 +38,7 @@ from threadlog.domain.events import (
     MessagePosted,
 )
 from threadlog.infra.agents import AgentRegistry, RegisteredAgent
+from threadlog.infra.content import ContentKeys, opened_event
 from threadlog.infra.recorder import RunRecorder
 from threadlog.infra.store import EventLog, topics_of
 from threadlog.infra.tools import RunDeps
@@ -59,6 +61,20 @@ class UnknownAgent(LookupError):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.name = name
+
+
+class ContentErased(LookupError):
+    """The run's message was erased (its owner's keys destroyed) before the run began."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """What a run's streaming needs: its live aggregate's flusher, and the owner's seal."""
+
+    flusher: "_Flusher"
+    request: RunRequest
+    cause: Cause
+    seal: Seal
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,6 +177,8 @@ def safe_failure(error: BaseException) -> tuple[str, str]:
         )
     if isinstance(error, UnknownAgent):
         return "unknown_agent", f"The conversation's agent {error.name!r} is not configured."
+    if isinstance(error, ContentErased):
+        return "content_erased", "The message was erased before the run could read it."
     if isinstance(error, UnexpectedModelBehavior):
         return "model_error", "The model returned a response threadlog could not use."
     if isinstance(error, (ModelConnectionError, ConnectionError, TimeoutError, OSError)):
@@ -221,8 +239,10 @@ class RunExecutor:
         *,
         policy: FlushPolicy,
         snapshot_interval: int,
+        content: ContentKeys,
     ) -> None:
         self._service = service
+        self._content = content
         self._log = event_log
         self._writer = writer
         self._agents = agents
@@ -330,6 +350,7 @@ class RunExecutor:
             causation_id=request.run_id,
         )
         flusher = _Flusher(conversation, service, self._writer, self._policy)
+        seal = service.seal_for(conversation.owner)
         bound = log.bind(run_id=request.run_id, conversation_id=str(request.conversation_id))
         text: list[str] = []
         try:
@@ -337,12 +358,16 @@ class RunExecutor:
             if registered is None:
                 raise UnknownAgent(conversation.agent)
             prompt, history = await asyncio.to_thread(self._history, request)
-            await self._stream(flusher, request, cause, registered, prompt, history, text)
+            # The owner's key, fetched off the event loop before the first token needs it.
+            await asyncio.to_thread(self._content.warm, conversation.owner)
+            run = _Run(flusher, request, cause, seal)
+            await self._stream(run, registered, prompt, history, text)
             bound.info("run.completed", events=flusher.conversation.version - first_version)
         except asyncio.CancelledError:
             requested = self._cancel_requests.pop(request.run_id, None)
             if requested is not None:
-                await self._finish(flusher, request, _cancel_end(requested, "".join(text)))
+                partial = seal("".join(text))
+                await self._finish(flusher, request, _cancel_end(requested, partial))
                 bound.info("run.cancelled", events=flusher.conversation.version - first_version)
                 return
             await self._finish(flusher, request, _interrupted_end(cause))
@@ -359,14 +384,13 @@ class RunExecutor:
 
     async def _stream(
         self,
-        flusher: _Flusher,
-        request: RunRequest,
-        cause: Cause,
+        run_of: "_Run",
         registered: RegisteredAgent,
         prompt: str,
         history: list[ModelMessage],
         text: list[str],
     ) -> None:
+        flusher, request, cause, seal = run_of.flusher, run_of.request, run_of.cause, run_of.seal
         started = time.perf_counter()
         recorder = RunRecorder(
             flusher,
@@ -374,6 +398,7 @@ class RunExecutor:
             cause,
             text,
             structured=registered.spec.output_schema is not None,
+            seal=seal,
         )
         agent = registered.agent
         async with agent.iter(
@@ -395,9 +420,11 @@ class RunExecutor:
         conversation = flusher.conversation
         conversation.complete_message(
             run_id=request.run_id,
-            content=output if isinstance(output, str) else json.dumps(output, ensure_ascii=False),
-            model_messages=result.new_messages_json().decode(),
-            output=None if isinstance(output, str) else output,
+            content=seal(
+                output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
+            ),
+            model_messages=seal(result.new_messages_json().decode()),
+            output=None if isinstance(output, str) else seal(output),
             cause=cause,
         )
         finished = time.perf_counter()
@@ -442,23 +469,25 @@ class RunExecutor:
             topics=topics_of(MessagePosted, MessageCompleted, HistoryCleared),
         )
         replies = {
-            item.event.run_id: item.event.model_messages
+            item.event.run_id: self._content.open(item.event.model_messages).value
             for item in logged
             if isinstance(item.event, MessageCompleted)
         }
         history: list[ModelMessage] = []
         for item in logged:
-            event = item.event
+            event = opened_event(self._content, item.event)
             if isinstance(event, HistoryCleared):
                 history = []
                 continue
             if not isinstance(event, MessagePosted):
                 continue
             if event.message_id == request.message_id:
+                if event.content is None:
+                    raise ContentErased(request.message_id)
                 return event.content, history
             reply = replies.get(event.run_id)
             if reply:
                 history.extend(ModelMessagesTypeAdapter.validate_json(reply))
-            else:
+            elif event.content is not None:  # None: erased (docs/erasure.md)
                 history.append(ModelRequest(parts=[UserPromptPart(event.content)]))
         raise LookupError(f"message {request.message_id} is not in the conversation")

@@ -14,6 +14,7 @@ from typing import TypeVar
 import structlog
 from eventsourcing.persistence import IntegrityError, InternalError
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic_ai.models import Model
 
@@ -28,6 +29,7 @@ from threadlog.infra.auth import (
     ensure_admin,
     open_identities,
 )
+from threadlog.infra.content import ContentKeys, open_content_keys
 from threadlog.infra.control import RunControl
 from threadlog.infra.embedded import EmbeddedNats
 from threadlog.infra.feed import ConversationFeed
@@ -62,6 +64,7 @@ class Runtime:
     agents: AgentRegistry
     read_models: ReadModels
     identities: IdentityService
+    content: ContentKeys
     authenticator: Authenticator
     passwords: Passwords
     tokens: Tokens
@@ -83,7 +86,9 @@ class Runtime:
         agents = agents or AgentRegistry.build(settings, model)
         async with contextlib.AsyncExitStack() as stack:
             nats_url = settings.nats_url or await _start_embedded_nats(settings, stack)
-            service = await _creating_schema(lambda: open_service(settings))
+            content = await _creating_schema(lambda: open_content_keys(settings))
+            stack.callback(content.close)
+            service = await _creating_schema(lambda: open_service(settings, content))
             stack.callback(service.close)
             identities = await _creating_schema(lambda: open_identities(settings))
             stack.callback(identities.close)
@@ -120,11 +125,13 @@ class Runtime:
                     interval_seconds=settings.token_flush_interval_ms / 1000,
                 ),
                 snapshot_interval=settings.snapshot_interval,
+                content=content,
             )
             control = RunControl(nc, names, executor, service)
             await control.start()
             stack.push_async_callback(control.stop)
-            feed = ConversationFeed(event_log, nc, names)
+            await _forget_erased_keys(nc, names, content)
+            feed = ConversationFeed(event_log, nc, names, content)
             runs = await _runs(settings, js, names, service, feed, executor)
             runtime = cls(
                 settings=settings,
@@ -142,6 +149,7 @@ class Runtime:
                 agents=agents,
                 read_models=read_models,
                 identities=identities,
+                content=content,
                 authenticator=Authenticator(identities, tokens, settings),
                 passwords=Passwords(),
                 tokens=tokens,
@@ -203,6 +211,15 @@ async def _runs(
     queued = QueuedRuns(js, names, service, feed)
     executor.dispatch = queued.dispatch  # a run's ending queues the next one too
     return queued
+
+
+async def _forget_erased_keys(nc: NatsClient, names: StreamNames, keys: ContentKeys) -> None:
+    """Another process erased an owner's keys: drop what this one caches of them."""
+
+    async def forget(message: Msg) -> None:
+        keys.forget(message.data.decode())
+
+    await nc.subscribe(names.content_erased_subject, cb=forget)
 
 
 async def _start_embedded_nats(settings: Settings, stack: contextlib.AsyncExitStack) -> str:

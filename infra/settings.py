@@ -119,6 +119,11 @@ class Settings:
         return self.data_dir / "identity.sqlite"
 
     @property
+    def content_keys_sqlite_path(self) -> Path:
+        """SQLite only: the content keys (PostgreSQL keeps them with the events)."""
+        return self.data_dir / "content_keys.sqlite"
+
+    @property
     def nats_data_dir(self) -> Path:
         return self.data_dir / "nats"
 

@@ -18,7 +18,9 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.sql import SQL, Identifier
 
 from threadlog.domain.application import ConversationService
+from threadlog.domain.content import plaintext_seals
 from threadlog.domain.events import ConversationEvent
+from threadlog.infra.content import ContentKeys
 from threadlog.infra.settings import Settings
 from threadlog.infra.sqlite import NotifyingSQLiteApplicationRecorder
 
@@ -50,9 +52,13 @@ def store_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def open_service(settings: Settings) -> ConversationService:
+def open_service(settings: Settings, keys: ContentKeys | None = None) -> ConversationService:
+    """`keys`: the owners' content keys, to record personal content sealed (without
+    them content is recorded as it is: tools and benchmarks that write no content)."""
     return ConversationService(
-        store_environment(settings), max_message_bytes=settings.max_message_bytes
+        store_environment(settings),
+        max_message_bytes=settings.max_message_bytes,
+        seal_for=plaintext_seals if keys is None else keys.seal_for,
     )
 
 

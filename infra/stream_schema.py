@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from threadlog.domain.content import SEALED_FIELDS
 from threadlog.domain.events import ConversationEvent, data_fields, schema_version
 from threadlog.infra.envelope import EventEnvelope
 
@@ -68,7 +69,28 @@ ENVELOPE_FIELDS: dict[str, tuple[str, msgspec.Meta | None]] = {
         SHA256_HEX,
     ),
     "data": ("The fields of this event type.", None),
+    "erased": (
+        "Over HTTP only: the fields of `data` whose content was erased (they are null).",
+        None,
+    ),
+    "sealed": (
+        "Over HTTP only: the stored (sealed) values of the content fields opened in "
+        "`data`; put them back into `data` to re-hash the event (docs/audit.md).",
+        None,
+    ),
 }
+
+
+class SealedValue(msgspec.Struct, frozen=True, rename={"box": "$sealed", "key": "$key"}):
+    """Personal content sealed with its owner's key (docs/erasure.md)."""
+
+    box: Annotated[str, msgspec.Meta(description="base64 of nonce and AES-256-GCM ciphertext")]
+    key: Annotated[str, msgspec.Meta(description="the id of the owner's content key")]
+
+
+SEALED_DESCRIPTION = (
+    "Personal content: sealed on JetStream, opened over HTTP, null over HTTP once erased."
+)
 
 
 def event_types() -> list[type[ConversationEvent]]:
@@ -94,7 +116,11 @@ def description(cls: type) -> str | None:
 def data_struct(event_class: type[ConversationEvent]) -> type[msgspec.Struct]:
     hints = typing.get_type_hints(event_class)
     name = event_class.__name__
-    fields = [(field, hints[field]) for field in data_fields(event_class)]
+    sealed = SEALED_FIELDS.get(name, ())
+    fields = [
+        (field, _sealable(hints[field]) if field in sealed else hints[field])
+        for field in data_fields(event_class)
+    ]
     doc = description(event_class)
     summary = f"`data` of {name} (schema version {schema_version(event_class)})."
     return msgspec.defstruct(
@@ -106,9 +132,15 @@ def data_struct(event_class: type[ConversationEvent]) -> type[msgspec.Struct]:
     )
 
 
+def _sealable(kind: Any) -> Any:
+    if kind is Any:
+        return Annotated[Any, msgspec.Meta(description=SEALED_DESCRIPTION)]
+    return Annotated[kind | SealedValue | None, msgspec.Meta(description=SEALED_DESCRIPTION)]
+
+
 def envelope_struct(event_class: type[ConversationEvent]) -> type[msgspec.Struct]:
     name = event_class.__name__
-    fields: list[tuple[str, Any]] = []
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     for field in msgspec.structs.fields(EventEnvelope):
         if field.name not in ENVELOPE_FIELDS:
             raise LookupError(f"EventEnvelope.{field.name} is not described in ENVELOPE_FIELDS")
@@ -121,7 +153,11 @@ def envelope_struct(event_class: type[ConversationEvent]) -> type[msgspec.Struct
         elif field.name == "data":
             kind = data_struct(event_class)
         metas = [msgspec.Meta(description=text)] + ([constraint] if constraint else [])
-        fields.append((field.name, Annotated[(kind, *metas)]))
+        annotated = Annotated[(kind, *metas)]
+        if field.default is msgspec.NODEFAULT:
+            fields.append((field.name, annotated))
+        else:  # optional: `erased` and `sealed`, served over HTTP only
+            fields.append((field.name, annotated, field.default))
     return msgspec.defstruct(
         name,
         fields,

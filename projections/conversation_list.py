@@ -159,7 +159,7 @@ class ConversationList(ReadModel):
         change.row = _Row(
             owner=event.owner,
             agent=event.agent,
-            title=event.title,
+            title=storable(event.title),
             created_at=at,
             last_activity_at=at,
             position=event.originator_version,
@@ -172,7 +172,7 @@ class ConversationList(ReadModel):
 
     @process_event.register
     def _renamed(self, event: ConversationRenamed, change: _Change) -> None:
-        change.title = event.title
+        change.title = storable(event.title)
 
     @process_event.register
     def _archived(self, event: ConversationArchived, change: _Change) -> None:
@@ -220,6 +220,11 @@ def _insert(sql: Sql, started: Sequence[tuple[str, _Change]]) -> None:
         f"VALUES {placeholders}",
         values,
     )
+
+
+def storable(title: str) -> str:
+    """PostgreSQL text cannot hold NUL: the list shows U+FFFD instead (the events keep it)."""
+    return title.replace("\x00", "\ufffd")
 
 
 def _update(sql: Sql, key: str, change: _Change) -> None:

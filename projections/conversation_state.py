@@ -41,7 +41,7 @@ class StateMessage:
     message_id: str
     run_id: str
     role: str
-    content: str
+    content: str | None  # None: erased with its owner's keys
     position: int
     tool_calls: tuple[ToolCallSummary, ...] | None = None
     """An assistant message's tool calls (None for a user message)."""
@@ -115,7 +115,8 @@ class StateFold:
         if run is None or getattr(event, "run_id", None) != run.run_id:
             return
         if isinstance(event, TokenStreamed):
-            run.text.append(event.delta)
+            if event.delta is not None:  # None: erased
+                run.text.append(event.delta)
         elif isinstance(event, ToolCallStarted):
             run.calls[event.tool_call_id] = ToolCallSummary(
                 tool_call_id=event.tool_call_id, tool_name=event.tool_name, status="running"

@@ -38,7 +38,7 @@ class ToolCall:
     tool_name: str
     args: Any
     result: Any
-    error: str | None
+    error: Any
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,12 +48,15 @@ class Message:
     message_id: str
     run_id: str
     role: str
-    content: str
+    content: Any
+    """As stored: personal content is sealed (domain/content.py); readers open it."""
     created_at: datetime
     tool_calls: list[ToolCall] | None
     """The run's tool calls, for an assistant message (None for a user message)."""
     output: Any
     """The structured output of an assistant message (None when it answered in text)."""
+    erased: bool = False
+    """Set by readers that opened the content and found its owner's keys erased."""
 
 
 class MessageHistory(ReadModel):
@@ -72,7 +75,8 @@ class MessageHistory(ReadModel):
             "tool_name TEXT NOT NULL, args TEXT NOT NULL, result TEXT, error TEXT, "
             "PRIMARY KEY (run_id, position))",
         ),
-        version=2,  # 2: tool_calls and output
+        # 2: tool_calls and output; 3: content and tool errors as JSON (sealed values)
+        version=3,
     )
     topics: ClassVar[frozenset[str]] = frozenset(
         get_topic(cls)
@@ -120,7 +124,7 @@ class MessageHistory(ReadModel):
             sql.execute(
                 "UPDATE message_history_tool_calls SET result = ?, error = ? "
                 "WHERE run_id = ? AND tool_call_id = ?",
-                (_json(event.result), event.error, event.run_id, event.tool_call_id),
+                (_json(event.result), _json(event.error), event.run_id, event.tool_call_id),
             )
         elif isinstance(event, MessagePosted):
             _insert_message(sql, event, tool_calls=None, output=None)
@@ -145,7 +149,7 @@ def _insert_message(
             event.message_id,
             event.run_id,
             event.role,
-            event.content,
+            _json(event.content),
             to_micros(event.timestamp),
             tool_calls,
             output,
@@ -166,7 +170,7 @@ def _take_tool_calls(sql: Sql, run_id: str) -> list[dict[str, Any]]:
             "tool_name": row["tool_name"],
             "args": _unjson(row["args"]),
             "result": _unjson(row["result"]),
-            "error": row["error"],
+            "error": _unjson(row["error"]),
         }
         for row in sql.fetchall()
     ]
@@ -205,7 +209,7 @@ def _message(row: Row) -> Message:
         message_id=row["message_id"],
         run_id=row["run_id"],
         role=row["role"],
-        content=row["content"],
+        content=_unjson(row["content"]),
         created_at=from_micros(row["created_at"]),
         tool_calls=None
         if row["tool_calls"] is None

@@ -52,14 +52,14 @@ class Run:
     status: RunStatus
     attempt: int
     progress: float | None
-    note: str | None
+    note: Any  # as stored: personal content is sealed (domain/content.py)
     message_id: str
     created_at: datetime
     started_at: datetime | None
     """When the latest attempt started."""
     ended_at: datetime | None
     reply_message_id: str | None
-    content: str | None
+    content: Any  # as stored (sealed)
     """The assistant's reply; for a cancelled run, the part streamed before the cancel."""
     output: Any
     usage: dict[str, Any] | None
@@ -107,6 +107,7 @@ class Runs(ReadModel):
             "CREATE TABLE IF NOT EXISTS runs_owners ("
             "conversation_id TEXT PRIMARY KEY, owner TEXT NOT NULL, agent TEXT NOT NULL)",
         ),
+        version=2,  # 2: note and content as JSON (sealed values)
     )
     topics: ClassVar[frozenset[str]] = frozenset(
         get_topic(cls)
@@ -168,7 +169,7 @@ class Runs(ReadModel):
 
     @process_event.register
     def _progress(self, event: RunProgressReported, sql: Sql) -> None:
-        _update(sql, event, "progress = ?, note = ?", (event.percent, event.note))
+        _update(sql, event, "progress = ?, note = ?", (event.percent, _json(event.note)))
 
     @process_event.register
     def _reply(self, event: MessageCompleted, sql: Sql) -> None:
@@ -176,7 +177,7 @@ class Runs(ReadModel):
             sql,
             event,
             "reply_message_id = ?, content = ?, output = ?",
-            (event.message_id, event.content, _json(event.output)),
+            (event.message_id, _json(event.content), _json(event.output)),
         )
 
     @process_event.register
@@ -200,7 +201,7 @@ class Runs(ReadModel):
             event,
             "cancelled",
             "cancel_reason = ?, content = ?",
-            (event.reason, event.partial_content),
+            (event.reason, _json(event.partial_content)),
         )
 
     @process_event.register
@@ -289,13 +290,13 @@ def _run(row: Row) -> Run:
         status=row["status"],
         attempt=row["attempt"],
         progress=row["progress"],
-        note=row["note"],
+        note=_maybe_json(row["note"]),
         message_id=row["message_id"],
         created_at=from_micros(row["created_at"]),
         started_at=_maybe_time(row["started_at"]),
         ended_at=_maybe_time(row["ended_at"]),
         reply_message_id=row["reply_message_id"],
-        content=row["content"],
+        content=_maybe_json(row["content"]),
         output=_maybe_json(row["output"]),
         usage=_maybe_json(row["usage"]),
         cost_usd=row["cost_usd"],

@@ -189,3 +189,21 @@ def wait_for_run_end(
             return events
         time.sleep(0.05)
     raise TimeoutError("the run did not end")
+
+
+def as_stored(event: dict[str, Any]) -> dict[str, Any]:
+    """A served event as the store (and JetStream) hold it: its content sealed again."""
+    stored = {k: v for k, v in event.items() if k not in ("erased", "sealed")}
+    stored["data"] = {**event["data"], **event.get("sealed", {})}
+    return stored
+
+
+def new_user(
+    server: LiveServer, admin: httpx.Client, username: str, roles: list[str]
+) -> httpx.Client:
+    """A new user with `roles`, made by an admin, and a client holding a key of theirs."""
+    created = admin.post("/v1/admin/users", json={"username": username, "roles": roles})
+    assert created.status_code == 201, created.text
+    issued = admin.post(f"/v1/admin/users/{created.json()['id']}/keys", json={})
+    assert issued.status_code == 201, issued.text
+    return server.client(key=issued.json()["key"])

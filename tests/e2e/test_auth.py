@@ -21,6 +21,7 @@ from tests.servers import NatsNames, delete_stream
 from tests.support import (
     LiveServer,
     create_conversation,
+    new_user,
     post_message,
     scripted_model,
     settings_for,
@@ -48,13 +49,7 @@ class Site:
 
     def user(self, username: str, roles: list[str] | None = None) -> httpx.Client:
         """A new user (roles default to `user`) and a client holding a key of theirs."""
-        created = self.admin.post(
-            "/v1/admin/users", json={"username": username, "roles": roles or ["user"]}
-        )
-        assert created.status_code == 201, created.text
-        issued = self.admin.post(f"/v1/admin/users/{created.json()['id']}/keys", json={})
-        assert issued.status_code == 201, issued.text
-        return self.server.client(key=issued.json()["key"])
+        return new_user(self.server, self.admin, username, roles or ["user"])
 
     def anonymous(self) -> httpx.Client:
         return self.server.client(key=None)

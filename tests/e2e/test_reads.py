@@ -69,6 +69,17 @@ def test_a_created_conversation_is_listed_at_once_when_asked_for_its_position(
     assert page["next"] is None
 
 
+def test_a_title_with_a_nul_character_is_listed_with_a_replacement_character(
+    make_settings: SettingsFactory,
+) -> None:
+    with LiveServer(make_settings(), scripted_model(REPLY)) as server, server.client() as client:
+        created = create(client, title="nul \x00 here")
+        renamed = client.patch(f"/v1/conversations/{created['id']}", json={"title": "re \x00"})
+        assert renamed.status_code == 200, renamed.text
+        page = listed(client, min_position=renamed.json()["global_position"])
+    assert [item["title"] for item in page["items"]] == ["re \ufffd"]
+
+
 def test_the_list_is_newest_activity_first_and_pages_with_an_opaque_cursor(
     make_settings: SettingsFactory,
 ) -> None:

@@ -27,7 +27,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from tests.e2e.conftest import SettingsFactory
 from tests.e2e.test_serve import ServeProcess, workdir  # noqa: F401 (a fixture)
 from tests.servers import NatsNames
-from tests.support import LiveServer, create_conversation, post_message, stored_events
+from tests.support import (
+    LiveServer,
+    as_stored,
+    create_conversation,
+    post_message,
+    stored_events,
+)
 from tests.support import wait_for_run_end as wait_for_end
 from threadlog.infra.embedded import free_port
 from threadlog.infra.nats import (
@@ -168,7 +174,8 @@ def test_a_consumer_from_the_first_sequence_receives_exactly_the_stores_events_i
     assert [
         (r.headers[HEADER_MSG_ID], int(r.headers[HEADER_GLOBAL_POSITION])) for r in received
     ] == (stored)
-    assert [r.payload for r in received] == served  # the payload is the served event
+    # The payload is the served event with its content as stored: sealed.
+    assert [r.payload for r in received] == [as_stored(event) for event in served]
     sequences = [r.sequence for r in received]
     assert sequences == sorted(set(sequences))
     assert all(r.sequence <= r.payload["global_position"] for r in received)

@@ -1,0 +1,207 @@
+"""Sealing and opening personal content with per-owner keys (crypto-shredding).
+
+A sealed value is the JSON object `{"$sealed": <base64 of nonce + AES-256-GCM
+ciphertext of the value's JSON>, "$key": <key id>}`. It is what the store, the hash
+chain and JetStream hold. Readers that may see the content (the owner, auditors,
+the run that needs the history) open it here; once the owner's keys are erased
+opening gives nothing, everywhere at once, and the sealed bytes stay for the chain.
+
+Keys are cached per process (secrets for `CACHE_SECONDS`); an erasure drops them
+here at once and in other processes when the erasure notice reaches them over NATS
+(infra/runtime.py), or at the latest when their cache entry expires.
+"""
+
+import base64
+import copy
+import os
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from threadlog.domain.content import SEALED_FIELDS, Seal
+from threadlog.domain.events import ConversationEvent
+from threadlog.infra.content_keys import KeyTable, StoredKey, open_key_table
+from threadlog.infra.settings import Settings
+
+SEALED = "$sealed"
+KEY = "$key"
+CACHE_SECONDS = 60.0
+_NONCE_BYTES = 12
+# Binds ciphertexts to this use: a sealed value cannot be passed off as something else.
+_ASSOCIATED = b"threadlog content v1"
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+
+
+def is_sealed(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 2 and SEALED in value and KEY in value
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A field's value opened: `erased` when its key is gone (then `value` is None)."""
+
+    value: Any
+    erased: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedData:
+    data: dict[str, Any]
+    erased: list[str]
+    sealed: dict[str, Any]  # the fields as stored, to re-hash the event
+
+
+@dataclass(slots=True)
+class _Cached:
+    secret: bytes | None
+    owner: str
+    at: float
+
+
+class ContentKeys:
+    def __init__(self, table: KeyTable) -> None:
+        self._table = table
+        self._lock = threading.Lock()
+        self._active: dict[str, tuple[str, AESGCM, float]] = {}
+        self._secrets: dict[str, _Cached] = {}
+        self._ciphers: dict[str, AESGCM] = {}
+
+    # --- sealing ---------------------------------------------------------------------
+
+    def seal_for(self, owner: str) -> Seal:
+        def seal(value: Any) -> Any:
+            if value is None:
+                return None
+            key_id, cipher = self._active_key(owner)
+            nonce = os.urandom(_NONCE_BYTES)
+            box = nonce + cipher.encrypt(nonce, _encode(value), _ASSOCIATED)
+            return {SEALED: base64.b64encode(box).decode("ascii"), KEY: key_id}
+
+        return seal
+
+    def warm(self, owner: str) -> None:
+        """Fetches (or creates) the owner's key now, so that sealing needs no query."""
+        self._active_key(owner)
+
+    def _active_key(self, owner: str) -> tuple[str, AESGCM]:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._active.get(owner)
+        if cached is not None and now - cached[2] < CACHE_SECONDS:
+            return cached[0], cached[1]
+        stored = self._table.active_key(owner)
+        if stored is None or stored.secret is None:
+            stored = StoredKey(uuid.uuid4().hex, owner, secrets.token_bytes(32))
+            self._table.add(stored)
+        assert stored.secret is not None
+        cipher = AESGCM(stored.secret)
+        with self._lock:
+            self._active[owner] = (stored.key_id, cipher, now)
+            self._secrets[stored.key_id] = _Cached(stored.secret, owner, now)
+            self._ciphers[stored.key_id] = cipher
+        return stored.key_id, cipher
+
+    # --- opening ---------------------------------------------------------------------
+
+    def open(self, value: Any) -> Opened:
+        """A stored field's value as written: plaintext stays as it is."""
+        if not is_sealed(value):
+            return Opened(value)
+        cipher = self._cipher(str(value[KEY]))
+        if cipher is None:
+            return Opened(None, erased=True)
+        try:
+            box = base64.b64decode(value[SEALED])
+            plain = cipher.decrypt(box[:_NONCE_BYTES], box[_NONCE_BYTES:], _ASSOCIATED)
+        except (InvalidTag, ValueError):
+            # Edited in the store: the hash chain locates it; readers see it as gone.
+            return Opened(None, erased=True)
+        return Opened(_decode(plain))
+
+    def open_data(self, type_name: str, data: dict[str, Any]) -> OpenedData:
+        """An event's data with its sealed fields opened."""
+        fields = SEALED_FIELDS.get(type_name, ())
+        if not any(is_sealed(data.get(name)) for name in fields):
+            return OpenedData(data, [], {})
+        opened = dict(data)
+        erased: list[str] = []
+        sealed: dict[str, Any] = {}
+        for name in fields:
+            value = data.get(name)
+            if not is_sealed(value):
+                continue
+            sealed[name] = value
+            result = self.open(value)
+            opened[name] = result.value
+            if result.erased:
+                erased.append(name)
+        return OpenedData(opened, erased, sealed)
+
+    def _cipher(self, key_id: str) -> AESGCM | None:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._secrets.get(key_id)
+            if cached is not None and now - cached.at < CACHE_SECONDS:
+                return self._ciphers.get(key_id) if cached.secret is not None else None
+        found = self._table.get([key_id])
+        secret = found[0].secret if found else None
+        cipher = AESGCM(secret) if secret is not None else None
+        with self._lock:
+            self._secrets[key_id] = _Cached(secret, found[0].owner if found else "", now)
+            if cipher is not None:
+                self._ciphers[key_id] = cipher
+            else:
+                self._ciphers.pop(key_id, None)
+        return cipher
+
+    # --- erasing ---------------------------------------------------------------------
+
+    def erase(self, owner: str) -> int:
+        """Destroys every key of the owner's: how many were destroyed."""
+        erased = self._table.erase(owner)
+        self.forget(owner)
+        return erased
+
+    def forget(self, owner: str) -> None:
+        """Drops what this process caches of the owner's keys (after an erasure)."""
+        with self._lock:
+            self._active.pop(owner, None)
+            owned = [k for k, cached in self._secrets.items() if cached.owner == owner]
+            for key_id in owned:
+                self._secrets.pop(key_id, None)
+                self._ciphers.pop(key_id, None)
+
+    def close(self) -> None:
+        self._table.close()
+
+
+def open_content_keys(settings: Settings) -> ContentKeys:
+    return ContentKeys(open_key_table(settings.database_url, settings.content_keys_sqlite_path))
+
+
+E = TypeVar("E", bound=ConversationEvent)
+
+
+def opened_event(keys: "ContentKeys", event: E) -> E:
+    """A copy of a domain event with its sealed fields opened (None where erased)."""
+    fields = SEALED_FIELDS.get(type(event).__name__, ())
+    changes = {
+        name: keys.open(value).value
+        for name in fields
+        if is_sealed(value := getattr(event, name, None))
+    }
+    if not changes:
+        return event
+    opened = copy.copy(event)
+    for name, value in changes.items():
+        object.__setattr__(opened, name, value)
+    return opened

@@ -1,0 +1,157 @@
+"""Where content keys live: one row per key, its secret destroyable.
+
+Keys cannot live in the event store (events are never changed or deleted): this is
+a plain table next to it, `content_keys` in the events' PostgreSQL database, or its
+own SQLite file. Erasing an owner's content sets every one of their keys' `secret`
+to NULL and records when; the row stays, so a sealed value names a key that is known
+to be erased rather than one that never existed.
+"""
+
+import datetime
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from psycopg_pool import ConnectionPool
+
+_PG_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS content_keys ("
+    "key_id TEXT PRIMARY KEY, owner TEXT NOT NULL, secret BYTEA, "
+    "created_at TIMESTAMPTZ NOT NULL, erased_at TIMESTAMPTZ)",
+    "CREATE INDEX IF NOT EXISTS content_keys_owner ON content_keys (owner)",
+)
+_SQLITE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS content_keys ("
+    "key_id TEXT PRIMARY KEY, owner TEXT NOT NULL, secret BLOB, "
+    "created_at TEXT NOT NULL, erased_at TEXT)",
+    "CREATE INDEX IF NOT EXISTS content_keys_owner ON content_keys (owner)",
+)
+# Serialises CREATE TABLE IF NOT EXISTS across processes starting together.
+_SCHEMA_LOCK = 7_401_202_611
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    key_id: str
+    owner: str
+    secret: bytes | None  # None once erased
+
+
+class KeyTable(Protocol):
+    def active_key(self, owner: str) -> StoredKey | None: ...
+
+    def add(self, key: StoredKey) -> None: ...
+
+    def get(self, key_ids: list[str]) -> list[StoredKey]: ...
+
+    def erase(self, owner: str) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class PostgresKeyTable:
+    def __init__(self, url: str, *, max_size: int = 4) -> None:
+        self._pool = ConnectionPool(
+            url, min_size=1, max_size=max_size, open=True, kwargs={"autocommit": True}
+        )
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            for statement in _PG_SCHEMA:
+                conn.execute(statement)
+
+    def active_key(self, owner: str) -> StoredKey | None:
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                "SELECT key_id, secret FROM content_keys "
+                "WHERE owner = %s AND erased_at IS NULL ORDER BY created_at DESC LIMIT 1",
+                (owner,),
+            ).fetchone()
+        return None if row is None else StoredKey(row[0], owner, bytes(row[1]))
+
+    def add(self, key: StoredKey) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO content_keys (key_id, owner, secret, created_at) "
+                "VALUES (%s, %s, %s, %s)",
+                (key.key_id, key.owner, key.secret, _now()),
+            )
+
+    def get(self, key_ids: list[str]) -> list[StoredKey]:
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT key_id, owner, secret FROM content_keys WHERE key_id = ANY(%s)",
+                (key_ids,),
+            ).fetchall()
+        return [StoredKey(r[0], r[1], None if r[2] is None else bytes(r[2])) for r in rows]
+
+    def erase(self, owner: str) -> int:
+        with self._pool.connection() as conn:
+            cursor = conn.execute(
+                "UPDATE content_keys SET secret = NULL, erased_at = %s "
+                "WHERE owner = %s AND erased_at IS NULL",
+                (_now(), owner),
+            )
+            return cursor.rowcount
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class SQLiteKeyTable:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA busy_timeout = 10000")
+        self._lock = threading.Lock()
+        with self._lock:
+            for statement in _SQLITE_SCHEMA:
+                self._db.execute(statement)
+
+    def active_key(self, owner: str) -> StoredKey | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT key_id, secret FROM content_keys "
+                "WHERE owner = ? AND erased_at IS NULL ORDER BY created_at DESC LIMIT 1",
+                (owner,),
+            ).fetchone()
+        return None if row is None else StoredKey(row[0], owner, bytes(row[1]))
+
+    def add(self, key: StoredKey) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO content_keys (key_id, owner, secret, created_at) VALUES (?, ?, ?, ?)",
+                (key.key_id, key.owner, key.secret, _now().isoformat()),
+            )
+
+    def get(self, key_ids: list[str]) -> list[StoredKey]:
+        marks = ", ".join("?" for _ in key_ids)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT key_id, owner, secret FROM content_keys WHERE key_id IN ({marks})",  # noqa: S608
+                key_ids,
+            ).fetchall()
+        return [StoredKey(r[0], r[1], None if r[2] is None else bytes(r[2])) for r in rows]
+
+    def erase(self, owner: str) -> int:
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE content_keys SET secret = NULL, erased_at = ? "
+                "WHERE owner = ? AND erased_at IS NULL",
+                (_now().isoformat(), owner),
+            )
+            return cursor.rowcount
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def open_key_table(database_url: str | None, sqlite_path: Path) -> KeyTable:
+    if database_url is None:
+        return SQLiteKeyTable(sqlite_path)
+    return PostgresKeyTable(database_url)
