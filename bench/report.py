@@ -157,7 +157,8 @@ def _token_write(config: TokenWriteConfig, results: list[TokenWriteResult]) -> s
     lines = [
         "## 1. Token events persisted on PostgreSQL\n",
         "- threadlog: C conversations, each a live `Conversation` with an active run, append T "
-        "`TokenStreamed` events each with `stream_token(...)` and flush every "
+        "`TokenStreamed` events each with `stream_token(...)` (the delta sealed with the "
+        "owner's AES-GCM content key first, as the run executor does) and flush every "
         f"{config.flush_every} pending events through one shared `EventWriter` (group commit: "
         "whatever is queued goes into the next transaction, up to its `max_events`), all "
         "conversations concurrently in one asyncio loop, as the run executor does. "

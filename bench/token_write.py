@@ -27,6 +27,7 @@ from bench.servers import Servers
 from threadlog.domain.application import ConversationService
 from threadlog.domain.conversation import Conversation
 from threadlog.domain.events import Cause
+from threadlog.infra.content import open_content_keys
 from threadlog.infra.settings import Settings
 from threadlog.infra.store import open_service
 from threadlog.infra.writer import EventWriter
@@ -109,13 +110,18 @@ class _LiveRun:
         )
         self.run_id = posted.value.run_id
         self.conversation: Conversation = service.get_conversation(started.value.id)
+        # Deltas are sealed with the owner's key, as the run executor seals them.
+        self.seal = service.seal_for("bench")
         self.cause = Cause(
             actor="agent:assistant", correlation_id=cause.correlation_id, causation_id=self.run_id
         )
 
     def stream(self, index: int) -> None:
         self.conversation.stream_token(
-            run_id=self.run_id, part=0, delta=DELTAS[index % len(DELTAS)], cause=self.cause
+            run_id=self.run_id,
+            part=0,
+            delta=self.seal(DELTAS[index % len(DELTAS)]),
+            cause=self.cause,
         )
 
 
@@ -183,7 +189,9 @@ def _result(
 @contextlib.contextmanager
 def _scratch(servers: Servers, config: TokenWriteConfig) -> Iterator[_Scratch]:
     url = servers.databases.create()
-    service = open_service(Settings(database_url=url))
+    settings = Settings(database_url=url)
+    keys = open_content_keys(settings)
+    service = open_service(settings, keys)
     writer = EventWriter(service, max_events=config.writer_max_events)
     writer.start()
     scratch: _Scratch | None = None
@@ -199,6 +207,7 @@ def _scratch(servers: Servers, config: TokenWriteConfig) -> Iterator[_Scratch]:
         else:
             writer.stop()
         service.close()
+        keys.close()
         # Dropping with FORCE also ends a stalled writer's stuck session.
         servers.databases.drop(url)
 
@@ -281,9 +290,10 @@ def _template(service: ConversationService, tokens: int) -> _Template:
     run_cause = Cause(
         actor="agent:assistant", correlation_id=cause.correlation_id, causation_id=posted.run_id
     )
+    seal = service.seal_for("bench")  # rows of the same size as the sealed ones
     for index in range(tokens):
         conversation.stream_token(
-            run_id=posted.run_id, part=0, delta=DELTAS[index % len(DELTAS)], cause=run_cause
+            run_id=posted.run_id, part=0, delta=seal(DELTAS[index % len(DELTAS)]), cause=run_cause
         )
     stored = [service.mapper.to_stored_event(event) for event in conversation.collect_events()]
     return _Template(first_position, tuple((s.topic, s.state) for s in stored))
