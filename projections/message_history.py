@@ -95,10 +95,16 @@ class MessageHistory(ReadModel):
         # the tool calls recorded before it. Plain INSERTs: applying an event twice
         # would violate a primary key and fail the batch loudly rather than hide a
         # duplicate.
+        # Most runs call no tool: asking the table once per batch which do keeps the
+        # batch's statements unread (one round trip), instead of a query per reply.
+        completed = [i.event.run_id for i in events if isinstance(i.event, MessageCompleted)]
+        with_calls = _runs_with_calls(sql, completed)
         for item in events:
-            self._apply(sql, item.event)
+            if isinstance(item.event, ToolCallStarted):
+                with_calls.add(item.event.run_id)
+            self._apply(sql, item.event, with_calls)
 
-    def _apply(self, sql: Sql, event: ConversationEvent) -> None:
+    def _apply(self, sql: Sql, event: ConversationEvent, with_calls: set[str]) -> None:
         if isinstance(event, HistoryCleared):
             sql.execute(
                 "DELETE FROM message_history WHERE conversation_id = ?",
@@ -129,7 +135,7 @@ class MessageHistory(ReadModel):
         elif isinstance(event, MessagePosted):
             _insert_message(sql, event, tool_calls=None, output=None)
         elif isinstance(event, MessageCompleted):
-            calls = _take_tool_calls(sql, event.run_id)
+            calls = _take_tool_calls(sql, event.run_id) if event.run_id in with_calls else []
             output = None if event.output is None else _json(event.output)
             _insert_message(sql, event, tool_calls=_json(calls), output=output)
 
@@ -155,6 +161,18 @@ def _insert_message(
             output,
         ),
     )
+
+
+def _runs_with_calls(sql: Sql, run_ids: list[str]) -> set[str]:
+    """Which of the runs have tool calls waiting (recorded in earlier batches)."""
+    if not run_ids:
+        return set()
+    marks = ", ".join("?" for _ in run_ids)
+    sql.execute(
+        f"SELECT DISTINCT run_id FROM message_history_tool_calls WHERE run_id IN ({marks})",  # noqa: S608
+        run_ids,
+    )
+    return {row["run_id"] for row in sql.fetchall()}
 
 
 def _take_tool_calls(sql: Sql, run_id: str) -> list[dict[str, Any]]:

@@ -324,6 +324,24 @@ def test_a_rebuilt_read_model_equals_the_one_built_live_row_for_row(
     assert (len(live[0]), len(live[1]), len(live[2].runs)) == (5, 18, 12)
 
 
+def test_tool_calls_recorded_in_earlier_batches_join_their_reply(store: Store) -> None:
+    every_ending(store.service, start(store.service, title="tools, one event per batch"))
+    one_by_one = store.read_models(batch_size=1)
+    try:
+        catch_up_all(one_by_one)
+        separately = message_rows(one_by_one)
+    finally:
+        one_by_one.close()
+    together = store.read_models()
+    try:
+        for runner in together.runners.values():
+            runner.rebuild()
+        assert message_rows(together) == separately
+    finally:
+        together.close()
+    assert any(m.tool_calls for m in separately)
+
+
 def test_a_live_runner_resumes_from_its_checkpoint(store: Store) -> None:
     service = store.service
     first = store.read_models()
