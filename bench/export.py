@@ -98,7 +98,6 @@ def run_export(servers: Servers, database_url: str, config: ExportConfig) -> Exp
         table = SQL("{}.{}").format(
             Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name)
         )
-        events = recorder.max_notification_id() or 0
     finally:
         service.close()
     try:
@@ -108,7 +107,7 @@ def run_export(servers: Servers, database_url: str, config: ExportConfig) -> Exp
         ):
             baseline = _RawRead(database_url, table)
             with _auditor(server.url) as client:
-                return _measure(client, server.pid, baseline, events, config)
+                return _measure(client, server.pid, baseline, config)
     finally:
         servers.release_stream(settings.nats_stream)
 
@@ -189,11 +188,13 @@ def _auditor(url: str) -> Iterator[httpx.Client]:
 
 
 def _measure(
-    client: httpx.Client, pid: int, baseline: "_RawRead", events: int, config: ExportConfig
+    client: httpx.Client, pid: int, baseline: "_RawRead", config: ExportConfig
 ) -> ExportResult:
-    warm_after = max(0, events - WARM_UP_EVENTS)
-    _export(client, pid, after=warm_after, events=events - warm_after)
-    baseline.read(after=warm_after, events=events - warm_after)
+    events = baseline.count(after=0)
+    warm_after = baseline.position_before_last(WARM_UP_EVENTS)
+    warm_events = baseline.count(after=warm_after)
+    _export(client, pid, after=warm_after, events=warm_events)
+    baseline.read(after=warm_after, events=warm_events)
     exports: list[float] = []
     reads: list[float] = []
     memory: list[Memory] = []
@@ -260,10 +261,30 @@ class _RawRead:
 
     def __init__(self, database_url: str, table: Composed) -> None:
         self._database_url = database_url
+        self._table = table
         self._query = SQL(
             "SELECT originator_id, originator_version, topic, state, notification_id "
             "FROM {} WHERE notification_id > %s ORDER BY notification_id"
         ).format(table)
+
+    def count(self, *, after: int) -> int:
+        """How many events the log holds after global position `after`."""
+        query = SQL("SELECT count(*) FROM {} WHERE notification_id > %s").format(self._table)
+        return self._number(query, [after])
+
+    def position_before_last(self, events: int) -> int:
+        """The global position after which the log's last `events` events come."""
+        query = SQL(
+            "SELECT coalesce(min(notification_id), 1) - 1 FROM "
+            "(SELECT notification_id FROM {} ORDER BY notification_id DESC LIMIT %s) AS last"
+        ).format(self._table)
+        return self._number(query, [events])
+
+    def _number(self, query: Composed, params: list[int]) -> int:
+        with psycopg.connect(self._database_url) as connection:
+            row = connection.execute(query, params).fetchone()
+        assert row is not None
+        return int(row[0])
 
     def read(self, *, after: int, events: int) -> float:
         rows = 0

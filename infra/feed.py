@@ -12,7 +12,7 @@ over a page at a time so that a stream writes it as one chunk.
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -98,9 +98,11 @@ class ConversationFeed:
         )
         try:
             last = after
-            async for page in self._stored(conversation_id, after=last):
-                yield page
-                last = page[-1].position
+            # Closed at once when the caller stops: it may be reading a page ahead.
+            async with contextlib.aclosing(self._stored(conversation_id, after=last)) as pages:
+                async for page in pages:
+                    yield page
+                    last = page[-1].position
             while True:
                 try:
                     message = await subscription.next_msg(timeout=heartbeat_seconds)
@@ -112,9 +114,11 @@ class ConversationFeed:
                 if position <= last:
                     continue
                 if position > last + 1:
-                    async for page in self._stored(conversation_id, after=last, up_to=position - 1):
-                        yield page
-                        last = page[-1].position
+                    gap = self._stored(conversation_id, after=last, up_to=position - 1)
+                    async with contextlib.aclosing(gap) as pages:
+                        async for page in pages:
+                            yield page
+                            last = page[-1].position
                 yield (FeedEvent(position, headers[HEADER_TYPE], message.data),)
                 last = position
         finally:
@@ -123,7 +127,7 @@ class ConversationFeed:
 
     async def _stored(
         self, conversation_id: UUID, *, after: int, up_to: int | None = None
-    ) -> AsyncIterator[list[FeedEvent]]:
+    ) -> AsyncGenerator[list[FeedEvent], None]:
         """Non-empty pages; the next page is read while the caller handles this one."""
         reading = asyncio.ensure_future(self._read_page(conversation_id, after, up_to))
         try:
