@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.cancel import CancelConfig, run_cancel
+from bench.export import ExportConfig
 from bench.machine import load_average, read_machine
 from bench.measure import elapsed_seconds, progress
 from bench.population import PopulationConfig
@@ -40,6 +41,7 @@ FULL = Plan(
         population=PopulationConfig(conversations=100_000, events=1_000_000, deep_exchanges=250),
         rebuild=RebuildConfig(repetitions=2),
         reads=ReadLatencyConfig(list_pages=10, rounds=20),
+        export=ExportConfig(repetitions=2),
     ),
     cancel=CancelConfig(runs=50),
 )
@@ -53,6 +55,7 @@ QUICK = Plan(
         ),
         rebuild=RebuildConfig(repetitions=1),
         reads=ReadLatencyConfig(list_pages=3, rounds=2),
+        export=ExportConfig(repetitions=2),
     ),
     cancel=CancelConfig(runs=3),
 )

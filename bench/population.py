@@ -39,8 +39,10 @@ from pydantic_ai.messages import (
 from bench.access import OWNER
 from bench.measure import progress
 from threadlog.domain.application import ConversationService
+from threadlog.domain.content import Seal
 from threadlog.domain.conversation import Conversation
 from threadlog.domain.events import Cause
+from threadlog.infra.content import open_content_keys
 from threadlog.infra.settings import Settings
 from threadlog.infra.store import open_service
 
@@ -135,13 +137,17 @@ def _populate_share(
 ) -> tuple[dict[str, int], UUID | None]:
     """In a worker process: decides and saves the conversations at `indexes`."""
     plans = _plans(config)
-    service = open_service(Settings(database_url=database_url))
+    settings = Settings(database_url=database_url)
+    keys = open_content_keys(settings)
+    # Content is sealed with the owner's key, as the service records it.
+    seal = keys.seal_for(OWNER)
+    service = open_service(settings, keys)
     by_type: Counter[str] = Counter()
     deep_id: UUID | None = None
     try:
         with _Saver(service, database_url) as saver:
             for done, index in enumerate(indexes, 1):
-                conversation = _enact(plans[index], index)
+                conversation = _enact(plans[index], index, seal)
                 if index == 0:
                     deep_id = conversation.id
                 events = conversation.collect_events()
@@ -154,6 +160,7 @@ def _populate_share(
                     )
     finally:
         service.close()
+        keys.close()
     return dict(by_type), deep_id
 
 
@@ -274,7 +281,7 @@ def _spread_tokens(rng: random.Random, budget: int, runs: int) -> list[int]:
     return counts
 
 
-def _enact(plan: _Plan, index: int) -> Conversation:
+def _enact(plan: _Plan, index: int, seal: Seal) -> Conversation:
     cause = Cause(actor=f"user:{OWNER}", correlation_id=uuid.uuid4().hex)
     conversation = Conversation.start(
         owner=OWNER,
@@ -284,7 +291,7 @@ def _enact(plan: _Plan, index: int) -> Conversation:
         cause=cause,
     )
     for number, exchange in enumerate(plan.exchanges):
-        _exchange(conversation, exchange, f"Question {number} of conversation {index}?")
+        _exchange(conversation, exchange, f"Question {number} of conversation {index}?", seal)
     if plan.renamed:
         conversation.rename(title=f"Renamed conversation {index}", cause=cause)
     if plan.archived:
@@ -292,10 +299,10 @@ def _enact(plan: _Plan, index: int) -> Conversation:
     return conversation
 
 
-def _exchange(conversation: Conversation, exchange: _Exchange, question: str) -> None:
+def _exchange(conversation: Conversation, exchange: _Exchange, question: str, seal: Seal) -> None:
     user = Cause(actor=f"user:{OWNER}", correlation_id=uuid.uuid4().hex)
     posted = conversation.post_message(
-        content=question, client_message_id=None, model="bench", cause=user
+        content=seal(question), client_message_id=None, model="bench", cause=user
     )
     run_id = posted.run_id
     agent = Cause(actor="agent:assistant", correlation_id=user.correlation_id, causation_id=run_id)
@@ -305,32 +312,32 @@ def _exchange(conversation: Conversation, exchange: _Exchange, question: str) ->
             run_id=run_id,
             tool_call_id=call_id,
             tool_name="search",
-            args={"q": question},
+            args=seal({"q": question}),
             cause=agent,
         )
         conversation.complete_tool_call(
             run_id=run_id,
             tool_call_id=call_id,
             tool_name="search",
-            result={"hits": 3},
+            result=seal({"hits": 3}),
             error=None,
             cause=agent,
         )
     reply = list(_deltas(exchange.tokens))
     for delta in reply:
-        conversation.stream_token(run_id=run_id, part=0, delta=delta, cause=agent)
+        conversation.stream_token(run_id=run_id, part=0, delta=seal(delta), cause=agent)
     content = "".join(reply)
     if exchange.ending == "failed":
         conversation.fail_run(run_id=run_id, error="model_error", message="boom", cause=agent)
     elif exchange.ending == "cancelled":
         conversation.cancel_run(
-            run_id=run_id, reason="requested", partial_content=content, cause=user
+            run_id=run_id, reason="requested", partial_content=seal(content), cause=user
         )
     else:
         conversation.complete_message(
             run_id=run_id,
-            content=content,
-            model_messages=_model_messages(question, content),
+            content=seal(content),
+            model_messages=seal(_model_messages(question, content)),
             cause=agent,
         )
         conversation.complete_run(

@@ -3,7 +3,9 @@
 One conversation of N events (a run's tokens) is stored on PostgreSQL; the real app
 serves it under uvicorn (`tests.support.LiveServer`). A replay is timed from the
 request until the N-th `id:` frame has arrived and been parsed. The baseline, in the
-same run, is reading the same N events straight from the store with `EventLog.read`.
+same run, is reading the same N events straight from the store with `EventLog.read`;
+building and encoding their envelopes (`envelope_of`, `encode_envelope`), timed after
+each read, is the other part of the work every replay does per event.
 """
 
 import secrets
@@ -22,6 +24,8 @@ from bench.servers import Servers
 from tests.support import LiveServer
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import Cause
+from threadlog.infra.content import open_content_keys
+from threadlog.infra.envelope import encode_envelope, envelope_of
 from threadlog.infra.settings import Settings
 from threadlog.infra.store import EventLog, open_service
 
@@ -43,6 +47,7 @@ class ReplayResult:
     stream_bytes: int
     sse_ms: Sample
     read_ms: Sample
+    encode_ms: Sample  # envelopes of the events read, built and encoded
     ratio: Sample  # SSE / direct read, per repetition
 
     @property
@@ -70,7 +75,8 @@ class _FrameCounter:
 
 def run_replay(servers: Servers, config: ReplayConfig) -> ReplayResult:
     url = servers.databases.create()
-    service = open_service(Settings(database_url=url))
+    keys = open_content_keys(Settings(database_url=url))
+    service = open_service(Settings(database_url=url), keys)
     try:
         progress(f"sse replay: storing a conversation of {config.events} events")
         conversation_id = _build_conversation(service, config.events)
@@ -84,6 +90,7 @@ def run_replay(servers: Servers, config: ReplayConfig) -> ReplayResult:
                 servers.release_stream(settings.nats_stream)
     finally:
         service.close()
+        keys.close()
         servers.databases.drop(url)
 
 
@@ -114,6 +121,7 @@ def _build_conversation(service: ConversationService, events: int) -> UUID:
         cause=cause,
     )
     conversation = service.get_conversation(started.value.id)
+    seal = service.seal_for(OWNER)  # as the run executor seals each delta
     run_cause = Cause(
         actor="agent:assistant",
         correlation_id=cause.correlation_id,
@@ -123,7 +131,7 @@ def _build_conversation(service: ConversationService, events: int) -> UUID:
         conversation.stream_token(
             run_id=posted.value.run_id,
             part=0,
-            delta=f" token{conversation.version}",
+            delta=seal(f" token{conversation.version}"),
             cause=run_cause,
         )
         if len(conversation.pending_events) >= BUILD_BATCH or conversation.version == events:
@@ -155,7 +163,7 @@ def _measure(
     event_log = EventLog(service)
     path = f"/v1/conversations/{conversation_id}/events"
     sse: list[float] = []
-    reads: list[float] = []
+    reads: list[tuple[float, float]] = []
     stream_bytes = 0
     # Warm both paths (connections, prepared statements, caches) before measuring.
     _replay(client, path, config.events)
@@ -170,12 +178,13 @@ def _measure(
             reads.append(_read(event_log, conversation_id, config.events))
         sse.append(seconds)
     sse_ms = Sample.of(s * 1000 for s in sse)
-    read_ms = Sample.of(r * 1000 for r in reads)
+    read_ms = Sample.of(read * 1000 for read, _ in reads)
     return ReplayResult(
         events=config.events,
         stream_bytes=stream_bytes,
         sse_ms=sse_ms,
         read_ms=read_ms,
+        encode_ms=Sample.of(encode * 1000 for _, encode in reads),
         ratio=ratios(sse_ms, read_ms),
     )
 
@@ -196,10 +205,13 @@ def _replay(client: httpx.Client, path: str, events: int) -> tuple[float, int]:
     return seconds, counter.bytes
 
 
-def _read(event_log: EventLog, conversation_id: UUID, events: int) -> float:
+def _read(event_log: EventLog, conversation_id: UUID, events: int) -> tuple[float, float]:
+    """Seconds to read the events, and then to build and encode their envelopes."""
     started = time.perf_counter()
     logged = event_log.read(conversation_id)
-    seconds = time.perf_counter() - started
-    if len(logged) != events:
+    read = time.perf_counter()
+    encoded = [encode_envelope(envelope_of(item)) for item in logged]
+    seconds = time.perf_counter() - read
+    if len(logged) != events or len(encoded) != events:
         raise RuntimeError(f"read {len(logged)} events, expected {events}")
-    return seconds
+    return read - started, seconds

@@ -1,5 +1,6 @@
-"""Benchmarks 3 and 4 share one large store: it is generated once, then every read
-model is rebuilt over it, then the app serves reads from those read models."""
+"""Benchmarks 3, 4 and 6 share one large store: it is generated once, then every read
+model is rebuilt over it, then the app serves reads from those read models, then a
+server of its own exports the whole log as NDJSON."""
 
 import secrets
 import tempfile
@@ -10,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from bench.access import served
+from bench.export import ExportConfig, ExportResult, run_export
 from bench.measure import progress
 from bench.population import Population, PopulationConfig, populate
 from bench.read_latency import ReadLatencyConfig, ReadLatencyResult, run_read_latency
@@ -28,6 +30,7 @@ class StoreReadsConfig:
     population: PopulationConfig
     rebuild: RebuildConfig
     reads: ReadLatencyConfig
+    export: ExportConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +38,7 @@ class StoreReadsResult:
     population: Population
     rebuild: RebuildResult
     reads: ReadLatencyResult
+    export: ExportResult
 
 
 def run_store_reads(servers: Servers, config: StoreReadsConfig) -> StoreReadsResult:
@@ -73,7 +77,9 @@ def run_store_reads(servers: Servers, config: StoreReadsConfig) -> StoreReadsRes
             finally:
                 direct.close()
                 servers.release_stream(settings.nats_stream)
-        return StoreReadsResult(population=population, rebuild=rebuild, reads=reads)
+        progress(f"export: the audit log as NDJSON, {population.events:,} events")
+        export = run_export(servers, url, config.export)
+        return StoreReadsResult(population=population, rebuild=rebuild, reads=reads, export=export)
     finally:
         service.close()
         servers.databases.drop(url)

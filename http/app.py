@@ -1,7 +1,9 @@
 """The Litestar application, built by one factory from settings."""
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import cache
 from typing import Any, cast
 
 from litestar import Litestar
@@ -39,6 +41,14 @@ def _runtime(state: State) -> Runtime:
     return cast(Runtime, state.runtime)
 
 
+@cache
+def _freeze_startup_objects() -> None:
+    """Once per process: the objects of startup (modules, the app) live as long as it
+    does, and without this every full collection rescans them all: about 160,000
+    objects, 80 to 100 ms here, about once per 10,000 events an SSE replay decodes."""
+    gc.freeze()
+
+
 def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
     """The whole service: `model` replaces the configured one (tests pass fakes here)."""
     # Built now, not at startup: a bad agents file is a SettingsError before serving.
@@ -48,6 +58,7 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with Runtime.open(settings, model=model, agents=agents) as runtime:
             app.state.runtime = runtime
+            _freeze_startup_objects()
             yield
 
     handlers: Any = exception_handlers()

@@ -1,7 +1,7 @@
 """Conversations: create, read, post messages, and their event stream."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -30,7 +30,7 @@ from threadlog.http.schemas import (
 from threadlog.infra import intake
 from threadlog.infra.content import ContentKeys
 from threadlog.infra.envelope import EventEnvelope, envelope_of, served
-from threadlog.infra.feed import FeedEvent, ends_run
+from threadlog.infra.feed import FeedEvent, Heartbeat, ends_run
 from threadlog.infra.outcomes import run_outcome
 from threadlog.infra.runs import RunRequest
 from threadlog.infra.runtime import Runtime
@@ -92,6 +92,16 @@ def wants_json(request: Request[Any, Any, Any]) -> bool:
 
 def sse_frame(item: FeedEvent) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (item.position, item.type.encode(), item.payload)
+
+
+def sse_frames(page: Sequence[FeedEvent], until_run: str | None) -> tuple[bytes, bool]:
+    """The page's frames, up to the end of `until_run` if it ends in it, and whether it did."""
+    if until_run is None:
+        return b"".join(map(sse_frame, page)), False
+    for index, item in enumerate(page):
+        if ends_run(item, until_run):
+            return b"".join(map(sse_frame, page[: index + 1])), True
+    return b"".join(map(sse_frame, page)), False
 
 
 def _event_stream(frames: AsyncIterator[bytes]) -> Stream:
@@ -366,16 +376,18 @@ class ConversationController(Controller):
         """SSE frames from `after` on; with `until_run`, closes after that run's last event."""
         yield b"retry: 1000\n\n"
         try:
-            async for item in runtime.feed.follow(
+            async for page in runtime.feed.follow_pages(
                 conversation_id,
                 after=after,
                 heartbeat_seconds=runtime.settings.sse_heartbeat_seconds,
             ):
-                if not isinstance(item, FeedEvent):
+                if isinstance(page, Heartbeat):
                     yield b": heartbeat\n\n"
                     continue
-                yield sse_frame(item)
-                if until_run is not None and ends_run(item, until_run):
+                # One chunk per page: one write instead of one per event.
+                frames, ended = sse_frames(page, until_run)
+                yield frames
+                if ended:
                     return
         except Exception as error:
             # Headers are sent: the status cannot change. End with a final event that says

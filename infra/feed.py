@@ -4,10 +4,15 @@ The order matters: subscribe to the conversation's NATS subject first, then read
 the store from the cursor, then follow the subscription, skipping positions
 already sent and filling any gap from the store. Whether the client arrives
 before, during or after a run, it gets every event once, in position order.
+
+Catching up is paged: each page of stored events is read, decoded and encoded in one
+worker thread while the caller sends the page before it, and `follow_pages` hands
+over a page at a time so that a stream writes it as one chunk.
 """
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -18,9 +23,10 @@ from nats.aio.client import Client as NatsClient
 from threadlog.infra.content import ContentKeys
 from threadlog.infra.envelope import encode_envelope, envelope_of, served, served_payload
 from threadlog.infra.nats import HEADER_POSITION, HEADER_TYPE, StreamNames
-from threadlog.infra.store import EventLog
+from threadlog.infra.store import EventLog, LoggedEvent
 
 CATCH_UP_PAGE = 1000
+"""Stored events per read while catching up (and per chunk a stream writes)."""
 # Far more than a client can fall behind by; beyond it NATS drops and we refill from the store.
 LIVE_PENDING_LIMIT = 65536
 
@@ -52,6 +58,12 @@ class _Ending(msgspec.Struct):
 _ending_decoder = msgspec.json.Decoder(_Ending)
 
 
+def feed_event(logged: LoggedEvent, keys: ContentKeys) -> FeedEvent:
+    """A stored event as a reader gets it: content opened (infra/envelope.py)."""
+    item = served(envelope_of(logged), keys)
+    return FeedEvent(item.position, item.type, encode_envelope(item))
+
+
 def ends_run(item: FeedEvent, run_id: str) -> bool:
     """Whether the event is the run's ending (a RunInterrupted that retries is not)."""
     if item.type not in RUN_ENDINGS:
@@ -72,15 +84,30 @@ class ConversationFeed:
     async def follow(
         self, conversation_id: UUID, *, after: int, heartbeat_seconds: float
     ) -> AsyncGenerator[FeedEvent | Heartbeat, None]:
+        pages = self.follow_pages(conversation_id, after=after, heartbeat_seconds=heartbeat_seconds)
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                if isinstance(page, Heartbeat):
+                    yield page
+                    continue
+                for item in page:
+                    yield item
+
+    async def follow_pages(
+        self, conversation_id: UUID, *, after: int, heartbeat_seconds: float
+    ) -> AsyncGenerator[Sequence[FeedEvent] | Heartbeat, None]:
+        """As `follow`, but stored events come a page at a time (live ones one by one)."""
         subscription = await self._nc.subscribe(
             self._names.conversation_wildcard(conversation_id),
             pending_msgs_limit=LIVE_PENDING_LIMIT,
         )
         try:
             last = after
-            async for item in self._stored(conversation_id, after=last):
-                yield item
-                last = item.position
+            # Closed at once when the caller stops: it may be reading a page ahead.
+            async with contextlib.aclosing(self._stored(conversation_id, after=last)) as pages:
+                async for page in pages:
+                    yield page
+                    last = page[-1].position
             while True:
                 try:
                     message = await subscription.next_msg(timeout=heartbeat_seconds)
@@ -92,13 +119,14 @@ class ConversationFeed:
                 if position <= last:
                     continue
                 if position > last + 1:
-                    async for item in self._stored(conversation_id, after=last, up_to=position - 1):
-                        yield item
-                        last = item.position
+                    gap = self._stored(conversation_id, after=last, up_to=position - 1)
+                    async with contextlib.aclosing(gap) as pages:
+                        async for page in pages:
+                            yield page
+                            last = page[-1].position
                 event_type = headers[HEADER_TYPE]
-                yield FeedEvent(
-                    position, event_type, served_payload(event_type, message.data, self._keys)
-                )
+                payload = served_payload(event_type, message.data, self._keys)
+                yield (FeedEvent(position, event_type, payload),)
                 last = position
         finally:
             if not self._nc.is_closed:
@@ -106,14 +134,29 @@ class ConversationFeed:
 
     async def _stored(
         self, conversation_id: UUID, *, after: int, up_to: int | None = None
-    ) -> AsyncIterator[FeedEvent]:
-        while True:
-            page = await asyncio.to_thread(
-                self._log.read, conversation_id, after=after, up_to=up_to, limit=CATCH_UP_PAGE
-            )
-            for logged in page:
-                item = served(envelope_of(logged), self._keys)
-                yield FeedEvent(item.position, item.type, encode_envelope(item))
-                after = item.position
-            if len(page) < CATCH_UP_PAGE:
-                return
+    ) -> AsyncGenerator[list[FeedEvent], None]:
+        """Non-empty pages; the next page is read while the caller handles this one."""
+        reading = asyncio.ensure_future(self._read_page(conversation_id, after, up_to))
+        try:
+            while True:
+                page = await reading
+                if len(page) == CATCH_UP_PAGE:
+                    after = page[-1].position
+                    reading = asyncio.ensure_future(self._read_page(conversation_id, after, up_to))
+                if page:
+                    yield page
+                if len(page) < CATCH_UP_PAGE:
+                    return
+        finally:
+            reading.cancel()
+
+    async def _read_page(
+        self, conversation_id: UUID, after: int, up_to: int | None
+    ) -> list[FeedEvent]:
+        return await asyncio.to_thread(self._encoded_page, conversation_id, after, up_to)
+
+    def _encoded_page(
+        self, conversation_id: UUID, after: int, up_to: int | None
+    ) -> list[FeedEvent]:
+        page = self._log.read(conversation_id, after=after, up_to=up_to, limit=CATCH_UP_PAGE)
+        return [feed_event(logged, self._keys) for logged in page]

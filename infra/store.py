@@ -15,6 +15,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import get_topic
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
 from threadlog.domain.application import ConversationService
@@ -155,19 +156,23 @@ class _PostgresSelect:
         if window.limit is not None:
             query += SQL(" LIMIT %s")
             params.append(window.limit)
-        with self._recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
+        with (
+            self._recorder.datastore.get_connection() as conn,
+            # Tuples: a replay reads thousands of rows, and dicts cost more to build.
+            conn.cursor(row_factory=tuple_row) as cursor,
+        ):
             cursor.execute(query, params, prepare=True)
             return [
                 (
                     StoredEvent(
                         originator_id=conversation_id,
-                        originator_version=row["originator_version"],
-                        topic=row["topic"],
-                        state=bytes(row["state"]),
+                        originator_version=version,
+                        topic=topic,
+                        state=bytes(state),
                     ),
-                    row["notification_id"],
+                    global_position,
                 )
-                for row in cursor.fetchall()
+                for version, topic, state, global_position in cursor.fetchall()
             ]
 
 
