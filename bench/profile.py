@@ -1,10 +1,14 @@
-"""Where a server process spends its time: py-spy samples, summed by stage and function.
+"""Where a server process spends its time: py-spy samples, summed two ways.
 
 py-spy (a dev dependency) samples the process from outside at `rate` Hz without
-stopping it (`--nonblocking`) and writes collapsed stacks (`frame;frame;… count`,
-one thread's stack per line, idle threads left out). Each sample is put in the first
-stage whose marker appears on its stack, read from the innermost frame outwards, and
-its innermost frame counts for the function table.
+stopping it (`--nonblocking`), keeping only the thread that holds the GIL (`--gil`):
+the Python work that competes for the one core a single process can use. It writes
+collapsed stacks (`frame;frame;… count`). Each sample counts once in each table:
+
+- by threadlog component: the innermost frame of threadlog's own code on the stack
+  (which part of threadlog made the work: the run executor, the writer, the relay …);
+- by library: the innermost frame of a library (where the work was done: psycopg,
+  eventsourcing, nats-py …), or threadlog's own code when none is deeper.
 """
 
 import shutil
@@ -15,32 +19,44 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-# (stage, marker in a frame), the innermost match wins.
-STAGES = (
-    ("PostgreSQL client (psycopg)", "psycopg"),
-    ("NATS client (nats-py)", "nats/"),
-    ("JSON / msgspec", "msgspec"),
-    ("group-commit writer", "infra/writer.py"),
-    ("relay (store → NATS)", "infra/relay.py"),
-    ("read-model projections", "projections/"),
-    ("live feed (NATS → SSE)", "infra/feed.py"),
-    ("SSE route", "http/conversations.py"),
-    ("run executor", "infra/runs.py"),
-    ("pydantic-ai / paced model", "pydantic_ai"),
-    ("domain (aggregate, events)", "domain/"),
-    ("eventsourcing library", "eventsourcing/"),
-    ("HTTP server (uvicorn, h11)", "uvicorn"),
-    ("HTTP framework (Litestar)", "litestar"),
-    ("asyncio event loop", "asyncio"),
+# (name, prefixes of a frame's file); the innermost frame with one decides.
+COMPONENTS = (
+    ("run executor (infra/runs.py, recorder.py)", ("infra/runs.py", "infra/recorder.py")),
+    ("group-commit writer (infra/writer.py)", ("infra/writer.py",)),
+    ("relay: store → JetStream (infra/relay.py)", ("infra/relay.py",)),
+    ("read-model projections (projections/)", ("projections/",)),
+    ("live feed: NATS → SSE (infra/feed.py)", ("infra/feed.py",)),
+    ("HTTP routes (http/)", ("http/",)),
+    ("domain (domain/)", ("domain/",)),
+    ("store adapters (infra/store.py, envelope.py)", ("infra/store.py", "infra/envelope.py")),
+    ("paced model (infra/paced_model.py)", ("infra/paced_model.py",)),
+    ("other threadlog code (infra/)", ("infra/",)),
 )
-OTHER = "other"
+LIBRARIES = (
+    ("psycopg (PostgreSQL client)", ("psycopg",)),
+    ("eventsourcing", ("eventsourcing/",)),
+    ("nats-py", ("nats/",)),
+    ("msgspec / json", ("msgspec", "json/")),
+    ("pydantic-ai / pydantic", ("pydantic_ai/", "pydantic/", "pydantic_core")),
+    ("uvicorn / h11 (HTTP server)", ("uvicorn/", "h11/")),
+    ("litestar (HTTP framework)", ("litestar/",)),
+    ("structlog", ("structlog/",)),
+    ("asyncio event loop", ("asyncio/", "selectors.py")),
+    ("threads (threading, concurrent.futures)", ("threading.py", "concurrent/")),
+)
+# The command's entry point, at the bottom of every stack of the event loop's thread.
+IGNORED = ("infra/cli.py",)
+OUTSIDE = "no threadlog frame (event loop, server, thread pool)"
+OWN = "threadlog's own code or the standard library"
+_Markers = tuple[tuple[str, tuple[str, ...]], ...]
 
 
 @dataclass(frozen=True, kw_only=True)
 class Profile:
     seconds: float
     samples: int
-    stages: list[tuple[str, int]]  # (stage, samples), most first
+    components: list[tuple[str, int]]  # (component, samples), most first
+    libraries: list[tuple[str, int]]  # (library, samples), most first
     functions: list[tuple[str, int]]  # (innermost frame, samples), most first
 
 
@@ -58,7 +74,8 @@ def start_sampling(
         return None
     out = Path(tempfile.mkdtemp(prefix="threadlog-bench-profile-")) / "stacks.txt"
     command = [binary, "record", "--pid", str(pid), "--duration", str(round(seconds))]
-    command += ["--rate", str(rate), "--format", "raw", "--nonblocking", "-o", str(out)]
+    command += ["--rate", str(rate), "--format", "raw", "--nonblocking", "--gil"]
+    command += ["-o", str(out)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return process, out
 
@@ -73,16 +90,20 @@ def finish_sampling(
     return summarize(out.read_text(errors="replace"), seconds)
 
 
-def _stage(frames: list[str]) -> str:
+def _classify(frames: list[str], markers: _Markers, default: str) -> str:
     for frame in reversed(frames):
-        for stage, marker in STAGES:
-            if marker in frame:
-                return stage
-    return OTHER
+        where = frame.rpartition("(")[2]  # the file, as py-spy shortens it: "infra/runs.py:286)"
+        if where.startswith(IGNORED):
+            continue
+        for name, prefixes in markers:
+            if where.startswith(prefixes):
+                return name
+    return default
 
 
 def summarize(collapsed: str, seconds: float, top: int = 12) -> Profile:
-    stages: Counter[str] = Counter()
+    components: Counter[str] = Counter()
+    libraries: Counter[str] = Counter()
     functions: Counter[str] = Counter()
     for line in collapsed.splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -90,11 +111,13 @@ def summarize(collapsed: str, seconds: float, top: int = 12) -> Profile:
             continue
         count = int(count_text)
         frames = stack.split(";")
-        stages[_stage(frames)] += count
+        components[_classify(frames, COMPONENTS, OUTSIDE)] += count
+        libraries[_classify(frames, LIBRARIES, OWN)] += count
         functions[frames[-1]] += count
     return Profile(
         seconds=seconds,
-        samples=sum(stages.values()),
-        stages=stages.most_common(),
+        samples=sum(components.values()),
+        components=components.most_common(),
+        libraries=libraries.most_common(),
         functions=functions.most_common(top),
     )

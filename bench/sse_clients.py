@@ -247,9 +247,8 @@ async def run_idle(job: IdleJob) -> IdleOutcome:
 def main() -> None:
     job = msgspec.json.decode(sys.stdin.buffer.read(), type=Job)
     started = time.perf_counter()
-    outcome: LoadOutcome | IdleOutcome = asyncio.run(
-        run_load(job) if isinstance(job, LoadJob) else run_idle(job)
-    )
+    outcome: LoadOutcome | IdleOutcome
+    outcome = asyncio.run(run_load(job)) if isinstance(job, LoadJob) else asyncio.run(run_idle(job))
     sys.stdout.write(msgspec.json.encode(outcome).decode() + "\n")
     sys.stderr.write(f"sse_clients: done in {time.perf_counter() - started:.1f} s\n")
 
