@@ -82,6 +82,10 @@ class LoadStep:
     clients: int
     tokens_per_run: int
     latency_ms: Sample | None  # one value per token received (None: none received)
+    # For the same tokens, due → the event's timestamp (made by the run executor; None for
+    # the ceiling, which has no store) and due → on NATS (seen by a subscriber).
+    created_ms: Sample | None
+    on_nats_ms: Sample | None
     delivered_per_second: float
     offered_per_second: float
     cpu_seconds: float
@@ -199,7 +203,7 @@ def _threadlog_step(
 ) -> tuple[LoadStep, Profile | None]:
     conversations = asyncio.run(create_conversations(app.base_url, n))
     paths = [f"/v1/conversations/{c}/events" for c in conversations]
-    clients = ClientsProcess(_job(app.port, paths, config))
+    clients = ClientsProcess(_job(app.port, paths, config, app.nats_url, app.nats_prefix))
     try:
         clients.wait_ready()
         sampling = start_sampling(app.pid, config.profile_seconds) if profile else None
@@ -209,15 +213,17 @@ def _threadlog_step(
         found = finish_sampling(sampling, config.profile_seconds) if sampling else None
     finally:
         clients.kill()
-    return _step(n, config, outcome, resources, http_errors), found
+    return _step(n, config, outcome, resources, http_errors, stored=True), found
 
 
-def _job(port: int, paths: list[str], config: LoadConfig) -> LoadJob:
+def _job(port: int, paths: list[str], config: LoadConfig, nats_url: str, prefix: str) -> LoadJob:
     return LoadJob(
         target=Target(host="127.0.0.1", port=port, headers=headers()),
         paths=[path for path in paths for _ in range(config.clients_per_conversation)],
         tokens=config.tokens,
         deadline_seconds=config.stream_seconds + config.drain_seconds + POST_SLACK_SECONDS,
+        nats_url=nats_url,
+        nats_subject=f"{prefix}.conversation.*.TokenStreamed",
     )
 
 
@@ -227,10 +233,16 @@ def _step(
     outcome: LoadOutcome,
     resources: ResourceSampler,
     http_errors: list[str],
+    *,
+    stored: bool,
 ) -> LoadStep:
     span = (outcome.last_arrival_ns - outcome.first_due_ns) / 1e9
     latencies = [us / 1000 for us in outcome.latencies_us]
+    on_nats = [us / 1000 for us in outcome.on_nats_us if us >= 0]
+    created = [us / 1000 for us in outcome.created_us] if stored else []
     return LoadStep(
+        created_ms=Sample.of(created) if created else None,
+        on_nats_ms=Sample.of(on_nats) if on_nats else None,
         conversations=n,
         clients=outcome.clients,
         tokens_per_run=config.tokens,
@@ -293,7 +305,8 @@ def _measure_ceiling(servers: Servers, data_dir: Path, config: LoadConfig) -> Lo
     try:
         progress(f"load: ceiling (NATS → SSE, no store), {n} conversations")
         conversations = [str(uuid.uuid4()) for _ in range(n)]
-        clients = ClientsProcess(_job(port, [f"/c/{c}" for c in conversations], config))
+        paths = [f"/c/{c}" for c in conversations]
+        clients = ClientsProcess(_job(port, paths, config, servers.nats_url, prefix))
         try:
             clients.wait_ready()
             job = PublishJob(
@@ -315,7 +328,7 @@ def _measure_ceiling(servers: Servers, data_dir: Path, config: LoadConfig) -> Lo
             clients.kill()
     finally:
         server.stop()
-    measured = _step(n, config, outcome, resources, [])
+    measured = _step(n, config, outcome, resources, [], stored=False)
     progress(f"load: ceiling: {_brief(measured)}")
     return measured
 

@@ -83,6 +83,8 @@ class ServedApp:
 
     port: int
     pid: int
+    nats_url: str = ""
+    nats_prefix: str = ""  # the subjects' prefix, for a subscriber that watches them
 
     @property
     def base_url(self) -> str:
@@ -111,7 +113,12 @@ class ServerProcess:
                 self.stop()
                 raise RuntimeError(f"{self._argv} did not start:\n{self.log_tail()}")
             time.sleep(0.1)
-        return ServedApp(port=self.port, pid=self._process.pid)
+        return ServedApp(
+            port=self.port,
+            pid=self._process.pid,
+            nats_url=self.env.get("THREADLOG_NATS_URL", ""),
+            nats_prefix=self.env.get("THREADLOG_NATS_SUBJECT_PREFIX", ""),
+        )
 
     def _answers(self, path: str) -> bool:
         try:

@@ -12,10 +12,13 @@ measures the server meanwhile.
 """
 
 import asyncio
+import datetime
 import sys
 import time
 
 import msgspec
+import nats
+from nats.aio.msg import Msg
 
 from bench.sse_client import Frame, HTTPStatusError, stream_sse
 from threadlog.infra.paced_model import read_token
@@ -36,6 +39,9 @@ class LoadJob(msgspec.Struct, frozen=True, tag="load"):
     tokens: int  # per run
     deadline_seconds: float  # from `ready` until every client must be done
     connect_concurrency: int = 50
+    # When set, also subscribes to the tokens' NATS subjects to time when each got there.
+    nats_url: str | None = None
+    nats_subject: str | None = None
 
 
 class IdleJob(msgspec.Struct, frozen=True, tag="idle"):
@@ -46,7 +52,11 @@ class IdleJob(msgspec.Struct, frozen=True, tag="idle"):
 
 
 class LoadOutcome(msgspec.Struct, frozen=True):
-    latencies_us: list[int]
+    latencies_us: list[int]  # due → received by the client, per token received
+    # For the same tokens: due → the stored event's timestamp (when the run executor made
+    # it), and due → on NATS (-1: not seen there); empty when not measured.
+    created_us: list[int]
+    on_nats_us: list[int]
     clients: int
     tokens_expected: int
     tokens_received: int  # distinct tokens received, over all clients
@@ -76,6 +86,28 @@ class _Token(msgspec.Struct):
 
 class _TokenEvent(msgspec.Struct):
     data: _Token
+    timestamp: str = ""
+
+
+class _Stages:
+    """When each token reached NATS, by (conversation id, token index)."""
+
+    def __init__(self) -> None:
+        self.on_nats: dict[tuple[str, int], int] = {}
+        self.created_us: list[int] = []
+        self.keys: list[tuple[str, int, int]] = []  # (conversation, index, due) per latency
+
+    async def on_message(self, message: Msg) -> None:
+        arrived = time.time_ns()
+        token = read_token(_token_event.decode(message.data).data.delta)
+        if token is not None:
+            self.on_nats[(message.subject.split(".")[-2], token[0])] = arrived
+
+    def on_nats_us(self) -> list[int]:
+        return [
+            (self.on_nats[(c, i)] - due) // 1000 if (c, i) in self.on_nats else -1
+            for c, i, due in self.keys
+        ]
 
 
 _token_event = msgspec.json.Decoder(_TokenEvent)
@@ -84,9 +116,13 @@ _token_event = msgspec.json.Decoder(_TokenEvent)
 class _LoadStream:
     """One client's bookkeeping: which paced tokens came, when, in what order."""
 
-    def __init__(self, tokens: int, latencies: list[int]) -> None:
+    def __init__(
+        self, conversation: str, tokens: int, latencies: list[int], stages: _Stages | None
+    ) -> None:
+        self.conversation = conversation
         self.seen = bytearray(tokens)
         self.latencies = latencies
+        self.stages = stages
         self.following = asyncio.Event()
         self.duplicates = 0
         self.out_of_order = 0
@@ -113,7 +149,8 @@ class _LoadStream:
         return False
 
     def _token(self, data: bytes, arrived: int) -> None:
-        token = read_token(_token_event.decode(data).data.delta)
+        event = _token_event.decode(data)
+        token = read_token(event.data.delta)
         if token is None:
             return
         index, due_ns = token
@@ -125,6 +162,10 @@ class _LoadStream:
             self.out_of_order += 1
         self.last_index = max(self.last_index, index)
         self.latencies.append((arrived - due_ns) // 1000)
+        if self.stages is not None:
+            created = datetime.datetime.fromisoformat(event.timestamp).timestamp()
+            self.stages.created_us.append(round(created * 1e6) - due_ns // 1000)
+            self.stages.keys.append((self.conversation, index, due_ns))
         if index == 0:
             self.first_due_ns = due_ns
         self.last_arrival_ns = arrived
@@ -148,6 +189,12 @@ async def _opened(event: asyncio.Event, task: asyncio.Task[None]) -> None:
     waiter.cancel()
 
 
+def _conversation_of(path: str) -> str:
+    """The conversation id of `/v1/conversations/{id}/events` or `/c/{id}`."""
+    parts = path.split("/")
+    return parts[3] if path.startswith("/v1/") else parts[-1]
+
+
 def _ready() -> None:
     sys.stdout.write("ready\n")
     sys.stdout.flush()
@@ -155,8 +202,15 @@ def _ready() -> None:
 
 async def run_load(job: LoadJob) -> LoadOutcome:
     latencies: list[int] = []
-    streams = [_LoadStream(job.tokens, latencies) for _ in job.paths]
+    stages = _Stages() if job.nats_url and job.nats_subject else None
+    streams = [
+        _LoadStream(_conversation_of(path), job.tokens, latencies, stages) for path in job.paths
+    ]
     target = job.target
+    nc = None
+    if stages is not None and job.nats_url and job.nats_subject:
+        nc = await nats.connect(job.nats_url)
+        await nc.subscribe(job.nats_subject, cb=stages.on_message, pending_msgs_limit=1 << 20)
 
     async def follow(stream: _LoadStream, path: str) -> None:
         try:
@@ -173,9 +227,13 @@ async def run_load(job: LoadJob) -> LoadOutcome:
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
+    if nc is not None:
+        await nc.close()
     received = sum(sum(s.seen) for s in streams)
     return LoadOutcome(
         latencies_us=latencies,
+        created_us=stages.created_us if stages else [],
+        on_nats_us=stages.on_nats_us() if stages else [],
         clients=len(streams),
         tokens_expected=job.tokens * len(streams),
         tokens_received=received,
