@@ -50,9 +50,9 @@ FULL = Plan(
         conversations=200,
         tokens_per_second=50,
         clients_per_conversation=1,
-        stream_seconds=15,
-        drain_seconds=10,
-        steps=(5, 10, 20, 50, 100, 150, 300, 400, 600),
+        stream_seconds=10,
+        drain_seconds=5,
+        steps=(1, 2, 5, 10, 20, 50, 100, 150, 300, 400, 600),
         profile_seconds=8,
     ),
     soak=SoakConfig(
@@ -81,7 +81,7 @@ QUICK = Plan(
         clients_per_conversation=1,
         stream_seconds=3,
         drain_seconds=3,
-        steps=(5, 20),
+        steps=(2, 20),
         profile_seconds=0,
     ),
     soak=SoakConfig(

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,7 @@ class LoadStep:
     cpu_seconds: float
     wall_seconds: float
     peak_rss_bytes: int
+    client_cpu_seconds: float  # the SSE clients' process, all its life
     missing: int
     duplicates: int
     out_of_order: int
@@ -111,60 +113,82 @@ class LoadStep:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Search:
+    """The target's step, then the search's steps in the order run."""
+
+    target: LoadStep
+    steps: list[LoadStep]  # the search's (the target's not included)
+    largest_holding: int | None  # the largest N that held SEARCH_P99_MS with no error
+
+
+@dataclass(frozen=True, kw_only=True)
 class LoadResult:
     config: LoadConfig
-    target: LoadStep
-    steps: list[LoadStep]  # the search, in the order run (the target's step included)
-    largest_holding: int | None
-    ceiling: LoadStep
+    threadlog: Search
+    ceiling: Search
     profile: Profile | None
 
     @property
+    def target(self) -> LoadStep:
+        return self.threadlog.target
+
+    @property
     def target_met(self) -> bool:
-        return self.target.holds(TARGET_P99_MS) and self.target.p(50) < TARGET_P50_MS
+        return _meets_target(self.target)
 
     @property
     def p99_ratio(self) -> float:
-        return self.target.p(99) / self.ceiling.p(99)
+        return self.target.p(99) / self.ceiling.target.p(99)
 
     @property
     def delivered_ratio(self) -> float:
-        return self.target.delivered_per_second / self.ceiling.delivered_per_second
+        return self.target.delivered_per_second / self.ceiling.target.delivered_per_second
+
+
+def _meets_target(step: LoadStep) -> bool:
+    return step.holds(TARGET_P99_MS) and step.p(50) < TARGET_P50_MS
 
 
 def run_load(servers: Servers, config: LoadConfig) -> LoadResult:
-    def step(n: int, label: str, *, profile: bool = False) -> tuple[LoadStep, Profile | None]:
+    def threadlog_step(
+        n: int, label: str, profile: bool = False
+    ) -> tuple[LoadStep, Profile | None]:
         progress(f"load: {label}, {n} conversations x {config.clients_per_conversation} clients")
         measured = _fresh_server_step(servers, n, config, profile=profile)
         progress(f"load: {n} conversations: {_brief(measured[0])}")
         return measured
 
-    target = step(config.conversations, "target")[0]
-    steps = [target]
+    def ceiling_step(n: int, label: str) -> LoadStep:
+        progress(f"load: ceiling (NATS → SSE, no store), {label}, {n} conversations")
+        with tempfile.TemporaryDirectory(prefix="threadlog-bench-ceiling-") as data_dir:
+            measured = _measure_ceiling(servers, Path(data_dir), n, config)
+        progress(f"load: ceiling, {n} conversations: {_brief(measured)}")
+        return measured
+
+    threadlog = _search(lambda n, label: threadlog_step(n, label)[0], config)
+    profile = None
+    if not _meets_target(threadlog.target) and config.profile_seconds:
+        profile = threadlog_step(config.conversations, "py-spy sampling the server", True)[1]
+    ceiling = _search(ceiling_step, config)
+    return LoadResult(config=config, threadlog=threadlog, ceiling=ceiling, profile=profile)
+
+
+def _search(measure: Callable[[int, str], LoadStep], config: LoadConfig) -> Search:
+    """The target's N, then the steps upwards from it when it holds, else upwards from the
+    smallest step, until one fails."""
+    target = measure(config.conversations, "target")
     holds = target.holds(SEARCH_P99_MS)
     largest = target.conversations if holds else None
+    steps: list[LoadStep] = []
     for n in sorted(config.steps):
         if (holds and n <= target.conversations) or (not holds and n >= target.conversations):
             continue
-        measured = step(n, "search")[0]
+        measured = measure(n, "search")
         steps.append(measured)
         if not measured.holds(SEARCH_P99_MS):
             break
         largest = n
-    profile = None
-    met = target.holds(TARGET_P99_MS) and target.p(50) < TARGET_P50_MS
-    if not met and config.profile_seconds:
-        profile = step(config.conversations, "py-spy sampling the server", profile=True)[1]
-    with tempfile.TemporaryDirectory(prefix="threadlog-bench-ceiling-") as data_dir:
-        ceiling = _measure_ceiling(servers, Path(data_dir), config)
-    return LoadResult(
-        config=config,
-        target=target,
-        steps=steps,
-        largest_holding=largest,
-        ceiling=ceiling,
-        profile=profile,
-    )
+    return Search(target=target, steps=steps, largest_holding=largest)
 
 
 def _fresh_server_step(
@@ -216,14 +240,17 @@ def _threadlog_step(
     return _step(n, config, outcome, resources, http_errors, stored=True), found
 
 
-def _job(port: int, paths: list[str], config: LoadConfig, nats_url: str, prefix: str) -> LoadJob:
+def _job(
+    port: int, paths: list[str], config: LoadConfig, nats_url: str | None, prefix: str
+) -> LoadJob:
+    """The clients' job; with `nats_url`, they also time the tokens' arrival on NATS."""
     return LoadJob(
         target=Target(host="127.0.0.1", port=port, headers=headers()),
         paths=[path for path in paths for _ in range(config.clients_per_conversation)],
         tokens=config.tokens,
         deadline_seconds=config.stream_seconds + config.drain_seconds + POST_SLACK_SECONDS,
         nats_url=nats_url,
-        nats_subject=f"{prefix}.conversation.*.TokenStreamed",
+        nats_subject=f"{prefix}.conversation.*.TokenStreamed" if nats_url else None,
     )
 
 
@@ -252,6 +279,7 @@ def _step(
         cpu_seconds=resources.cpu,
         wall_seconds=resources.wall,
         peak_rss_bytes=resources.peak_rss,
+        client_cpu_seconds=outcome.cpu_seconds,
         missing=outcome.missing,
         duplicates=outcome.duplicates,
         out_of_order=outcome.out_of_order,
@@ -295,18 +323,17 @@ async def _post_messages(base_url: str, conversations: list[str]) -> list[str]:
     return errors
 
 
-def _measure_ceiling(servers: Servers, data_dir: Path, config: LoadConfig) -> LoadStep:
+def _measure_ceiling(servers: Servers, data_dir: Path, n: int, config: LoadConfig) -> LoadStep:
     prefix = f"c{secrets.token_hex(6)}"
     port = free_port()
     command = [sys.executable, "-m", "bench.ceiling", "serve", str(port), servers.nats_url, prefix]
     server = ServerProcess(command, _python_env(), data_dir / "ceiling.log", port)
-    n = config.conversations
     app = server.start("/health")
     try:
-        progress(f"load: ceiling (NATS → SSE, no store), {n} conversations")
         conversations = [str(uuid.uuid4()) for _ in range(n)]
         paths = [f"/c/{c}" for c in conversations]
-        clients = ClientsProcess(_job(port, paths, config, servers.nats_url, prefix))
+        # No NATS subscriber in the clients here: the ceiling's clients do the least work.
+        clients = ClientsProcess(_job(port, paths, config, None, prefix))
         try:
             clients.wait_ready()
             job = PublishJob(
@@ -328,9 +355,7 @@ def _measure_ceiling(servers: Servers, data_dir: Path, config: LoadConfig) -> Lo
             clients.kill()
     finally:
         server.stop()
-    measured = _step(n, config, outcome, resources, [], stored=False)
-    progress(f"load: ceiling: {_brief(measured)}")
-    return measured
+    return _step(n, config, outcome, resources, [], stored=False)
 
 
 def _root() -> Path:

@@ -13,8 +13,11 @@ measures the server meanwhile.
 
 import asyncio
 import datetime
+import functools
 import sys
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import msgspec
 import nats
@@ -67,6 +70,7 @@ class LoadOutcome(msgspec.Struct, frozen=True):
     errors: list[str]
     first_due_ns: int
     last_arrival_ns: int
+    cpu_seconds: float  # this process's, from start to the outcome
 
 
 class IdleOutcome(msgspec.Struct, frozen=True):
@@ -171,16 +175,25 @@ class _LoadStream:
         self.last_arrival_ns = arrived
 
 
-async def _open_all(
-    opens: list[asyncio.Event], tasks: list[asyncio.Task[None]], concurrency: int
-) -> None:
-    """Waits until every stream is open (or failed), `concurrency` connecting at a time."""
-    for start in range(0, len(opens), concurrency):
-        batch = list(zip(opens[start : start + concurrency], tasks[start:], strict=False))
+async def _start_all(
+    starts: list[Callable[[], Coroutine[Any, Any, None]]],
+    opened: list[asyncio.Event],
+    concurrency: int,
+) -> list[asyncio.Task[None]]:
+    """Starts the streams `concurrency` at a time, each batch once the previous one is
+    open (or failed); returns their tasks."""
+    tasks: list[asyncio.Task[None]] = []
+    for first in range(0, len(starts), concurrency):
+        batch = [asyncio.create_task(start()) for start in starts[first : first + concurrency]]
+        tasks += batch
+        events = opened[first : first + concurrency]
         await asyncio.wait_for(
-            asyncio.gather(*(_opened(event, task) for event, task in batch)),
+            asyncio.gather(
+                *(_opened(event, task) for event, task in zip(events, batch, strict=True))
+            ),
             READY_TIMEOUT_SECONDS,
         )
+    return tasks
 
 
 async def _opened(event: asyncio.Event, task: asyncio.Task[None]) -> None:
@@ -220,8 +233,11 @@ async def run_load(job: LoadJob) -> LoadOutcome:
         finally:
             stream.following.set()
 
-    tasks = [asyncio.create_task(follow(s, p)) for s, p in zip(streams, job.paths, strict=True)]
-    await _open_all([s.following for s in streams], tasks, job.connect_concurrency)
+    tasks = await _start_all(
+        [functools.partial(follow, s, p) for s, p in zip(streams, job.paths, strict=True)],
+        [s.following for s in streams],
+        job.connect_concurrency,
+    )
     _ready()
     _, pending = await asyncio.wait(tasks, timeout=job.deadline_seconds)
     for task in pending:
@@ -244,6 +260,7 @@ async def run_load(job: LoadJob) -> LoadOutcome:
         errors=[s.error for s in streams if s.error is not None],
         first_due_ns=min((s.first_due_ns for s in streams if s.first_due_ns), default=0),
         last_arrival_ns=max((s.last_arrival_ns for s in streams), default=0),
+        cpu_seconds=time.process_time(),
     )
 
 
@@ -285,8 +302,11 @@ async def run_idle(job: IdleJob) -> IdleOutcome:
         finally:
             stream.opened.set()
 
-    tasks = [asyncio.create_task(hold(s, p)) for s, p in zip(streams, job.paths, strict=True)]
-    await _open_all([s.opened for s in streams], tasks, job.connect_concurrency)
+    tasks = await _start_all(
+        [functools.partial(hold, s, p) for s, p in zip(streams, job.paths, strict=True)],
+        [s.opened for s in streams],
+        job.connect_concurrency,
+    )
     _ready()
     await asyncio.sleep(job.hold_seconds)
     open_at_end = sum(s.was_opened and not s.closed_by_server for s in streams)
