@@ -40,6 +40,7 @@ import httpx
 import msgspec
 
 from bench.ceiling import PublishJob
+from bench.machine import load_average
 from bench.measure import Sample, percentile, progress
 from bench.processes import (
     ClientsProcess,
@@ -93,6 +94,7 @@ class LoadStep:
     wall_seconds: float
     peak_rss_bytes: int
     client_cpu_seconds: float  # the SSE clients' process, all its life
+    load_average: float | None  # the machine's (1 minute) at the step's end
     missing: int
     duplicates: int
     out_of_order: int
@@ -143,6 +145,20 @@ class LoadResult:
     @property
     def delivered_ratio(self) -> float:
         return self.target.delivered_per_second / self.ceiling.target.delivered_per_second
+
+    def pairs(self) -> list[tuple[LoadStep, LoadStep]]:
+        """(threadlog, ceiling) steps of the same N that both ended without error, by N."""
+        ceiling = {step.conversations: step for step in [self.ceiling.target, *self.ceiling.steps]}
+        return sorted(
+            (
+                (step, ceiling[step.conversations])
+                for step in [self.threadlog.target, *self.threadlog.steps]
+                if step.conversations in ceiling
+                and step.errors == 0
+                and ceiling[step.conversations].errors == 0
+            ),
+            key=lambda pair: pair[0].conversations,
+        )
 
 
 def _meets_target(step: LoadStep) -> bool:
@@ -280,6 +296,7 @@ def _step(
         wall_seconds=resources.wall,
         peak_rss_bytes=resources.peak_rss,
         client_cpu_seconds=outcome.cpu_seconds,
+        load_average=load_average(),
         missing=outcome.missing,
         duplicates=outcome.duplicates,
         out_of_order=outcome.out_of_order,

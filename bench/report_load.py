@@ -57,7 +57,8 @@ def _row(name: str, step: LoadStep) -> str:
         f"| {name} | {step.conversations:,} | {step.clients:,} | {latency} | "
         f"{step.offered_per_second:,.0f} | {step.delivered_per_second:,.0f} | "
         f"{step.cpu_seconds:,.1f} ({step.cpu_seconds / step.wall_seconds:.2f}) | "
-        f"{_mib(step.peak_rss_bytes)} | {step.client_cpu_seconds:,.1f} | {_errors(step)} |"
+        f"{_mib(step.peak_rss_bytes)} | {step.client_cpu_seconds:,.1f} | {_errors(step)} | "
+        f"{_load(step.load_average)} |"
     )
 
 
@@ -110,7 +111,8 @@ def load_section(result: LoadResult) -> str:
         "not ended by the deadline, HTTP errors. Server CPU: seconds of CPU of the server "
         "process while the step ran (in brackets: per wall second, i.e. cores); peak RSS: "
         "sampled every 100 ms from /proc. PostgreSQL, NATS and the clients run on the same "
-        "2 CPUs.",
+        "2 CPUs, shared with whatever else the machine runs: the load average at each step's "
+        "end is in the last column.",
         f"- Search: the largest N of {', '.join(str(n) for n in sorted(config.steps))} whose "
         f"p99 stays under {SEARCH_P99_MS:.0f} ms with no error, going up from the target when "
         "it holds, else from the smallest step, stopping at the first step that fails.",
@@ -126,8 +128,8 @@ def load_section(result: LoadResult) -> str:
         "",
         "| load | N | streams | p50 ms | p95 ms | p99 ms | max ms | offered tokens/s | "
         "delivered tokens/s | server CPU s (cores) | server peak RSS | clients' CPU s | "
-        "errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "errors | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(_row(name, step) for name, step in rows),
         "",
         "Where the latency accrues: milliseconds from a token's due time until its event was "
@@ -147,10 +149,26 @@ def load_section(result: LoadResult) -> str:
         f"- threadlog / ceiling at the target's load ({config.conversations} conversations): "
         f"p99 {_ratio(result.p99_ratio)}, "
         f"delivered tokens/s {result.delivered_ratio:.2f}.",
+        f"- threadlog / ceiling at the loads both served without error: {_pairs(result)}.",
     ]
     if result.profile is not None:
         lines += ["", _profile(result.profile, config.conversations)]
     return "\n".join(lines) + "\n"
+
+
+def _load(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f}"
+
+
+def _pairs(result: LoadResult) -> str:
+    pairs = result.pairs()
+    if not pairs:
+        return "none"
+    return "; ".join(
+        f"N={ours.conversations}: p50 {ours.p(50) / theirs.p(50):.1f}, "
+        f"p99 {ours.p(99) / theirs.p(99):.1f}"
+        for ours, theirs in pairs
+    )
 
 
 def _ratio(value: float) -> str:
@@ -209,7 +227,8 @@ def soak_section(result: SoakResult) -> str:
         "comments.",
         "- Other requests: one client, `GET /health/` and `GET /v1/conversations/{id}` "
         f"one after the other with a {50} ms pause, for {config.baseline_seconds:g} s with "
-        "no stream open (baseline, just before), then through the first 80% of the hold.",
+        "no stream open (baseline, just before, once the read models had caught up with the "
+        "conversations' creation), then through the first 80% of the hold.",
         "",
         "| | |",
         "|---|---|",
@@ -225,14 +244,18 @@ def soak_section(result: SoakResult) -> str:
         f"| server CPU over the hold | {result.cpu_seconds:.1f} s "
         f"({result.cpu_seconds / config.hold_seconds:.2f} cores) |",
         "",
-        "| request | baseline p50 ms | baseline p99 ms | during p50 ms | during p99 ms | "
-        "during / baseline (p50) |",
-        "|---|---|---|---|---|---|",
-        f"| `GET /health/` | {result.baseline.health(50):.1f} | "
+        "| request | requests (baseline, during) | baseline p50 ms | baseline p99 ms | "
+        "during p50 ms | during p99 ms | during / baseline: p50, p99 |",
+        "|---|---|---|---|---|---|---|",
+        f"| `GET /health/` | {len(result.baseline.health_ms.values):,}, "
+        f"{len(result.during.health_ms.values):,} | {result.baseline.health(50):.1f} | "
         f"{result.baseline.health(99):.1f} | {result.during.health(50):.1f} | "
-        f"{result.during.health(99):.1f} | {result.health_ratio:.2f} |",
-        f"| `GET /v1/conversations/{{id}}` | {result.baseline.read(50):.1f} | "
+        f"{result.during.health(99):.1f} | {result.health_ratio:.2f}, "
+        f"{result.during.health(99) / result.baseline.health(99):.2f} |",
+        f"| `GET /v1/conversations/{{id}}` | {len(result.baseline.read_ms.values):,}, "
+        f"{len(result.during.read_ms.values):,} | {result.baseline.read(50):.1f} | "
         f"{result.baseline.read(99):.1f} | {result.during.read(50):.1f} | "
-        f"{result.during.read(99):.1f} | {result.read_ratio:.2f} |",
+        f"{result.during.read(99):.1f} | {result.read_ratio:.2f}, "
+        f"{result.during.read(99) / result.baseline.read(99):.2f} |",
     ]
     return "\n".join(lines) + "\n"

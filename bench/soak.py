@@ -36,6 +36,7 @@ from bench.servers import Servers
 from bench.sse_clients import IdleJob, IdleOutcome, Target
 
 PROBE_PAUSE_SECONDS = 0.05
+CATCH_UP_SECONDS = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,6 +116,7 @@ def _measure(app: ServedApp, config: SoakConfig) -> SoakResult:
     progress(f"soak: creating {config.conversations} conversations")
     conversations = asyncio.run(create_conversations(app.base_url, config.conversations))
     with httpx.Client(base_url=app.base_url, headers=headers(), timeout=30) as client:
+        _wait_caught_up(client)
         progress(f"soak: probing with no stream open for {config.baseline_seconds:.0f} s")
         baseline = _probe(client, conversations[0], config.baseline_seconds)
         rss_before = rss_bytes(app.pid)
@@ -154,6 +156,18 @@ def _measure(app: ServedApp, config: SoakConfig) -> SoakResult:
         baseline=baseline,
         during=during,
     )
+
+
+def _wait_caught_up(client: httpx.Client) -> None:
+    """Until no read model lags behind the store (else their catching up with the
+    conversations just created would slow the baseline's requests)."""
+    deadline = time.monotonic() + CATCH_UP_SECONDS
+    while time.monotonic() < deadline:
+        checks: dict[str, str] = client.get("/health/ready").json().get("checks", {})
+        if not any(int(value) for key, value in checks.items() if key.endswith("_lag")):
+            return
+        time.sleep(0.2)
+    raise TimeoutError("the read models did not catch up before the soak")
 
 
 def _probe(client: httpx.Client, conversation_id: str, seconds: float) -> Probes:
