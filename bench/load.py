@@ -10,23 +10,27 @@ benchmark posts one message to each conversation, and the clients record, per to
 the latency from its due time to its arrival (one clock, one machine), until each
 stream has seen its run's end or the deadline passes.
 
-Measured per load step: latency percentiles, tokens delivered per second, the
-server's CPU seconds and peak RSS (/proc), and errors (tokens missing, duplicated or
-out of order, runs not ended by the deadline, HTTP errors). The target step is N
-conversations at R tokens/s; then a bounded search finds the largest N of a list of
-steps whose p99 stays under SEARCH_P99_MS with no error (upwards from the target
-when it holds, else upwards from the smallest step), stopping at the first that
-fails.
+Each load step runs on a new database and server process. Measured per step:
+latency percentiles, and where the latency accrues (the events' timestamps; a NATS
+subscriber in the clients' process), tokens delivered per second, the server's CPU
+seconds and peak RSS (/proc), the clients' CPU, and errors (tokens missing,
+duplicated or out of order, runs not ended by the deadline, HTTP errors). The target
+step is N conversations at R tokens/s; then a bounded search finds the largest N of a
+list of steps whose p99 stays under SEARCH_P99_MS with no error (upwards from the
+target when it holds, else upwards from the smallest step), stopping at the first
+that fails.
 
-The ceiling, in the same run: the target's load through a minimal SSE server on the
-same HTTP stack that forwards NATS messages (bench/ceiling.py), the tokens published
-straight to NATS by another process: no store, relay or run executor in the path.
-When the target is missed, py-spy samples the server through one more target-sized
-load to show where its time goes.
+The ceiling, in the same run, with the same target and search: a minimal SSE server
+on the same HTTP stack that forwards NATS messages (bench/ceiling.py), the tokens
+published straight to NATS by another process: no store, relay or run executor in
+the path. When the target is missed, py-spy samples the server through one more
+target-sized step to show where its time goes.
 """
 
 import asyncio
+import dataclasses
 import os
+import resource
 import secrets
 import subprocess
 import sys
@@ -95,6 +99,7 @@ class LoadStep:
     peak_rss_bytes: int
     client_cpu_seconds: float  # the SSE clients' process, all its life
     load_average: float | None  # the machine's (1 minute) at the step's end
+    publisher_cpu_seconds: float | None = None  # the ceiling's NATS publisher process
     missing: int
     duplicates: int
     out_of_order: int
@@ -361,18 +366,22 @@ def _measure_ceiling(servers: Servers, data_dir: Path, n: int, config: LoadConfi
                 tokens_per_second=config.tokens_per_second,
             )
             with ResourceSampler(app.pid) as resources:
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 subprocess.run(
                     [sys.executable, "-m", "bench.ceiling", "publish"],
                     input=msgspec.json.encode(job),
                     check=True,
                     cwd=_root(),
                 )
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
                 outcome = clients.load_outcome()
         finally:
             clients.kill()
     finally:
         server.stop()
-    return _step(n, config, outcome, resources, [], stored=False)
+    publisher = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    measured = _step(n, config, outcome, resources, [], stored=False)
+    return dataclasses.replace(measured, publisher_cpu_seconds=publisher)
 
 
 def _root() -> Path:

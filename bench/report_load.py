@@ -142,6 +142,16 @@ def load_section(result: LoadResult) -> str:
         "|---|---|---|---|---|",
         *(_stages(name, step) for name, step in rows),
         "",
+        "Percentiles cover the tokens received by the deadline only: where a load is too "
+        "much for a server, compare the delivered tokens/s, not the percentiles. CPU seconds "
+        "of the ceiling's publisher process: "
+        + "; ".join(
+            f"N={step.conversations}: {step.publisher_cpu_seconds:.1f}"
+            for _, step in rows
+            if step.publisher_cpu_seconds is not None
+        )
+        + ".",
+        "",
         f"- Target (p50 < {TARGET_P50_MS:.0f} ms, p99 < {TARGET_P99_MS:.0f} ms, no error): "
         f"{_verdict(result.target_met)}.",
         f"- Largest N holding p99 < {SEARCH_P99_MS:.0f} ms with no error: threadlog "
