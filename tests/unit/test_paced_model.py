@@ -1,6 +1,7 @@
 """The paced model: T tokens at R per second, each stamped with the time it was due."""
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -23,7 +24,7 @@ def test_a_paced_model_string_gives_its_rate_and_token_count() -> None:
 
 @pytest.mark.parametrize("model", ["paced:", "paced:50", "paced:0:10", "paced:50:0", "paced:x:1"])
 def test_the_registry_refuses_a_malformed_paced_model(model: str) -> None:
-    with pytest.raises(SettingsError, match="paced:<tokens per second>:<tokens>|rate must"):
+    with pytest.raises(SettingsError, match=r"paced:<tokens per second>:<tokens>|rate must"):
         AgentRegistry.build(Settings(model=model))
 
 
@@ -42,10 +43,10 @@ def test_it_streams_every_token_in_order_each_stamped_with_its_due_time() -> Non
     due = [token[1] for token in stamped if token]
     assert before <= due[0] and due[-1] <= after
     # Due times follow the schedule exactly: 1/200 s = 5 ms apart.
-    assert [b - a for a, b in zip(due, due[1:], strict=False)] == [5_000_000] * 4
+    assert [b - a for a, b in itertools.pairwise(due)] == [5_000_000] * 4
 
 
-def test_it_waits_for_each_token_s_due_time() -> None:
+def test_it_waits_until_each_token_is_due() -> None:
     started = time.time_ns()
     deltas = asyncio.run(_streamed(Agent(paced_model(100, 3))))
     last = read_token(deltas[-1])
