@@ -77,7 +77,8 @@ def _stages(name: str, step: LoadStep) -> str:
 
 def _largest(search: Search) -> str:
     if search.largest_holding is not None:
-        return f"**{search.largest_holding:,} conversations**"
+        n = search.largest_holding
+        return f"**{n:,} conversation{'' if n == 1 else 's'}**"
     tried = ", ".join(str(step.conversations) for step in [search.target, *search.steps])
     return f"none of those tried ({tried})"
 
