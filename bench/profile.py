@@ -85,9 +85,10 @@ def finish_sampling(
 ) -> Profile | None:
     process, out = started
     process.wait(timeout=seconds + 60)
-    if not out.exists():
-        return None
-    return summarize(out.read_text(errors="replace"), seconds)
+    try:
+        return summarize(out.read_text(errors="replace"), seconds) if out.exists() else None
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
 
 
 def _classify(frames: list[str], markers: _Markers, default: str) -> str:
