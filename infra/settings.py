@@ -27,7 +27,8 @@ class Settings:
     nats_url: str | None = None
     nats_stream: str = "THREADLOG"
     nats_subject_prefix: str = "threadlog"
-    # "demo" is the offline demo model; anything else is a pydantic-ai model string.
+    # "demo" is the offline demo model; "paced:R:T" streams T time-stamped tokens at R/s
+    # (load benchmarks, infra/paced_model.py); anything else is a pydantic-ai model string.
     model: str = "demo"
     agent: str = "assistant"
     system_prompt: str = "You are a helpful assistant."

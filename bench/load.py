@@ -1,0 +1,394 @@
+"""Benchmark 6: model → client token latency under load, and its ceiling.
+
+The real server runs as its own OS process (`threadlog serve` on PostgreSQL and
+NATS, relay and read-model projections on) with the paced model
+(`THREADLOG_MODEL=paced:R:T`, infra/paced_model.py): each run streams T tokens at R
+per second, each token's text carrying the wall-clock time it was due. A separate
+process of SSE clients (`bench.sse_clients`) opens K streams per conversation
+(`GET /v1/conversations/{id}/events`) over N conversations; once all follow, the
+benchmark posts one message to each conversation, and the clients record, per token,
+the latency from its due time to its arrival (one clock, one machine), until each
+stream has seen its run's end or the deadline passes.
+
+Each load step runs on a new database and server process. Measured per step:
+latency percentiles, and where the latency accrues (the events' timestamps; a NATS
+subscriber in the clients' process), tokens delivered per second, the server's CPU
+seconds and peak RSS (/proc), the clients' CPU, and errors (tokens missing,
+duplicated or out of order, runs not ended by the deadline, HTTP errors). The target
+step is N conversations at R tokens/s; then a bounded search finds the largest N of a
+list of steps whose p99 stays under SEARCH_P99_MS with no error (upwards from the
+target when it holds, else upwards from the smallest step), stopping at the first
+that fails.
+
+The ceiling, in the same run, with the same target and search: a minimal SSE server
+on the same HTTP stack that forwards NATS messages (bench/ceiling.py), the tokens
+published straight to NATS by another process: no store, relay or run executor in
+the path. When the target is missed, py-spy samples the server through one more
+target-sized step to show where its time goes.
+"""
+
+import asyncio
+import dataclasses
+import os
+import resource
+import secrets
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import msgspec
+
+from bench.ceiling import PublishJob
+from bench.machine import load_average
+from bench.measure import Sample, percentile, progress
+from bench.processes import (
+    ClientsProcess,
+    ResourceSampler,
+    ServedApp,
+    ServerProcess,
+    stream_of,
+    threadlog_server,
+)
+from bench.profile import Profile, finish_sampling, start_sampling
+from bench.servers import Servers
+from bench.sse_clients import LoadJob, LoadOutcome, Target
+from tests.support import ADMIN_KEY
+from threadlog.infra.embedded import free_port
+
+TARGET_P99_MS = 50.0
+TARGET_P50_MS = 10.0
+SEARCH_P99_MS = 100.0
+SETUP_CONCURRENCY = 16
+POST_SLACK_SECONDS = 5.0  # posting N messages happens within the clients' deadline
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadConfig:
+    conversations: int  # the target's N
+    tokens_per_second: float  # R
+    clients_per_conversation: int  # K
+    stream_seconds: float  # each run streams R * this many tokens
+    drain_seconds: float  # after the last token is due, how long the clients wait more
+    steps: tuple[int, ...]  # the search's Ns
+    profile_seconds: float  # py-spy's sampling when the target is missed (0: never)
+
+    @property
+    def tokens(self) -> int:
+        return max(1, round(self.tokens_per_second * self.stream_seconds))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadStep:
+    conversations: int
+    clients: int
+    tokens_per_run: int
+    latency_ms: Sample | None  # one value per token received (None: none received)
+    # For the same tokens, due → the event's timestamp (made by the run executor; None for
+    # the ceiling, which has no store) and due → on NATS (seen by a subscriber).
+    created_ms: Sample | None
+    on_nats_ms: Sample | None
+    delivered_per_second: float
+    offered_per_second: float
+    cpu_seconds: float
+    wall_seconds: float
+    peak_rss_bytes: int
+    client_cpu_seconds: float  # the SSE clients' process, all its life
+    load_average: float | None  # the machine's (1 minute) at the step's end
+    publisher_cpu_seconds: float | None = None  # the ceiling's NATS publisher process
+    missing: int
+    duplicates: int
+    out_of_order: int
+    unfinished: int
+    http_errors: list[str]
+
+    def p(self, q: float) -> float:
+        return percentile(self.latency_ms.values, q) if self.latency_ms else float("inf")
+
+    @property
+    def errors(self) -> int:
+        return (self.missing + self.duplicates + self.out_of_order + self.unfinished) + len(
+            self.http_errors
+        )
+
+    def holds(self, p99_ms: float) -> bool:
+        return self.errors == 0 and self.p(99) < p99_ms
+
+
+@dataclass(frozen=True, kw_only=True)
+class Search:
+    """The target's step, then the search's steps in the order run."""
+
+    target: LoadStep
+    steps: list[LoadStep]  # the search's (the target's not included)
+    largest_holding: int | None  # the largest N that held SEARCH_P99_MS with no error
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadResult:
+    config: LoadConfig
+    threadlog: Search
+    ceiling: Search
+    profile: Profile | None
+
+    @property
+    def target(self) -> LoadStep:
+        return self.threadlog.target
+
+    @property
+    def target_met(self) -> bool:
+        return _meets_target(self.target)
+
+    @property
+    def p99_ratio(self) -> float:
+        return self.target.p(99) / self.ceiling.target.p(99)
+
+    @property
+    def delivered_ratio(self) -> float:
+        return self.target.delivered_per_second / self.ceiling.target.delivered_per_second
+
+    def pairs(self) -> list[tuple[LoadStep, LoadStep]]:
+        """(threadlog, ceiling) steps of the same N that both ended without error, by N."""
+        ceiling = {step.conversations: step for step in [self.ceiling.target, *self.ceiling.steps]}
+        return sorted(
+            (
+                (step, ceiling[step.conversations])
+                for step in [self.threadlog.target, *self.threadlog.steps]
+                if step.conversations in ceiling
+                and step.errors == 0
+                and ceiling[step.conversations].errors == 0
+            ),
+            key=lambda pair: pair[0].conversations,
+        )
+
+
+def _meets_target(step: LoadStep) -> bool:
+    return step.holds(TARGET_P99_MS) and step.p(50) < TARGET_P50_MS
+
+
+def run_load(servers: Servers, config: LoadConfig) -> LoadResult:
+    def threadlog_step(
+        n: int, label: str, profile: bool = False
+    ) -> tuple[LoadStep, Profile | None]:
+        progress(f"load: {label}, {n} conversations x {config.clients_per_conversation} clients")
+        measured = _fresh_server_step(servers, n, config, profile=profile)
+        progress(f"load: {n} conversations: {_brief(measured[0])}")
+        return measured
+
+    def ceiling_step(n: int, label: str) -> LoadStep:
+        progress(f"load: ceiling (NATS → SSE, no store), {label}, {n} conversations")
+        with tempfile.TemporaryDirectory(prefix="threadlog-bench-ceiling-") as data_dir:
+            measured = _measure_ceiling(servers, Path(data_dir), n, config)
+        progress(f"load: ceiling, {n} conversations: {_brief(measured)}")
+        return measured
+
+    threadlog = _search(lambda n, label: threadlog_step(n, label)[0], config)
+    profile = None
+    if not _meets_target(threadlog.target) and config.profile_seconds:
+        profile = threadlog_step(config.conversations, "py-spy sampling the server", True)[1]
+    ceiling = _search(ceiling_step, config)
+    return LoadResult(config=config, threadlog=threadlog, ceiling=ceiling, profile=profile)
+
+
+def _search(measure: Callable[[int, str], LoadStep], config: LoadConfig) -> Search:
+    """The target's N, then the steps upwards from it when it holds, else upwards from the
+    smallest step, until one fails."""
+    target = measure(config.conversations, "target")
+    holds = target.holds(SEARCH_P99_MS)
+    largest = target.conversations if holds else None
+    steps: list[LoadStep] = []
+    for n in sorted(config.steps):
+        if (holds and n <= target.conversations) or (not holds and n >= target.conversations):
+            continue
+        measured = measure(n, "search")
+        steps.append(measured)
+        if not measured.holds(SEARCH_P99_MS):
+            break
+        largest = n
+    return Search(target=target, steps=steps, largest_holding=largest)
+
+
+def _fresh_server_step(
+    servers: Servers, n: int, config: LoadConfig, *, profile: bool
+) -> tuple[LoadStep, Profile | None]:
+    """One step on a new database and server process: an overloaded step leaves a
+    backlog (runs still streaming, events not yet relayed) that must not load the next."""
+    url = servers.databases.create()
+    try:
+        with tempfile.TemporaryDirectory(prefix="threadlog-bench-load-") as data_dir:
+            model = f"paced:{config.tokens_per_second:g}:{config.tokens}"
+            server = threadlog_server(servers, url, Path(data_dir), MODEL=model)
+            try:
+                app = server.start("/health/ready")
+                return _threadlog_step(app, n, config, profile=profile)
+            finally:
+                server.kill()
+                servers.release_stream(stream_of(server))
+    finally:
+        servers.databases.drop(url)
+
+
+def _brief(step: LoadStep) -> str:
+    return (
+        f"p50 {step.p(50):.1f} ms, p99 {step.p(99):.1f} ms, "
+        f"{step.delivered_per_second:,.0f} tokens/s, {step.errors} errors"
+    )
+
+
+def headers() -> dict[str, str]:
+    return {"X-API-Key": ADMIN_KEY}
+
+
+def _threadlog_step(
+    app: ServedApp, n: int, config: LoadConfig, *, profile: bool = False
+) -> tuple[LoadStep, Profile | None]:
+    conversations = asyncio.run(create_conversations(app.base_url, n))
+    paths = [f"/v1/conversations/{c}/events" for c in conversations]
+    clients = ClientsProcess(_job(app.port, paths, config, app.nats_url, app.nats_prefix))
+    try:
+        clients.wait_ready()
+        sampling = start_sampling(app.pid, config.profile_seconds) if profile else None
+        with ResourceSampler(app.pid) as resources:
+            http_errors = asyncio.run(_post_messages(app.base_url, conversations))
+            outcome = clients.load_outcome()
+        found = finish_sampling(sampling, config.profile_seconds) if sampling else None
+    finally:
+        clients.kill()
+    return _step(n, config, outcome, resources, http_errors, stored=True), found
+
+
+def _job(
+    port: int, paths: list[str], config: LoadConfig, nats_url: str | None, prefix: str
+) -> LoadJob:
+    """The clients' job; with `nats_url`, they also time the tokens' arrival on NATS."""
+    return LoadJob(
+        target=Target(host="127.0.0.1", port=port, headers=headers()),
+        paths=[path for path in paths for _ in range(config.clients_per_conversation)],
+        tokens=config.tokens,
+        deadline_seconds=config.stream_seconds + config.drain_seconds + POST_SLACK_SECONDS,
+        nats_url=nats_url,
+        nats_subject=f"{prefix}.conversation.*.TokenStreamed" if nats_url else None,
+    )
+
+
+def _step(
+    n: int,
+    config: LoadConfig,
+    outcome: LoadOutcome,
+    resources: ResourceSampler,
+    http_errors: list[str],
+    *,
+    stored: bool,
+) -> LoadStep:
+    span = (outcome.last_arrival_ns - outcome.first_due_ns) / 1e9
+    latencies = [us / 1000 for us in outcome.latencies_us]
+    on_nats = [us / 1000 for us in outcome.on_nats_us if us >= 0]
+    created = [us / 1000 for us in outcome.created_us] if stored else []
+    return LoadStep(
+        created_ms=Sample.of(created) if created else None,
+        on_nats_ms=Sample.of(on_nats) if on_nats else None,
+        conversations=n,
+        clients=outcome.clients,
+        tokens_per_run=config.tokens,
+        latency_ms=Sample.of(latencies) if latencies else None,
+        delivered_per_second=outcome.tokens_received / span if span > 0 else 0.0,
+        offered_per_second=n * config.tokens_per_second * config.clients_per_conversation,
+        cpu_seconds=resources.cpu,
+        wall_seconds=resources.wall,
+        peak_rss_bytes=resources.peak_rss,
+        client_cpu_seconds=outcome.cpu_seconds,
+        load_average=load_average(),
+        missing=outcome.missing,
+        duplicates=outcome.duplicates,
+        out_of_order=outcome.out_of_order,
+        unfinished=outcome.unfinished,
+        http_errors=http_errors + outcome.errors,
+    )
+
+
+async def create_conversations(base_url: str, n: int) -> list[str]:
+    gate = asyncio.Semaphore(SETUP_CONCURRENCY)
+    async with httpx.AsyncClient(base_url=base_url, headers=headers(), timeout=60) as client:
+
+        async def create(index: int) -> str:
+            async with gate:
+                answer = await client.post("/v1/conversations", json={"title": f"load {index}"})
+                answer.raise_for_status()
+                return str(answer.json()["id"])
+
+        return await asyncio.gather(*(create(i) for i in range(n)))
+
+
+async def _post_messages(base_url: str, conversations: list[str]) -> list[str]:
+    """Posts one message to each conversation at once; the HTTP errors, if any."""
+    gate = asyncio.Semaphore(SETUP_CONCURRENCY)
+    errors: list[str] = []
+    async with httpx.AsyncClient(base_url=base_url, headers=headers(), timeout=60) as client:
+
+        async def post(conversation_id: str) -> None:
+            async with gate:
+                try:
+                    answer = await client.post(
+                        f"/v1/conversations/{conversation_id}/messages", json={"content": "Go."}
+                    )
+                except httpx.HTTPError as error:
+                    errors.append(f"POST messages: {error!r}")
+                    return
+                if answer.status_code != 202:
+                    errors.append(f"POST messages: {answer.status_code} {answer.text[:200]}")
+
+        await asyncio.gather(*(post(c) for c in conversations))
+    return errors
+
+
+def _measure_ceiling(servers: Servers, data_dir: Path, n: int, config: LoadConfig) -> LoadStep:
+    prefix = f"c{secrets.token_hex(6)}"
+    port = free_port()
+    command = [sys.executable, "-m", "bench.ceiling", "serve", str(port), servers.nats_url, prefix]
+    server = ServerProcess(command, _python_env(), data_dir / "ceiling.log", port)
+    app = server.start("/health")
+    try:
+        conversations = [str(uuid.uuid4()) for _ in range(n)]
+        paths = [f"/c/{c}" for c in conversations]
+        # No NATS subscriber in the clients here: the ceiling's clients do the least work.
+        clients = ClientsProcess(_job(port, paths, config, None, prefix))
+        try:
+            clients.wait_ready()
+            job = PublishJob(
+                nats_url=servers.nats_url,
+                prefix=prefix,
+                conversations=conversations,
+                tokens=config.tokens,
+                tokens_per_second=config.tokens_per_second,
+            )
+            with ResourceSampler(app.pid) as resources:
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                subprocess.run(
+                    [sys.executable, "-m", "bench.ceiling", "publish"],
+                    input=msgspec.json.encode(job),
+                    check=True,
+                    cwd=_root(),
+                )
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                outcome = clients.load_outcome()
+        finally:
+            clients.kill()
+    finally:
+        server.stop()
+    publisher = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    measured = _step(n, config, outcome, resources, [], stored=False)
+    return dataclasses.replace(measured, publisher_cpu_seconds=publisher)
+
+
+def _root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def _python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(_root())
+    return env

@@ -1,0 +1,272 @@
+"""The report's sections on token latency under load (7) and held SSE connections (8)."""
+
+from bench.load import (
+    POST_SLACK_SECONDS,
+    SEARCH_P99_MS,
+    TARGET_P50_MS,
+    TARGET_P99_MS,
+    LoadResult,
+    LoadStep,
+    Search,
+)
+from bench.measure import Sample, percentile
+from bench.profile import Profile
+from bench.soak import SoakResult
+
+DASH = "\N{EN DASH}"
+MIB = 1024 * 1024
+
+
+def _verdict(met: bool) -> str:
+    return "**met**" if met else "**missed**"
+
+
+def _mib(value: int) -> str:
+    return f"{value / MIB:,.0f} MiB"
+
+
+def load_summary(result: LoadResult) -> str:
+    config, target = result.config, result.target
+    return (
+        f"| Model → client token latency: p50 < {TARGET_P50_MS:.0f} ms, p99 < "
+        f"{TARGET_P99_MS:.0f} ms, {config.conversations} conversations at "
+        f"{config.tokens_per_second:g} tokens/s through one API process, no token lost "
+        f"| p50 {target.p(50):,.1f} ms, p99 {target.p(99):,.1f} ms, {target.errors:,} errors "
+        f"| {_verdict(result.target_met)} |"
+    )
+
+
+def _errors(step: LoadStep) -> str:
+    parts = [
+        f"{step.missing:,} missing" if step.missing else "",
+        f"{step.duplicates:,} duplicated" if step.duplicates else "",
+        f"{step.out_of_order:,} out of order" if step.out_of_order else "",
+        f"{step.unfinished:,} runs unfinished" if step.unfinished else "",
+        f"{len(step.http_errors):,} HTTP" if step.http_errors else "",
+    ]
+    return ", ".join(part for part in parts if part) or "0"
+
+
+def _row(name: str, step: LoadStep) -> str:
+    latency = (
+        f"{step.p(50):,.1f} | {step.p(95):,.1f} | {step.p(99):,.1f} | {step.latency_ms.high:,.1f}"
+        if step.latency_ms
+        else f"{DASH} | {DASH} | {DASH} | {DASH}"
+    )
+    return (
+        f"| {name} | {step.conversations:,} | {step.clients:,} | {latency} | "
+        f"{step.offered_per_second:,.0f} | {step.delivered_per_second:,.0f} | "
+        f"{step.cpu_seconds:,.1f} ({step.cpu_seconds / step.wall_seconds:.2f}) | "
+        f"{_mib(step.peak_rss_bytes)} | {step.client_cpu_seconds:,.1f} | {_errors(step)} | "
+        f"{_load(step.load_average)} |"
+    )
+
+
+def _pair(sample: Sample | None) -> str:
+    if sample is None:
+        return DASH
+    return f"{percentile(sample.values, 50):,.1f} / {percentile(sample.values, 99):,.1f}"
+
+
+def _stages(name: str, step: LoadStep) -> str:
+    return (
+        f"| {name} | {step.conversations:,} | {_pair(step.created_ms)} | "
+        f"{_pair(step.on_nats_ms)} | {_pair(step.latency_ms)} |"
+    )
+
+
+def _largest(search: Search) -> str:
+    if search.largest_holding is not None:
+        n = search.largest_holding
+        return f"**{n:,} conversation{'' if n == 1 else 's'}**"
+    tried = ", ".join(str(step.conversations) for step in [search.target, *search.steps])
+    return f"none of those tried ({tried})"
+
+
+def load_section(result: LoadResult) -> str:
+    config = result.config
+    threadlog, ceiling = result.threadlog, result.ceiling
+    rows = [
+        ("**threadlog: target**", threadlog.target),
+        *(("threadlog: search", step) for step in threadlog.steps),
+        ("ceiling: target", ceiling.target),
+        *(("ceiling: search", step) for step in ceiling.steps),
+    ]
+    lines = [
+        "## 7. Model → client token latency under load\n",
+        "- The server: `threadlog serve` in its own OS process on PostgreSQL and NATS (relay "
+        "and read-model projections on, one process), a new database and process for each "
+        f"load step, with the paced model (`THREADLOG_MODEL=paced:{config.tokens_per_second:g}"
+        f":{config.tokens}`, infra/paced_model.py): each run streams {config.tokens:,} tokens "
+        f"at {config.tokens_per_second:g} per second ({config.stream_seconds:g} s), each "
+        "token's text carrying the wall-clock time it was due.",
+        "- The clients: another OS process (`bench.sse_clients`, asyncio, a lean HTTP/1.1 "
+        f"client) opens {config.clients_per_conversation} SSE stream(s) per conversation "
+        "(`GET /v1/conversations/{id}/events`); once every stream follows, the benchmark "
+        "posts one message to each conversation (16 at a time) and the clients record, per "
+        "token, the time from its due time to its arrival (one clock on one machine), until "
+        "each stream has seen its run's `RunCompleted` or the deadline "
+        f"({config.stream_seconds + config.drain_seconds:g} s + {POST_SLACK_SECONDS:g} s to post) "
+        "passed.",
+        "- Errors: tokens never received (by the deadline), duplicated or out of order, runs "
+        "not ended by the deadline, HTTP errors. Server CPU: seconds of CPU of the server "
+        "process while the step ran (in brackets: per wall second, i.e. cores); peak RSS: "
+        "sampled every 100 ms from /proc. PostgreSQL, NATS and the clients run on the same "
+        "2 CPUs, shared with whatever else the machine runs: the load average at each step's "
+        "end is in the last column.",
+        f"- Search: the largest N of {', '.join(str(n) for n in sorted(config.steps))} whose "
+        f"p99 stays under {SEARCH_P99_MS:.0f} ms with no error, going up from the target when "
+        "it holds, else from the smallest step, stopping at the first step that fails.",
+        "- Ceiling (same run, the same loads and search): a minimal SSE server on the same HTTP "
+        "stack (Litestar under uvicorn, `bench/ceiling.py`, its own process, new for each "
+        "step) that forwards each conversation's NATS subject, fed by a process publishing "
+        "the same paced tokens (envelopes of the same shape and size) straight to NATS: no "
+        "store, relay or run executor in the path. Its clients do not watch NATS (the "
+        "least work for them).",
+        "- Clients' CPU: the CPU seconds of the clients' process over its life (connecting "
+        "included): when it nears the step's wall time, the clients, not the server, set "
+        "the pace.",
+        "",
+        "| load | N | streams | p50 ms | p95 ms | p99 ms | max ms | offered tokens/s | "
+        "delivered tokens/s | server CPU s (cores) | server peak RSS | clients' CPU s | "
+        "errors | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *(_row(name, step) for name, step in rows),
+        "",
+        "Where the latency accrues: milliseconds from a token's due time until its event was "
+        "made (the stored event's `timestamp`, set by the run executor when it took the "
+        "token from the model), until it was on NATS (seen by a subscriber in the clients' "
+        "process: committed and relayed; not measured for the ceiling), and until the SSE "
+        "client read it; p50 / p99 over the same tokens.",
+        "",
+        "| load | N | due → event made | due → on NATS | due → SSE client |",
+        "|---|---|---|---|---|",
+        *(_stages(name, step) for name, step in rows),
+        "",
+        "Percentiles cover the tokens received by the deadline only: where a load is too "
+        "much for a server, compare the delivered tokens/s, not the percentiles. CPU seconds "
+        "of the ceiling's publisher process: "
+        + "; ".join(
+            f"N={step.conversations}: {step.publisher_cpu_seconds:.1f}"
+            for _, step in rows
+            if step.publisher_cpu_seconds is not None
+        )
+        + ".",
+        "",
+        f"- Target (p50 < {TARGET_P50_MS:.0f} ms, p99 < {TARGET_P99_MS:.0f} ms, no error): "
+        f"{_verdict(result.target_met)}.",
+        f"- Largest N holding p99 < {SEARCH_P99_MS:.0f} ms with no error: threadlog "
+        f"{_largest(threadlog)}; the ceiling {_largest(ceiling)}.",
+        f"- threadlog / ceiling at the target's load ({config.conversations} conversations): "
+        f"p99 {_ratio(result.p99_ratio)}, "
+        f"delivered tokens/s {result.delivered_ratio:.2f}.",
+        f"- threadlog / ceiling at the loads both served without error: {_pairs(result)}.",
+    ]
+    if result.profile is not None:
+        lines += ["", _profile(result.profile, config.conversations)]
+    return "\n".join(lines) + "\n"
+
+
+def _load(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f}"
+
+
+def _pairs(result: LoadResult) -> str:
+    pairs = result.pairs()
+    if not pairs:
+        return "none"
+    return "; ".join(
+        f"N={ours.conversations}: p50 {ours.p(50) / theirs.p(50):.1f}, "
+        f"p99 {ours.p(99) / theirs.p(99):.1f}"
+        for ours, theirs in pairs
+    )
+
+
+def _ratio(value: float) -> str:
+    return f"{value:,.1f} times" if value != float("inf") else "∞ (no token arrived)"
+
+
+def _profile(profile: Profile, conversations: int) -> str:
+    total = profile.samples or 1
+
+    def table(title: str, rows: list[tuple[str, int]], quote: bool = False) -> list[str]:
+        mark = "`" if quote else ""
+        return [
+            "",
+            f"| {title} | share of samples |",
+            "|---|---|",
+            *(f"| {mark}{name}{mark} | {count / total:.1%} |" for name, count in rows),
+        ]
+
+    lines = [
+        f"**Where the server's time goes** at the target's load ({conversations} "
+        f"conversations, one more step): py-spy sampled the server process for "
+        f"{profile.seconds:.0f} s at 100 Hz (non-blocking), keeping only the thread that held "
+        f"the GIL ({profile.samples:,} samples): the Python work that one process can do on one "
+        "core at a time. By threadlog component (the innermost frame of threadlog's own code "
+        "on the stack) and by library (the innermost library frame):",
+        *table("threadlog component", profile.components),
+        *table("library", profile.libraries),
+        *table("innermost function (self time)", profile.functions, quote=True),
+    ]
+    return "\n".join(lines)
+
+
+def soak_section(result: SoakResult) -> str:
+    config, outcome = result.config, result.outcome
+    heartbeats = result.heartbeats
+    beats = (
+        f"{heartbeats.median:,.0f} ({heartbeats.low:,.0f}{DASH}{heartbeats.high:,.0f})"
+        if heartbeats
+        else DASH
+    )
+    expected = config.hold_seconds / config.heartbeat_seconds
+    per_stream = (result.rss_open - result.rss_before) / max(outcome.opened, 1)
+    errors = f"{len(outcome.errors):,}" + (
+        f" (first: `{outcome.errors[0][:120]}`)" if outcome.errors else ""
+    )
+    lines = [
+        f"## 8. {config.connections:,} idle SSE streams held for {config.hold_seconds:g} s\n",
+        "- The server: `threadlog serve` in its own OS process on PostgreSQL and NATS, "
+        f"`THREADLOG_SSE_HEARTBEAT_SECONDS={config.heartbeat_seconds:g}`. Per-conversation "
+        "streams have no server-side cap (`THREADLOG_STREAM_MAX_CLIENTS` caps the firehose "
+        "only) and the benchmark turns the rate limits off; file descriptors: "
+        f"`ulimit -n` = {result.fd_limit:,} for the server and the clients.",
+        f"- A separate process opens {config.connections:,} streams "
+        f"(`GET /v1/conversations/{{id}}/events`, over {config.conversations:,} "
+        "conversations, 50 connecting at a time), then holds them, counting heartbeat "
+        "comments.",
+        "- Other requests: one client, `GET /health/` and `GET /v1/conversations/{id}` "
+        f"one after the other with a {50} ms pause, for {config.baseline_seconds:g} s with "
+        "no stream open (baseline, just before, once the read models had caught up with the "
+        "conversations' creation), then through the first 80% of the hold.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| streams opened / open at the end of the hold | {outcome.opened:,} / "
+        f"{outcome.open_at_end:,} of {outcome.clients:,} |",
+        f"| time to open them all | {result.open_seconds:.1f} s |",
+        f"| heartbeats per stream, median (min{DASH}max) | {beats} (≈ {expected:.0f} expected) |",
+        f"| errors | {errors} |",
+        f"| server RSS: before → all open (per stream) | {_mib(result.rss_before)} → "
+        f"{_mib(result.rss_open)} ({per_stream / 1024:,.0f} KiB) |",
+        f"| server RSS: peak / end of the hold (growth during the hold) | "
+        f"{_mib(result.rss_peak)} / {_mib(result.rss_end)} ({result.rss_growth / MIB:+,.1f} MiB) |",
+        f"| server CPU over the hold | {result.cpu_seconds:.1f} s "
+        f"({result.cpu_seconds / config.hold_seconds:.2f} cores) |",
+        "",
+        "| request | requests (baseline, during) | baseline p50 ms | baseline p99 ms | "
+        "during p50 ms | during p99 ms | during / baseline: p50, p99 |",
+        "|---|---|---|---|---|---|---|",
+        f"| `GET /health/` | {len(result.baseline.health_ms.values):,}, "
+        f"{len(result.during.health_ms.values):,} | {result.baseline.health(50):.1f} | "
+        f"{result.baseline.health(99):.1f} | {result.during.health(50):.1f} | "
+        f"{result.during.health(99):.1f} | {result.health_ratio:.2f}, "
+        f"{result.during.health(99) / result.baseline.health(99):.2f} |",
+        f"| `GET /v1/conversations/{{id}}` | {len(result.baseline.read_ms.values):,}, "
+        f"{len(result.during.read_ms.values):,} | {result.baseline.read(50):.1f} | "
+        f"{result.baseline.read(99):.1f} | {result.during.read(50):.1f} | "
+        f"{result.during.read(99):.1f} | {result.read_ratio:.2f}, "
+        f"{result.during.read(99) / result.baseline.read(99):.2f} |",
+    ]
+    return "\n".join(lines) + "\n"
