@@ -57,8 +57,17 @@ def _now() -> datetime.datetime:
 
 class PostgresKeyTable:
     def __init__(self, url: str, *, max_size: int = 4) -> None:
+        # Checked on checkout and reconnected within seconds: after a PostgreSQL restart
+        # a request gets a live connection (or a prompt error), not a dead one.
         self._pool = ConnectionPool(
-            url, min_size=1, max_size=max_size, open=True, kwargs={"autocommit": True}
+            url,
+            min_size=1,
+            max_size=max_size,
+            open=True,
+            kwargs={"autocommit": True},
+            check=ConnectionPool.check_connection,
+            reconnect_timeout=2.0,
+            timeout=5.0,
         )
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
