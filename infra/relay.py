@@ -48,7 +48,9 @@ class Relay:
         *,
         batch_size: int = 500,
         tracking: TrackingRecorder | None = None,
+        ack_timeout: float = ACK_TIMEOUT_SECONDS,
     ) -> None:
+        self._ack_timeout = ack_timeout
         self._service = service
         self._js = js
         self._names = names
@@ -107,7 +109,7 @@ class Relay:
                     subject, encode_envelope(item), headers=headers, stream=self._names.stream
                 )
             )
-        async with asyncio.timeout(ACK_TIMEOUT_SECONDS):
+        async with asyncio.timeout(self._ack_timeout):
             await asyncio.gather(*acks)
 
 

@@ -75,6 +75,9 @@ class ThreadlogProcess:
     def running(self) -> bool:
         return self.logged("worker.running")
 
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
     def wait_until(self, ready: Callable[[], bool]) -> None:
         deadline = time.monotonic() + START_SECONDS
         while not ready():
@@ -116,11 +119,13 @@ class Cluster:
         self.processes.append(process)
         return process
 
-    def start_api(self) -> ThreadlogProcess:
-        """Ready before any worker starts: it creates the database's tables. An API
-        started again (after a kill) listens on the same port."""
+    def start_api(self, *, wait: bool = True) -> ThreadlogProcess:
+        """Ready (with `wait`) before any worker starts; workers started meanwhile race it
+        to create the tables, which each process survives. An API started again (after
+        a kill) listens on the same port."""
         api = self._start("serve", "api", THREADLOG_PORT=str(self.port))
-        api.wait_until(self.api_ready)
+        if wait:
+            api.wait_until(self.api_ready)
         return api
 
     def start_worker(self, name: str) -> ThreadlogProcess:
@@ -128,8 +133,10 @@ class Cluster:
 
     def wait_ready(self) -> None:
         for process in self.processes:
-            if process.command == "worker" and process.process.poll() is None:
-                process.wait_until(process.running)
+            if process.alive():
+                process.wait_until(
+                    self.api_ready if process.command == "serve" else process.running
+                )
 
     def api_ready(self) -> bool:
         try:
