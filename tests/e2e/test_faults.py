@@ -6,8 +6,8 @@ starts again). After each fault the cluster must converge on its own: every
 conversation's positions run 1..n, every run ends exactly once, the JetStream stream
 holds each stored event exactly once, SSE clients that reconnect with Last-Event-ID
 get every event once and in order, and /health/ready answers 200 again. While a
-dependency is down the API answers at once (503 with Retry-After where it cannot
-serve), never a hang or a 500.
+dependency is down the API answers within seconds (503 with Retry-After where it
+cannot serve), never a hang or a 500.
 """
 
 from __future__ import annotations
@@ -123,14 +123,10 @@ def faulty(cluster: Faulty) -> Faulty:
 
 def ends(event: SSEEvent | dict[str, Any]) -> bool:
     """The event is a run's one ending (a RunInterrupted that retries is not)."""
-    kind, data = (
-        (event.event, event.data["data"])
-        if isinstance(event, SSEEvent)
-        else (
-            event["type"],
-            event["data"],
-        )
-    )
+    if isinstance(event, SSEEvent):
+        kind, data = event.event, event.data["data"]
+    else:
+        kind, data = event["type"], event["data"]
     return kind in RUN_ENDINGS or (kind == "RunInterrupted" and not data["retry"])
 
 
@@ -144,6 +140,8 @@ class ResumingReader:
     run_id: str
     events: list[SSEEvent] = field(default_factory=list)
     reconnects: int = 0
+    # Each refused reconnect's status and Retry-After.
+    refusals: list[tuple[int, str | None]] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> ResumingReader:
@@ -162,12 +160,14 @@ class ResumingReader:
                 headers["Last-Event-ID"] = str(self.events[-1].id)
             try:
                 with httpx.stream("GET", url, headers=headers, timeout=5) as response:
-                    if response.status_code == 200:
-                        for event in parse_sse(response.iter_lines()):
-                            self.events.append(event)
-                            if ends(event) and event.data["data"]["run_id"] == self.run_id:
-                                self.done.set()
-                                return
+                    if response.status_code != 200:
+                        refusal = (response.status_code, response.headers.get("retry-after"))
+                        self.refusals.append(refusal)
+                    for event in parse_sse(response.iter_lines()):
+                        self.events.append(event)
+                        if ends(event) and event.data["data"]["run_id"] == self.run_id:
+                            self.done.set()
+                            return
             except httpx.TransportError:
                 pass
             self.reconnects += 1
@@ -234,6 +234,7 @@ def assert_converged(faulty: Faulty, readers: list[ResumingReader]) -> list[list
     with cluster.client() as client:
         stored = [stored_events(client, r.conversation_id) for r in readers]
     for events, reader in zip(stored, readers, strict=True):
+        assert set(reader.refusals) <= {(503, "1")}, reader.refusals  # never an error
         assert [e["position"] for e in events] == list(range(1, len(events) + 1))
         assert_runs_end_once(events)
         # The reconnecting client got every event once, in order, and nothing else.
