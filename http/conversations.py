@@ -154,6 +154,7 @@ async def accept_message(
 ) -> Written[PostedMessage]:
     """Posts a user message under the busy policy and starts its run, in this process or
     a worker's (a queued message's run starts when the run before it ends)."""
+    runtime.runs.check_available()
     written = await intake.post_message(
         runtime.service,
         runtime.control,

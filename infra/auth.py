@@ -24,7 +24,7 @@ from eventsourcing.utils import get_topic
 from threadlog.domain.identity import User, UsernameTaken, UserNotFound, user_id_for
 from threadlog.domain.identity_service import Actor, IdentityService, IssuedKey
 from threadlog.infra.settings import Settings, SettingsError
-from threadlog.infra.store import store_environment
+from threadlog.infra.store import reconnect_promptly, store_environment
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +64,9 @@ def open_identities(settings: Settings) -> IdentityService:
             SQLITE_DBNAME=str(settings.identity_sqlite_path),
             APPLICATION_RECORDER_TOPIC=get_topic(SQLiteApplicationRecorder),
         )
-    return IdentityService(env)
+    identities = IdentityService(env)
+    reconnect_promptly(identities.recorder)
+    return identities
 
 
 class Passwords:

@@ -8,10 +8,12 @@ a hit, and expire with the bucket's TTL. If NATS does not answer, requests pass
 (and a warning is logged): a limiter outage must not become an API outage.
 """
 
+import asyncio
 import hashlib
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import nats.errors
@@ -50,21 +52,38 @@ async def open_bucket(js: JetStreamContext, name: str, window_seconds: float) ->
         return await js.create_key_value(config=config)
 
 
+# A hit never holds a request longer than this (NATS answers in milliseconds when up).
+HIT_TIMEOUT_SECONDS = 1.0
+
+
 class RateLimiter:
-    def __init__(self, kv: KeyValue, *, window_seconds: float) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        *,
+        window_seconds: float,
+        connected: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._kv = kv
         self._window = window_seconds
+        self._connected = connected
 
     async def hit(self, subject: str, limit: int) -> Decision:
         now = time.time()
         window = int(now // self._window)
         elapsed = (now % self._window) / self._window
+        passed = Decision(allowed=True, limit=limit, remaining=limit, retry_after_seconds=0)
+        if not self._connected():
+            # NATS is down: waiting for its timeouts would stall every request.
+            log.warning("ratelimit.unavailable", error="nats disconnected")
+            return passed
         try:
-            current = await self._increment(f"{subject}.{window}")
-            previous = await self._count(f"{subject}.{window - 1}")
+            async with asyncio.timeout(HIT_TIMEOUT_SECONDS):
+                current = await self._increment(f"{subject}.{window}")
+                previous = await self._count(f"{subject}.{window - 1}")
         except (nats.errors.Error, TimeoutError) as error:
             log.warning("ratelimit.unavailable", error=repr(error))
-            return Decision(allowed=True, limit=limit, remaining=limit, retry_after_seconds=0)
+            return passed
         estimate = previous * (1 - elapsed) + current
         remaining = max(0, math.floor(limit - estimate))
         if estimate <= limit:

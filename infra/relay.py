@@ -33,6 +33,10 @@ log = structlog.get_logger(__name__)
 
 RESTART_DELAY_SECONDS = 1.0
 MAX_IN_FLIGHT = 2000
+# A publish whose ack never comes (lost while NATS restarted) must not stall the relay
+# for good: past this the batch fails and is published again from the checkpoint
+# (JetStream drops the copies by Nats-Msg-Id).
+ACK_TIMEOUT_SECONDS = 10.0
 
 
 class Relay:
@@ -44,7 +48,9 @@ class Relay:
         *,
         batch_size: int = 500,
         tracking: TrackingRecorder | None = None,
+        ack_timeout: float = ACK_TIMEOUT_SECONDS,
     ) -> None:
+        self._ack_timeout = ack_timeout
         self._service = service
         self._js = js
         self._names = names
@@ -103,7 +109,8 @@ class Relay:
                     subject, encode_envelope(item), headers=headers, stream=self._names.stream
                 )
             )
-        await asyncio.gather(*acks)
+        async with asyncio.timeout(self._ack_timeout):
+            await asyncio.gather(*acks)
 
 
 class _NotificationFeed:

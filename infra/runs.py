@@ -40,9 +40,9 @@ from threadlog.domain.events import (
 from threadlog.infra.agents import AgentRegistry, RegisteredAgent
 from threadlog.infra.content import ContentKeys, opened_event
 from threadlog.infra.recorder import RunRecorder
-from threadlog.infra.store import EventLog, topics_of
+from threadlog.infra.store import EventLog, topics_of, while_store_recovers
 from threadlog.infra.tools import RunDeps
-from threadlog.infra.writer import EventWriter
+from threadlog.infra.writer import STORE_OUTAGE_SECONDS, EventWriter
 
 log = structlog.get_logger(__name__)
 
@@ -453,12 +453,17 @@ class RunExecutor:
 
     def _end_reloaded(self, request: RunRequest, end: "_RunEnd") -> None:
         """The live aggregate is out of step with the store: record the ending on a fresh one."""
-        try:
+
+        def record() -> None:
             fresh = self._service.get_conversation(request.conversation_id)
             attempt = self._attempts.get(request.run_id, fresh.active_attempt)
             if fresh.active_run_id == request.run_id and fresh.active_attempt == attempt:
                 end(fresh, request.run_id)
                 self._service.save(fresh)
+
+        try:
+            # An ending not recorded leaves the run active for good: outlast a restart.
+            while_store_recovers(record, seconds=STORE_OUTAGE_SECONDS, what="run_ending")
         except Exception as store_error:
             log.error("run.ending_not_recorded", error=repr(store_error), run_id=request.run_id)
 

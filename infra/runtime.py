@@ -38,7 +38,12 @@ from threadlog.infra.ratelimit import RateLimiter, open_bucket
 from threadlog.infra.relay import Relay
 from threadlog.infra.runs import FlushPolicy, RunExecutor
 from threadlog.infra.settings import Settings
-from threadlog.infra.store import EventLog, open_service, store_environment
+from threadlog.infra.store import (
+    EventLog,
+    open_service,
+    reconnect_promptly,
+    store_environment,
+)
 from threadlog.infra.workqueue import LocalRuns, QueuedRuns, Runs, ensure_run_queue
 from threadlog.infra.writer import EventWriter
 from threadlog.projections.read_models import ReadModels
@@ -115,6 +120,8 @@ class Runtime:
                 )
             )
             stack.callback(read_models.close)
+            for runner in read_models.runners.values():
+                reconnect_promptly(runner.view)
             executor = RunExecutor(
                 service,
                 event_log,
@@ -132,7 +139,7 @@ class Runtime:
             stack.push_async_callback(control.stop)
             await _forget_erased_keys(nc, names, content)
             feed = ConversationFeed(event_log, nc, names, content)
-            runs = await _runs(settings, js, names, service, feed, executor)
+            runs = await _runs(settings, nc, names, service, feed, executor)
             runtime = cls(
                 settings=settings,
                 service=service,
@@ -157,7 +164,9 @@ class Runtime:
             if settings.rate_limit_per_key or settings.rate_limit_per_ip:
                 window = settings.rate_limit_window_seconds
                 bucket = await open_bucket(js, f"{names.stream}_RATES", window)
-                runtime.rate_limiter = RateLimiter(bucket, window_seconds=window)
+                runtime.rate_limiter = RateLimiter(
+                    bucket, window_seconds=window, connected=lambda: nc.is_connected
+                )
             if settings.projections:
                 read_models.start()
             if settings.relay:
@@ -199,7 +208,7 @@ async def _creating_schema(open_: Callable[[], T]) -> T:
 
 async def _runs(
     settings: Settings,
-    js: JetStreamContext,
+    nc: NatsClient,
     names: StreamNames,
     service: ConversationService,
     feed: ConversationFeed,
@@ -207,8 +216,9 @@ async def _runs(
 ) -> Runs:
     if not settings.workers:
         return LocalRuns(executor)
+    js = nc.jetstream()
     await ensure_run_queue(js, names)
-    queued = QueuedRuns(js, names, service, feed)
+    queued = QueuedRuns(js, names, service, feed, connected=lambda: nc.is_connected)
     executor.dispatch = queued.dispatch  # a run's ending queues the next one too
     return queued
 

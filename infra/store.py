@@ -5,13 +5,24 @@ environment. `EventLog` reads a conversation's events together with their global
 positions (the store's notification ids), which the library's own reads omit.
 """
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent, TrackingRecorder
-from eventsourcing.postgres import PostgresApplicationRecorder
+import structlog
+from eventsourcing.persistence import (
+    InterfaceError,
+    OperationalError,
+    StoredEvent,
+    TrackingRecorder,
+)
+from eventsourcing.postgres import (
+    ConnectionPool,
+    PostgresApplicationRecorder,
+    PostgresDatastore,
+)
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import get_topic
 from psycopg.conninfo import conninfo_to_dict
@@ -24,6 +35,20 @@ from threadlog.domain.events import ConversationEvent
 from threadlog.infra.content import ContentKeys
 from threadlog.infra.settings import Settings
 from threadlog.infra.sqlite import NotifyingSQLiteApplicationRecorder
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+# The store is unreachable (PostgreSQL restarting, the network down): worth retrying.
+STORE_UNAVAILABLE = (OperationalError, InterfaceError)
+# How long a lost connection is retried before the pool gives up on it (psycopg_pool's
+# default is 5 minutes of exponential backoff, so after a PostgreSQL restart the pool
+# could take tens of seconds to reconnect). Clients waiting for a connection make it
+# try again anyway.
+RECONNECT_SECONDS = 2.0
+FAIL_FAST_SECONDS = 0.1
+RETRY_FIRST_DELAY = 0.2
+RETRY_MAX_DELAY = 2.0
 
 
 def store_environment(settings: Settings) -> dict[str, str]:
@@ -56,11 +81,63 @@ def store_environment(settings: Settings) -> dict[str, str]:
 def open_service(settings: Settings, keys: ContentKeys | None = None) -> ConversationService:
     """`keys`: the owners' content keys, to record personal content sealed (without
     them content is recorded as it is: tools and benchmarks that write no content)."""
-    return ConversationService(
+    service = ConversationService(
         store_environment(settings),
         max_message_bytes=settings.max_message_bytes,
         seal_for=plaintext_seals if keys is None else keys.seal_for,
     )
+    reconnect_promptly(service.recorder)
+    return service
+
+
+def reconnect_promptly(owner: Any) -> None:
+    """Makes the PostgreSQL pool of `owner` (a recorder or a view: anything with a
+    `datastore`) reconnect within seconds of the server coming back, and refuse at
+    once while the server is known to be unreachable."""
+    datastore = getattr(owner, "datastore", None)
+    if isinstance(datastore, PostgresDatastore):
+        datastore.pool.reconnect_timeout = RECONNECT_SECONDS
+        # eventsourcing builds the pool itself; the subclass adds behaviour, no state.
+        datastore.pool.__class__ = _FailFastPool
+
+
+class _FailFastPool(ConnectionPool[Any]):
+    """While the last attempt to connect failed, a client waits FAIL_FAST_SECONDS for a
+    connection instead of the pool's whole timeout. eventsourcing retries each store
+    call ten times: at 5 s a wait, a request would take most of a minute to fail."""
+
+    _unreachable = False
+
+    def _connect(self, timeout: float | None = None) -> Any:
+        try:
+            connection = super()._connect(timeout=timeout)
+        except Exception:
+            self._unreachable = True
+            raise
+        self._unreachable = False
+        return connection
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        if self._unreachable:
+            timeout = min(self.timeout if timeout is None else timeout, FAIL_FAST_SECONDS)
+        return super().getconn(timeout)
+
+
+def while_store_recovers(call: Callable[[], T], *, seconds: float, what: str) -> T:
+    """`call()`, tried again while the store is unreachable, for at most `seconds`:
+    a PostgreSQL restart pauses the caller instead of failing it. Blocks: call it in a
+    thread of its own."""
+    deadline = time.monotonic() + seconds
+    delay = RETRY_FIRST_DELAY
+    while True:
+        try:
+            return call()
+        except STORE_UNAVAILABLE as error:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("store.unavailable", what=what, error=repr(error), retry_in=delay)
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY)
 
 
 def open_tracking(service: ConversationService) -> TrackingRecorder:

@@ -8,6 +8,7 @@ run twice (within RUN_DEDUP_WINDOW_SECONDS) queues it once.
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Protocol
 from uuid import UUID
 
@@ -78,8 +79,16 @@ async def ensure_run_queue(js: JetStreamContext, names: StreamNames) -> None:
     await apply_stream_config(js, config)
 
 
+class RunQueueUnavailable(ConnectionError):
+    """NATS is unreachable: a run posted now could not be handed to a worker."""
+
+
 class Runs(Protocol):
     """Starts runs and waits for them, wherever they execute."""
+
+    def check_available(self) -> None:
+        """Raises RunQueueUnavailable when a run could not be started now."""
+        ...
 
     async def dispatch(self, request: RunRequest) -> None: ...
 
@@ -93,6 +102,9 @@ class LocalRuns:
 
     def __init__(self, executor: RunExecutor) -> None:
         self._executor = executor
+
+    def check_available(self) -> None:
+        """Always: runs execute here (without NATS, their events reach live streams late)."""
 
     async def dispatch(self, request: RunRequest) -> None:
         self._executor.start(request)
@@ -110,11 +122,20 @@ class QueuedRuns:
         names: StreamNames,
         service: ConversationService,
         feed: ConversationFeed,
+        *,
+        connected: Callable[[], bool] = lambda: True,
     ) -> None:
+        self._connected = connected
         self._js = js
         self._names = names
         self._service = service
         self._feed = feed
+
+    def check_available(self) -> None:
+        # Checked before the message is stored: a 503 the client retries beats a stored
+        # message whose run fails with run_not_queued after the publish times out.
+        if not self._connected():
+            raise RunQueueUnavailable("NATS is not connected")
 
     async def dispatch(self, request: RunRequest) -> None:
         try:

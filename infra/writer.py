@@ -19,6 +19,7 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Recording
 
 from threadlog.domain.application import ConversationService
+from threadlog.infra.store import while_store_recovers
 
 log = structlog.get_logger(__name__)
 
@@ -32,10 +33,21 @@ class _Pending:
     done: "concurrent.futures.Future[Recordings]"
 
 
+# A run pauses this long for an unreachable store (a PostgreSQL restart) before failing.
+STORE_OUTAGE_SECONDS = 30.0
+
+
 class EventWriter:
-    def __init__(self, service: ConversationService, *, max_events: int = 200) -> None:
+    def __init__(
+        self,
+        service: ConversationService,
+        *,
+        max_events: int = 200,
+        outage_seconds: float = STORE_OUTAGE_SECONDS,
+    ) -> None:
         self._service = service
         self._max_events = max_events
+        self._outage_seconds = outage_seconds
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="threadlog-writer", daemon=True)
         self._started = False
@@ -80,7 +92,10 @@ class EventWriter:
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
-            recordings = self._service.append([e for p in batch for e in p.events])
+            events = [e for p in batch for e in p.events]
+            recordings = while_store_recovers(
+                lambda: self._service.append(events), seconds=self._outage_seconds, what="append"
+            )
         except Exception as error:
             if len(batch) == 1:
                 _settle(batch[0].done, error=error)

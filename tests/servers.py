@@ -58,6 +58,34 @@ def postgres_server() -> Iterator[str]:
 @contextmanager
 def embedded_postgres_server() -> Iterator[str]:
     """A throwaway PostgreSQL listening on a unix socket in a fresh temporary folder."""
+    with owned_postgres_server() as server:
+        yield server.url
+
+
+class OwnedPostgres:
+    """An embedded PostgreSQL a test may stop and start again: same data, same socket."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+        self.url: str = server.get_uri("postgres")
+
+    def stop(self) -> None:
+        """A fast shutdown: open transactions roll back and clients are disconnected."""
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+        server = self._server
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+
+    def start(self) -> None:
+        server = self._server
+        with server._lock:
+            server.ensure_postgres_running()
+        assert server.get_uri("postgres") == self.url
+
+
+@contextmanager
+def owned_postgres_server() -> Iterator[OwnedPostgres]:
+    """A throwaway embedded PostgreSQL (unix socket, temporary folder) to stop and start."""
     with warnings.catch_warnings():
         # It picks a folder for its lock file when imported, and warns if XDG_RUNTIME_DIR is
         # unset before falling back to /tmp/runtime-<uid>, which is fine here.
@@ -70,7 +98,7 @@ def embedded_postgres_server() -> Iterator[str]:
     try:
         server = get_server(parent / "data", cleanup_mode="delete")
         try:
-            yield server.get_uri("postgres")
+            yield OwnedPostgres(server)
         finally:
             server.cleanup()
     finally:

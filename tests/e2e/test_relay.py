@@ -4,6 +4,8 @@ and resumes from its checkpoint after a stop or a crash."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,15 @@ from eventsourcing.persistence import Tracking, TrackingRecorder
 from nats.js.api import DeliverPolicy
 
 from tests.backends import BACKENDS, database_url_for
-from tests.servers import NatsNames
+from tests.servers import EmbeddedNatsFactory, NatsNames
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import Cause
-from threadlog.infra.nats import HEADER_GLOBAL_POSITION, HEADER_MSG_ID, HEADER_POSITION, StreamNames
+from threadlog.infra.nats import (
+    HEADER_GLOBAL_POSITION,
+    HEADER_MSG_ID,
+    HEADER_POSITION,
+    StreamNames,
+)
 from threadlog.infra.relay import Relay
 from threadlog.infra.settings import Settings
 from threadlog.infra.store import EventLog, open_service, open_tracking
@@ -169,3 +176,33 @@ async def test_a_crash_between_publish_and_checkpoint_duplicates_nothing(
     finally:
         await nc.close()
     assert await stream_contents(nats_url, names) == expected
+
+
+async def test_a_publish_never_acknowledged_fails_the_batch_instead_of_stalling_the_relay(
+    service: ConversationService,
+    nats_names: NatsNames,
+    embedded_nats_factory: EmbeddedNatsFactory,
+) -> None:
+    server = embedded_nats_factory()
+    expected = write_events(service, conversations=2, tokens=20)
+    names = names_of(nats_names)
+    nc = await nats.connect(server.url)
+    try:
+        relay = Relay(service, nc.jetstream(), names, ack_timeout=0.5)
+        running = asyncio.create_task(relay.run())
+        while relay.published_position < expected[-1][2]:
+            await asyncio.sleep(0.01)
+        os.kill(server.pid or 0, signal.SIGSTOP)  # still connected, but no ack comes back
+        try:
+            more = write_events(service, conversations=1, tokens=5)[len(expected) :]
+            done, _ = await asyncio.wait({running}, timeout=10)
+        finally:
+            os.kill(server.pid or 0, signal.SIGCONT)
+            running.cancel()
+        assert running in done
+        assert isinstance(running.exception(), TimeoutError)
+        assert relay.checkpoint() == expected[-1][2]
+        await relay_until(Relay(service, nc.jetstream(), names), more[-1][2])
+    finally:
+        await nc.close()
+    assert await stream_contents(server.url, names) == expected + more

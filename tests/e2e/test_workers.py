@@ -7,157 +7,42 @@ runs out.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
+from tests.cluster import (
+    ENDINGS,
+    Cluster,
+    ThreadlogProcess,
+    assert_gapless,
+    cluster_environment,
+    run_events,
+)
 from tests.servers import NatsNames, delete_stream
 from tests.support import (
-    ADMIN_KEY,
     LiveServer,
     SSEEvent,
     create_conversation,
-    parse_sse,
     post_message,
     stored_events,
 )
-from threadlog.infra.embedded import free_port
 from threadlog.infra.nats import StreamNames
 from threadlog.infra.settings import Settings
 
-THREADLOG = Path(sys.executable).parent / "threadlog"
 LEASE_SECONDS = "2"
-START_SECONDS = 60
-ENDINGS = {"RunCompleted", "RunFailed", "RunCancelled"}
-
-
-class ThreadlogProcess:
-    """One `threadlog` command in its own OS process, logging JSON lines to a file."""
-
-    def __init__(self, command: str, env: dict[str, str], log: Path) -> None:
-        self.command = command
-        self.log = log
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [str(THREADLOG), command], env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-
-    def log_records(self) -> list[dict[str, Any]]:
-        records = []
-        for line in self.log.read_text().splitlines():
-            if line.startswith("{"):
-                records.append(json.loads(line))
-        return records
-
-    def logged(self, event: str, **fields: Any) -> bool:
-        return any(
-            record.get("event") == event and all(record.get(k) == v for k, v in fields.items())
-            for record in self.log_records()
-        )
-
-    def running(self) -> bool:
-        return self.logged("worker.running")
-
-    def wait_until(self, ready: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + START_SECONDS
-        while not ready():
-            if self.process.poll() is not None:
-                raise RuntimeError(self.log.read_text())
-            if time.monotonic() > deadline:
-                raise TimeoutError(self.log.read_text())
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-class Cluster:
-    """An API process and worker processes sharing one database and one NATS."""
-
-    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
-        self._tmp_path = tmp_path
-        self._env = env
-        self.processes: list[ThreadlogProcess] = []
-        self.base_url = ""
-
-    def _start(self, command: str, name: str, **env: str) -> ThreadlogProcess:
-        data_dir = self._tmp_path / name
-        data_dir.mkdir()
-        full_env = {**self._env, "THREADLOG_DATA_DIR": str(data_dir), **env}
-        process = ThreadlogProcess(command, full_env, self._tmp_path / f"{name}.log")
-        self.processes.append(process)
-        return process
-
-    def start_api(self) -> ThreadlogProcess:
-        """Ready before any worker starts: it creates the database's tables."""
-        port = free_port()
-        self.base_url = f"http://127.0.0.1:{port}"
-        api = self._start("serve", "api", THREADLOG_PORT=str(port))
-        api.wait_until(self._api_ready)
-        return api
-
-    def start_worker(self, name: str) -> ThreadlogProcess:
-        return self._start("worker", name)
-
-    def wait_ready(self) -> None:
-        for process in self.processes:
-            if process.command == "worker":
-                process.wait_until(process.running)
-
-    def _api_ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.base_url}/health/ready", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.base_url, timeout=httpx.Timeout(30.0), headers={"X-API-Key": ADMIN_KEY}
-        )
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            process.stop()
 
 
 @pytest.fixture
 def cluster_env(
     database_url: str, nats_url: str, nats_names: NatsNames
 ) -> Iterator[dict[str, str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLOG_")}
-    env.update(
-        THREADLOG_DATABASE_URL=database_url,
-        THREADLOG_NATS_URL=nats_url,
-        THREADLOG_NATS_STREAM=nats_names.stream,
-        THREADLOG_NATS_SUBJECT_PREFIX=nats_names.subject_prefix,
-        THREADLOG_WORKERS="true",
-        THREADLOG_BOOTSTRAP_ADMIN_KEY=ADMIN_KEY,
-        THREADLOG_WORKER_LEASE_SECONDS=LEASE_SECONDS,
-        THREADLOG_DEMO_TOKEN_DELAY_MS="5",
-        THREADLOG_SSE_HEARTBEAT_SECONDS="1",
-        THREADLOG_LOG_FORMAT="json",
-        THREADLOG_LOG_LEVEL="INFO",
+    yield cluster_environment(
+        database_url, nats_url, nats_names, THREADLOG_WORKER_LEASE_SECONDS=LEASE_SECONDS
     )
-    yield env
     names = StreamNames(stream=nats_names.stream, prefix=nats_names.subject_prefix)
     delete_stream(nats_url, names.run_queue_stream)
 
@@ -177,30 +62,6 @@ def make_cluster(tmp_path: Path, cluster_env: dict[str, str]) -> Iterator[Callab
         cluster.stop_all()
 
 
-def run_events(
-    client: httpx.Client,
-    conversation_id: str,
-    *,
-    until: Callable[[SSEEvent], bool],
-    meanwhile: Callable[[SSEEvent], None] = lambda _: None,
-) -> list[SSEEvent]:
-    """The conversation's SSE stream from its start until `until` holds; `meanwhile`
-    sees every event as it arrives (the stream stays open while it acts)."""
-    received: list[SSEEvent] = []
-    with client.stream(
-        "GET",
-        f"/v1/conversations/{conversation_id}/events",
-        headers={"accept": "text/event-stream"},
-    ) as response:
-        assert response.status_code == 200
-        for event in parse_sse(response.iter_lines()):
-            received.append(event)
-            meanwhile(event)
-            if until(event):
-                return received
-    raise AssertionError("the stream closed before the run ended")
-
-
 def holder(workers: list[ThreadlogProcess], run_id: str) -> ThreadlogProcess:
     [taken] = [w for w in workers if w.logged("worker.run_taken", run_id=run_id)]
     return taken
@@ -218,10 +79,6 @@ def kill_holder_after_tokens(
                 holder(workers, run_id).kill()
 
     return act
-
-
-def assert_gapless(events: list[SSEEvent]) -> None:
-    assert [e.id for e in events] == list(range(1, len(events) + 1))
 
 
 def test_the_api_queues_a_run_and_a_worker_executes_it(
