@@ -24,6 +24,7 @@ from threadlog.infra.runs import RunExecutor
 log = structlog.get_logger(__name__)
 
 CANCEL = "cancel"
+PING = "ping"
 REMOTE_WAIT_SECONDS = 2.0
 
 
@@ -46,17 +47,35 @@ class RunControl:
         self._nc = nc
         self._names = names
         self._executor = executor
-        self._subscription: Subscription | None = None
+        self._subscriptions: list[Subscription] = []
 
     async def start(self) -> None:
-        self._subscription = await self._nc.subscribe(
-            self._names.run_control_wildcard(CANCEL), cb=self._on_cancel
-        )
+        self._subscriptions = [
+            await self._nc.subscribe(self._names.run_control_wildcard(CANCEL), cb=self._on_cancel),
+            await self._nc.subscribe(self._names.run_control_wildcard(PING), cb=self._on_ping),
+        ]
 
     async def stop(self) -> None:
-        if self._subscription is not None and not self._nc.is_closed:
-            with contextlib.suppress(nats.errors.Error):
-                await self._subscription.unsubscribe()
+        for subscription in self._subscriptions:
+            if not self._nc.is_closed:
+                with contextlib.suppress(nats.errors.Error):
+                    await subscription.unsubscribe()
+
+    async def is_running_anywhere(self, run_id: str) -> bool:
+        """Whether this process or another one answers for the run now."""
+        if self._executor.is_running(run_id):
+            return True
+        try:
+            await self._nc.request(
+                self._names.run_control_subject(run_id, PING), b"", timeout=REMOTE_WAIT_SECONDS
+            )
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            return False
+        return True
+
+    async def _on_ping(self, message: Msg) -> None:
+        if self._executor.is_running(message.subject.split(".")[-2]):
+            await message.respond(b"running")
 
     async def cancel(self, run_id: str, cause: Cause, owner: str | None = None) -> None:
         """Cancels the run wherever it runs; raises RunNotFound when no process runs it,

@@ -304,9 +304,9 @@ class RunExecutor:
 
     async def _run(self, request: RunRequest) -> None:
         await self._execute(request)
-        await self._start_next(request)
+        await self.start_next(request)
 
-    async def _start_next(self, ended: RunRequest) -> None:
+    async def start_next(self, ended: RunRequest) -> None:
         """A run that ended may have started the next queued one (the `enqueue` policy)."""
         conversation = await asyncio.to_thread(
             self._service.get_conversation, ended.conversation_id

@@ -34,6 +34,7 @@ from threadlog.infra.control import RunControl
 from threadlog.infra.embedded import EmbeddedNats
 from threadlog.infra.feed import ConversationFeed
 from threadlog.infra.nats import StreamNames, connect, ensure_stream
+from threadlog.infra.orphans import OrphanedRuns
 from threadlog.infra.ratelimit import RateLimiter, open_bucket
 from threadlog.infra.relay import Relay
 from threadlog.infra.runs import FlushPolicy, RunExecutor
@@ -47,6 +48,7 @@ from threadlog.infra.store import (
 from threadlog.infra.workqueue import LocalRuns, QueuedRuns, Runs, ensure_run_queue
 from threadlog.infra.writer import EventWriter
 from threadlog.projections.read_models import ReadModels
+from threadlog.projections.runs import Runs as RunsReadModel
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -169,6 +171,15 @@ class Runtime:
                 )
             if settings.projections:
                 read_models.start()
+            if _checks_orphans(settings, read_models):
+                orphans = OrphanedRuns(
+                    service,
+                    read_models,
+                    control,
+                    executor,
+                    interval_seconds=settings.orphan_check_seconds,
+                )
+                runtime.background.append(asyncio.create_task(orphans.run_forever()))
             if settings.relay:
                 runtime.relay = Relay(service, js, names, batch_size=settings.relay_batch_size)
                 runtime.background.append(asyncio.create_task(runtime.relay.run_forever()))
@@ -221,6 +232,15 @@ async def _runs(
     queued = QueuedRuns(js, names, service, feed, connected=lambda: nc.is_connected)
     executor.dispatch = queued.dispatch  # a run's ending queues the next one too
     return queued
+
+
+def _checks_orphans(settings: Settings, read_models: ReadModels) -> bool:
+    """Embedded mode only (workers have leases), and it needs the runs read model."""
+    return (
+        not settings.workers
+        and settings.orphan_check_seconds > 0
+        and RunsReadModel.name in read_models.runners
+    )
 
 
 async def _forget_erased_keys(nc: NatsClient, names: StreamNames, keys: ContentKeys) -> None:

@@ -77,6 +77,9 @@ class Settings:
     worker_concurrency: int = 16
     # How many times a run whose worker was lost starts again (then RunInterrupted, no retry).
     run_max_retries: int = 1
+    # Embedded mode: every so often, a run that has been running this long and that no
+    # process answers for (its API process was killed) ends as RunInterrupted. 0: never.
+    orphan_check_seconds: float = 30.0
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"
@@ -168,6 +171,8 @@ class Settings:
             raise SettingsError(f"{PREFIX}WORKER_LEASE_SECONDS must be positive")
         if self.worker_drain_seconds < 0:
             raise SettingsError(f"{PREFIX}WORKER_DRAIN_SECONDS must not be negative")
+        if self.orphan_check_seconds < 0:
+            raise SettingsError("THREADLOG_ORPHAN_CHECK_SECONDS must be 0 or more")
         if self.run_max_retries < 0:
             raise SettingsError(f"{PREFIX}RUN_MAX_RETRIES must not be negative")
         if self.sse_heartbeat_seconds <= 0 or self.token_flush_interval_ms < 0:

@@ -103,6 +103,7 @@ class Runs(ReadModel):
             "error_message TEXT, cancel_reason TEXT, position BIGINT NOT NULL)",
             "CREATE INDEX IF NOT EXISTS runs_by_creation "
             "ON runs (owner, created_at DESC, run_id DESC)",
+            "CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, started_at)",
             # Whose runs they are: MessagePosted does not carry the conversation's owner.
             "CREATE TABLE IF NOT EXISTS runs_owners ("
             "conversation_id TEXT PRIMARY KEY, owner TEXT NOT NULL, agent TEXT NOT NULL)",
@@ -235,6 +236,15 @@ def _end(sql: Sql, event: Any, status: RunStatus, assignments: str, params: Sequ
 
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def running_since(sql: Sql, started_before: datetime) -> list[tuple[str, str]]:
+    """(run id, conversation id) of the runs running since before `started_before`."""
+    sql.execute(
+        "SELECT run_id, conversation_id FROM runs WHERE status = 'running' AND started_at < ?",
+        (to_micros(started_before),),
+    )
+    return [(row["run_id"], row["conversation_id"]) for row in sql.fetchall()]
 
 
 def get_run(sql: Sql, run_id: str) -> Run | None:
