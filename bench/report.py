@@ -279,8 +279,8 @@ def _replay_breakdown(result: ReplayResult) -> str:
         "**Where a replay's time goes.** The server reads the stored events a page of "
         f"{CATCH_UP_PAGE:,} at a time; a worker thread decodes each page into domain events "
         "(`EventLog.read`) and builds and encodes their envelopes (`envelope_of`, "
-        "`encode_envelope`) while the event loop sends the page before it as one chunk of "
-        "SSE frames. Every served event passes through that domain path and "
+        "`encode_envelope`), then the event loop sends the page as one chunk of SSE "
+        "frames. Every served event passes through that domain path and "
         "`infra/envelope.py` on purpose (per-user content encryption belongs in the envelope "
         f"step), so its cost is a floor. Of the median replay ({_number(sse)} ms): reading and "
         f"decoding {_number(read)} ms ({read / sse:.0%}; mostly eventsourcing's "
@@ -289,8 +289,7 @@ def _replay_breakdown(result: ReplayResult) -> str:
         f"({encode / sse:.0%}), and the rest, {rest_text}: SQL "
         "round trips, HTTP and SSE framing, sending, and the client receiving and parsing "
         "the frames in the same process, under the same GIL (medians of parts measured "
-        "apart; in the server, decoding a page and sending the one before take turns "
-        "on the GIL)."
+        "apart)."
     )
 
 
