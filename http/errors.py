@@ -80,6 +80,8 @@ UNAVAILABLE = (
 )
 
 RequestAny = Request[Any, Any, Any]
+# What Litestar raises (as a 500) when a client disconnects before its body arrived.
+CLIENT_DISCONNECTED = "client disconnected prematurely"
 
 
 class BadRequest(HTTPException):
@@ -153,6 +155,10 @@ def _http(request: RequestAny, error: Exception) -> Response[ErrorBody]:
     code = HTTP_CODES.get(status, "error" if status < 500 else "internal_error")
     if isinstance(error, BadRequest):
         code = error.code
+    if error.detail == CLIENT_DISCONNECTED:
+        # Not a server fault: the client went away while sending its body; no one reads this.
+        log.info("http.client_disconnected")
+        return error_response(request, 400, "client_disconnected", "the client disconnected")
     if status >= 500:
         log.error("http.server_error", error=repr(error))
         return error_response(request, status, code, "the server failed to handle the request")

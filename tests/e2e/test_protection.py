@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
+import pytest
+
 from tests.e2e.conftest import SettingsFactory
-from tests.support import LiveServer
+from tests.support import ADMIN_KEY, LiveServer
 
 
 def test_a_credential_over_its_limit_gets_429_with_retry_after(
@@ -89,3 +94,23 @@ def test_oversized_headers_get_431_with_the_error_body(make_settings: SettingsFa
     assert refused.json()["error"] == "headers_too_large"
     assert refused.json()["request_id"] == refused.headers["x-request-id"]
     assert fine.status_code == 200
+
+
+def test_a_client_gone_before_its_body_arrived_is_not_logged_as_a_server_error(
+    make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with LiveServer(make_settings(log_level="INFO")) as server, server.client() as client:
+        head = (
+            "POST /v1/conversations HTTP/1.1\r\nHost: test\r\n"
+            f"X-API-Key: {ADMIN_KEY}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 100\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", server.port)) as raw:
+            raw.sendall(head.encode() + b'{"title": "cut sh')
+        deadline = time.monotonic() + 10
+        while "http.client_disconnected" not in (seen := capsys.readouterr().out):
+            assert time.monotonic() < deadline, "the disconnect was not logged"
+            assert "http.server_error" not in seen
+            time.sleep(0.1)
+        assert client.get("/health/").status_code == 200
+    assert "http.server_error" not in seen
