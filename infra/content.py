@@ -12,6 +12,7 @@ here at once and in other processes when the erasure notice reaches them over NA
 """
 
 import base64
+import binascii
 import copy
 import os
 import secrets
@@ -116,13 +117,13 @@ class ContentKeys:
         """A stored field's value as written: plaintext stays as it is."""
         if not is_sealed(value):
             return Opened(value)
-        cipher = self._cipher(str(value[KEY]))
+        cipher = self._cipher(value[KEY])
         if cipher is None:
             return Opened(None, erased=True)
         try:
-            box = base64.b64decode(value[SEALED])
+            box = binascii.a2b_base64(value[SEALED])
             plain = cipher.decrypt(box[:_NONCE_BYTES], box[_NONCE_BYTES:], _ASSOCIATED)
-        except (InvalidTag, ValueError):
+        except (InvalidTag, ValueError, TypeError):
             # Edited in the store: the hash chain locates it; readers see it as gone.
             return Opened(None, erased=True)
         return Opened(_decode(plain))
@@ -130,16 +131,12 @@ class ContentKeys:
     def open_data(self, type_name: str, data: dict[str, Any]) -> OpenedData:
         """An event's data with its sealed fields opened."""
         fields = SEALED_FIELDS.get(type_name, ())
-        if not any(is_sealed(data.get(name)) for name in fields):
+        sealed = {name: data[name] for name in fields if is_sealed(data.get(name))}
+        if not sealed:
             return OpenedData(data, [], {})
         opened = dict(data)
         erased: list[str] = []
-        sealed: dict[str, Any] = {}
-        for name in fields:
-            value = data.get(name)
-            if not is_sealed(value):
-                continue
-            sealed[name] = value
+        for name, value in sealed.items():
             result = self.open(value)
             opened[name] = result.value
             if result.erased:
@@ -148,10 +145,10 @@ class ContentKeys:
 
     def _cipher(self, key_id: str) -> AESGCM | None:
         now = time.monotonic()
-        with self._lock:
-            cached = self._secrets.get(key_id)
-            if cached is not None and now - cached.at < CACHE_SECONDS:
-                return self._ciphers.get(key_id) if cached.secret is not None else None
+        # Read without the lock (a dict lookup is atomic): this runs for every opened value.
+        cached = self._secrets.get(key_id)
+        if cached is not None and now - cached.at < CACHE_SECONDS:
+            return self._ciphers.get(key_id) if cached.secret is not None else None
         found = self._table.get([key_id])
         secret = found[0].secret if found else None
         cipher = AESGCM(secret) if secret is not None else None
