@@ -19,7 +19,6 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from psycopg.sql import SQL, Composed, Identifier
 
 from bench.access import served
 from bench.measure import Sample, progress, ratios
+from bench.processes import ResourceSampler
 from bench.servers import Servers
 from tests.support import ADMIN_KEY
 from threadlog.infra.embedded import free_port
@@ -232,7 +232,7 @@ def _export(
     previous = last = b""
     start = _rss(pid)
     reset = _reset_peak(pid)
-    with _RssSampler(pid) as sampler:
+    with ResourceSampler(pid, interval=SAMPLE_SECONDS) as sampler:
         started = time.perf_counter()
         with client.stream(
             "GET", PATH, params={"after": after}, headers={"accept": NDJSON}
@@ -250,7 +250,7 @@ def _export(
         raise RuntimeError(f"the export ended with {final_line.decode()}")
     if lines != events:
         raise RuntimeError(f"exported {lines} events, expected {events}")
-    peaks = [sampler.peak, *checkpoints]
+    peaks = [sampler.peak_rss, *checkpoints]
     if reset:
         peaks.append(_status_bytes(pid, "VmHWM"))
     return seconds, received, Memory(start=start, checkpoints=tuple(checkpoints), peak=max(peaks))
@@ -311,30 +311,6 @@ class _NullSink:
 
     def write(self, data: bytes) -> None:
         self.bytes += len(data)
-
-
-class _RssSampler:
-    """Reads a process's RSS every SAMPLE_SECONDS in a thread; keeps the largest."""
-
-    def __init__(self, pid: int) -> None:
-        self._pid = pid
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self.peak = 0
-
-    def __enter__(self) -> "_RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
-        while True:
-            self.peak = max(self.peak, _rss(self._pid))
-            if self._stop.wait(SAMPLE_SECONDS):
-                return
 
 
 def _rss(pid: int) -> int:
