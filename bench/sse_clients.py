@@ -24,6 +24,7 @@ import nats
 from nats.aio.msg import Msg
 
 from bench.sse_client import Frame, HTTPStatusError, stream_sse
+from threadlog.infra.nats import HEADER_POSITION
 from threadlog.infra.paced_model import read_token
 
 RUN_ENDINGS = frozenset({"RunCompleted", "RunFailed", "RunCancelled", "RunInterrupted"})
@@ -91,21 +92,23 @@ class _Token(msgspec.Struct):
 class _TokenEvent(msgspec.Struct):
     data: _Token
     timestamp: str = ""
+    position: int = 0
 
 
 class _Stages:
-    """When each token reached NATS, by (conversation id, token index)."""
+    """When each token reached NATS, by (conversation id, position): on NATS a token's
+    text is sealed (docs/erasure.md), so it is matched by its position header."""
 
     def __init__(self) -> None:
         self.on_nats: dict[tuple[str, int], int] = {}
         self.created_us: list[int] = []
-        self.keys: list[tuple[str, int, int]] = []  # (conversation, index, due) per latency
+        self.keys: list[tuple[str, int, int]] = []  # (conversation, position, due) per latency
 
     async def on_message(self, message: Msg) -> None:
         arrived = time.time_ns()
-        token = read_token(_token_event.decode(message.data).data.delta)
-        if token is not None:
-            self.on_nats[(message.subject.split(".")[-2], token[0])] = arrived
+        position = (message.headers or {}).get(HEADER_POSITION)
+        if position is not None:
+            self.on_nats[(message.subject.split(".")[-2], int(position))] = arrived
 
     def on_nats_us(self) -> list[int]:
         return [
@@ -169,7 +172,7 @@ class _LoadStream:
         if self.stages is not None:
             created = datetime.datetime.fromisoformat(event.timestamp).timestamp()
             self.stages.created_us.append(round(created * 1e6) - due_ns // 1000)
-            self.stages.keys.append((self.conversation, index, due_ns))
+            self.stages.keys.append((self.conversation, event.position, due_ns))
         if index == 0:
             self.first_due_ns = due_ns
         self.last_arrival_ns = arrived
