@@ -38,7 +38,7 @@ from threadlog.domain.events import (
     MessagePosted,
 )
 from threadlog.infra.agents import AgentRegistry, RegisteredAgent
-from threadlog.infra.content import ContentKeys, opened_event
+from threadlog.infra.content import ContentKeys
 from threadlog.infra.recorder import RunRecorder
 from threadlog.infra.store import EventLog, topics_of, while_store_recovers
 from threadlog.infra.tools import RunDeps
@@ -480,19 +480,21 @@ class RunExecutor:
         }
         history: list[ModelMessage] = []
         for item in logged:
-            event = opened_event(self._content, item.event)
+            event = item.event
             if isinstance(event, HistoryCleared):
                 history = []
                 continue
             if not isinstance(event, MessagePosted):
                 continue
+            # A message is opened only when its own text is needed (None: erased).
             if event.message_id == request.message_id:
-                if event.content is None:
+                prompt = self._content.open(event.content).value
+                if prompt is None:
                     raise ContentErased(request.message_id)
-                return event.content, history
+                return prompt, history
             reply = replies.get(event.run_id)
             if reply:
                 history.extend(ModelMessagesTypeAdapter.validate_json(reply))
-            elif event.content is not None:  # None: erased (docs/erasure.md)
-                history.append(ModelRequest(parts=[UserPromptPart(event.content)]))
+            elif (content := self._content.open(event.content).value) is not None:
+                history.append(ModelRequest(parts=[UserPromptPart(content)]))
         raise LookupError(f"message {request.message_id} is not in the conversation")
