@@ -61,9 +61,9 @@ class OpenedData:
     sealed: dict[str, Any]  # the fields as stored, to re-hash the event
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Cached:
-    secret: bytes | None
+    cipher: AESGCM | None  # None: the key is erased (or unknown)
     owner: str
     at: float
 
@@ -73,8 +73,7 @@ class ContentKeys:
         self._table = table
         self._lock = threading.Lock()
         self._active: dict[str, tuple[str, AESGCM, float]] = {}
-        self._secrets: dict[str, _Cached] = {}
-        self._ciphers: dict[str, AESGCM] = {}
+        self._keys: dict[str, _Cached] = {}  # by key id
 
     # --- sealing ---------------------------------------------------------------------
 
@@ -107,8 +106,7 @@ class ContentKeys:
         cipher = AESGCM(stored.secret)
         with self._lock:
             self._active[owner] = (stored.key_id, cipher, now)
-            self._secrets[stored.key_id] = _Cached(stored.secret, owner, now)
-            self._ciphers[stored.key_id] = cipher
+            self._keys[stored.key_id] = _Cached(cipher, owner, now)
         return stored.key_id, cipher
 
     # --- opening ---------------------------------------------------------------------
@@ -146,18 +144,14 @@ class ContentKeys:
     def _cipher(self, key_id: str) -> AESGCM | None:
         now = time.monotonic()
         # Read without the lock (a dict lookup is atomic): this runs for every opened value.
-        cached = self._secrets.get(key_id)
+        cached = self._keys.get(key_id)
         if cached is not None and now - cached.at < CACHE_SECONDS:
-            return self._ciphers.get(key_id) if cached.secret is not None else None
+            return cached.cipher
         found = self._table.get([key_id])
         secret = found[0].secret if found else None
         cipher = AESGCM(secret) if secret is not None else None
         with self._lock:
-            self._secrets[key_id] = _Cached(secret, found[0].owner if found else "", now)
-            if cipher is not None:
-                self._ciphers[key_id] = cipher
-            else:
-                self._ciphers.pop(key_id, None)
+            self._keys[key_id] = _Cached(cipher, found[0].owner if found else "", now)
         return cipher
 
     # --- erasing ---------------------------------------------------------------------
@@ -172,10 +166,9 @@ class ContentKeys:
         """Drops what this process caches of the owner's keys (after an erasure)."""
         with self._lock:
             self._active.pop(owner, None)
-            owned = [k for k, cached in self._secrets.items() if cached.owner == owner]
+            owned = [k for k, cached in self._keys.items() if cached.owner == owner]
             for key_id in owned:
-                self._secrets.pop(key_id, None)
-                self._ciphers.pop(key_id, None)
+                del self._keys[key_id]
 
     def close(self) -> None:
         self._table.close()
