@@ -10,9 +10,10 @@ to be erased rather than one that never existed.
 import datetime
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from psycopg_pool import ConnectionPool
 
@@ -51,11 +52,49 @@ class KeyTable(Protocol):
     def close(self) -> None: ...
 
 
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
+def _now() -> str:
+    # ISO 8601: SQLite keeps it as text, PostgreSQL reads it into its TIMESTAMPTZ column.
+    return datetime.datetime.now(datetime.UTC).isoformat()
 
 
-class PostgresKeyTable:
+_ACTIVE = (
+    "SELECT key_id, secret FROM content_keys "
+    "WHERE owner = ? AND erased_at IS NULL ORDER BY created_at DESC LIMIT 1"
+)
+_ADD = "INSERT INTO content_keys (key_id, owner, secret, created_at) VALUES (?, ?, ?, ?)"
+_GET = "SELECT key_id, owner, secret FROM content_keys WHERE key_id IN ({marks})"
+_ERASE = (
+    "UPDATE content_keys SET secret = NULL, erased_at = ? WHERE owner = ? AND erased_at IS NULL"
+)
+
+_Rows = list[tuple[Any, ...]]
+
+
+class _Statements:
+    """The key table's statements, written once (`?` placeholders); a backend runs them."""
+
+    def _run(self, query: str, params: Sequence[Any]) -> tuple[_Rows, int]:
+        """The rows a statement returns (none for a change) and how many rows it changed."""
+        raise NotImplementedError
+
+    def active_key(self, owner: str) -> StoredKey | None:
+        rows, _ = self._run(_ACTIVE, (owner,))
+        return StoredKey(rows[0][0], owner, bytes(rows[0][1])) if rows else None
+
+    def add(self, key: StoredKey) -> None:
+        self._run(_ADD, (key.key_id, key.owner, key.secret, _now()))
+
+    def get(self, key_ids: list[str]) -> list[StoredKey]:
+        marks = ", ".join("?" for _ in key_ids)
+        rows, _ = self._run(_GET.format(marks=marks), key_ids)
+        return [StoredKey(r[0], r[1], None if r[2] is None else bytes(r[2])) for r in rows]
+
+    def erase(self, owner: str) -> int:
+        _, changed = self._run(_ERASE, (_now(), owner))
+        return changed
+
+
+class PostgresKeyTable(_Statements):
     def __init__(self, url: str, *, max_size: int = 4) -> None:
         # Checked on checkout and reconnected within seconds: after a PostgreSQL restart
         # a request gets a live connection (or a prompt error), not a dead one.
@@ -74,45 +113,16 @@ class PostgresKeyTable:
             for statement in _PG_SCHEMA:
                 conn.execute(statement)
 
-    def active_key(self, owner: str) -> StoredKey | None:
+    def _run(self, query: str, params: Sequence[Any]) -> tuple[_Rows, int]:
         with self._pool.connection() as conn:
-            row = conn.execute(
-                "SELECT key_id, secret FROM content_keys "
-                "WHERE owner = %s AND erased_at IS NULL ORDER BY created_at DESC LIMIT 1",
-                (owner,),
-            ).fetchone()
-        return None if row is None else StoredKey(row[0], owner, bytes(row[1]))
-
-    def add(self, key: StoredKey) -> None:
-        with self._pool.connection() as conn:
-            conn.execute(
-                "INSERT INTO content_keys (key_id, owner, secret, created_at) "
-                "VALUES (%s, %s, %s, %s)",
-                (key.key_id, key.owner, key.secret, _now()),
-            )
-
-    def get(self, key_ids: list[str]) -> list[StoredKey]:
-        with self._pool.connection() as conn:
-            rows = conn.execute(
-                "SELECT key_id, owner, secret FROM content_keys WHERE key_id = ANY(%s)",
-                (key_ids,),
-            ).fetchall()
-        return [StoredKey(r[0], r[1], None if r[2] is None else bytes(r[2])) for r in rows]
-
-    def erase(self, owner: str) -> int:
-        with self._pool.connection() as conn:
-            cursor = conn.execute(
-                "UPDATE content_keys SET secret = NULL, erased_at = %s "
-                "WHERE owner = %s AND erased_at IS NULL",
-                (_now(), owner),
-            )
-            return cursor.rowcount
+            cursor = conn.execute(query.replace("?", "%s"), params)
+            return (cursor.fetchall() if cursor.description else []), cursor.rowcount
 
     def close(self) -> None:
         self._pool.close()
 
 
-class SQLiteKeyTable:
+class SQLiteKeyTable(_Statements):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -122,39 +132,10 @@ class SQLiteKeyTable:
             for statement in _SQLITE_SCHEMA:
                 self._db.execute(statement)
 
-    def active_key(self, owner: str) -> StoredKey | None:
+    def _run(self, query: str, params: Sequence[Any]) -> tuple[_Rows, int]:
         with self._lock:
-            row = self._db.execute(
-                "SELECT key_id, secret FROM content_keys "
-                "WHERE owner = ? AND erased_at IS NULL ORDER BY created_at DESC LIMIT 1",
-                (owner,),
-            ).fetchone()
-        return None if row is None else StoredKey(row[0], owner, bytes(row[1]))
-
-    def add(self, key: StoredKey) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO content_keys (key_id, owner, secret, created_at) VALUES (?, ?, ?, ?)",
-                (key.key_id, key.owner, key.secret, _now().isoformat()),
-            )
-
-    def get(self, key_ids: list[str]) -> list[StoredKey]:
-        marks = ", ".join("?" for _ in key_ids)
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT key_id, owner, secret FROM content_keys WHERE key_id IN ({marks})",  # noqa: S608
-                key_ids,
-            ).fetchall()
-        return [StoredKey(r[0], r[1], None if r[2] is None else bytes(r[2])) for r in rows]
-
-    def erase(self, owner: str) -> int:
-        with self._lock:
-            cursor = self._db.execute(
-                "UPDATE content_keys SET secret = NULL, erased_at = ? "
-                "WHERE owner = ? AND erased_at IS NULL",
-                (_now().isoformat(), owner),
-            )
-            return cursor.rowcount
+            cursor = self._db.execute(query, params)
+            return cursor.fetchall(), cursor.rowcount
 
     def close(self) -> None:
         self._db.close()
