@@ -60,10 +60,14 @@ class OrphanedRuns:
         """Ends the runs found orphaned twice in a row; their ids."""
         since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=self._interval)
         running = await asyncio.to_thread(self._running, since)
+        # Concurrently: an orphan's ping waits out its whole timeout.
+        answered = await asyncio.gather(
+            *(self._control.is_running_anywhere(run_id) for run_id, _ in running)
+        )
         unanswered = {
             run_id: UUID(conversation_id)
-            for run_id, conversation_id in running
-            if not await self._control.is_running_anywhere(run_id)
+            for (run_id, conversation_id), alive in zip(running, answered, strict=True)
+            if not alive
         }
         orphans = [run_id for run_id in unanswered if run_id in self._suspects]
         self._suspects = set(unanswered) - set(orphans)
