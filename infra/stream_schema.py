@@ -21,6 +21,7 @@ import msgspec
 
 from threadlog.domain.content import SEALED_FIELDS
 from threadlog.domain.events import ConversationEvent, data_fields, schema_version
+from threadlog.infra.content import KEY, SEALED
 from threadlog.infra.envelope import EventEnvelope
 
 SCHEMA_PATH = Path("docs/schemas/events.schema.json")
@@ -81,7 +82,7 @@ ENVELOPE_FIELDS: dict[str, tuple[str, msgspec.Meta | None]] = {
 }
 
 
-class SealedValue(msgspec.Struct, frozen=True, rename={"box": "$sealed", "key": "$key"}):
+class SealedValue(msgspec.Struct, frozen=True, rename={"box": SEALED, "key": KEY}):
     """Personal content sealed with its owner's key (docs/erasure.md)."""
 
     box: Annotated[str, msgspec.Meta(description="base64 of nonce and AES-256-GCM ciphertext")]
