@@ -1,6 +1,6 @@
 # Two commands on a fresh machine with only Python (and make):
 #   make serve   start threadlog on its embedded defaults (SQLite, NATS from the wheel, demo model)
-#   make test    the whole test suite: ruff, mypy --strict, pytest (real PostgreSQL and NATS)
+#   make test    the whole test suite: ruff, layering, mypy --strict, pytest (real PostgreSQL and NATS)
 # Both create .venv and install the project into it on first use.
 
 PYTHON ?= python3
@@ -21,9 +21,11 @@ serve: $(INSTALLED)
 
 test: lint typecheck pytest
 
+# The layering contract (docs/layout.md): a wrong import fails here with its chain.
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m tests.layering
 
 # mypy cannot follow the editable install's import hook: it checks a staging folder
 # of symlinks threadlog/<layer> -> ../../<layer> instead (docs/layout.md).

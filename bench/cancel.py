@@ -28,7 +28,7 @@ from bench.servers import Servers
 from tests.support import LiveServer, scripted_model
 from threadlog.domain.events import RunCancelled, TokenStreamed
 from threadlog.infra.settings import Settings
-from threadlog.infra.store import EventLog, open_service, topics_of
+from threadlog.infra.store.eventstore import EventLog, open_service, topics_of
 
 TOKEN_DELAY_SECONDS = 0.02
 TOKENS = 5_000  # 100 s of streaming: every run is cancelled long before its end

@@ -9,7 +9,7 @@ heartbeat comment when quiet.
 `python -m bench.ceiling publish` (a job as JSON on standard input) publishes, for
 each conversation, T paced tokens at R per second straight to NATS, shaped like the
 events threadlog's relay publishes (headers, an EventEnvelope of a TokenStreamed
-event, stamped as infra/paced_model.py stamps them), then a RunCompleted.
+event, stamped as infra/agents/paced_model.py stamps them), then a RunCompleted.
 """
 
 import asyncio
@@ -26,9 +26,9 @@ from litestar import Litestar, get
 from litestar.response import Stream
 from nats.aio.client import Client as NatsClient
 
-from threadlog.infra.envelope import EventEnvelope
-from threadlog.infra.nats import HEADER_POSITION, HEADER_TYPE
-from threadlog.infra.paced_model import paced_token
+from threadlog.infra.agents.paced_model import paced_token
+from threadlog.infra.store.envelope import EventEnvelope
+from threadlog.infra.stream.nats import HEADER_POSITION, HEADER_TYPE
 
 HEARTBEAT_SECONDS = 15.0
 PENDING_LIMIT = 65536

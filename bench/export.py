@@ -33,9 +33,9 @@ from bench.measure import Sample, progress, ratios
 from bench.processes import ResourceSampler
 from bench.servers import Servers
 from tests.support import ADMIN_KEY
-from threadlog.infra.embedded import free_port
 from threadlog.infra.settings import PREFIX, Settings
-from threadlog.infra.store import open_service
+from threadlog.infra.store.eventstore import open_service
+from threadlog.infra.stream.embedded import free_port
 
 PATH = "/v1/audit/events"
 NDJSON = "application/x-ndjson"

@@ -2,7 +2,7 @@
 
 The real server runs as its own OS process (`threadlog serve` on PostgreSQL and
 NATS, relay and read-model projections on) with the paced model
-(`THREADLOG_MODEL=paced:R:T`, infra/paced_model.py): each run streams T tokens at R
+(`THREADLOG_MODEL=paced:R:T`, infra/agents/paced_model.py): each run streams T tokens at R
 per second, each token's text carrying the wall-clock time it was due. A separate
 process of SSE clients (`bench.sse_clients`) opens K streams per conversation
 (`GET /v1/conversations/{id}/events`) over N conversations; once all follow, the
@@ -58,7 +58,7 @@ from bench.profile import Profile, finish_sampling, start_sampling
 from bench.servers import Servers
 from bench.sse_clients import LoadJob, LoadOutcome, Target
 from tests.support import ADMIN_KEY
-from threadlog.infra.embedded import free_port
+from threadlog.infra.stream.embedded import free_port
 
 TARGET_P99_MS = 50.0
 TARGET_P50_MS = 10.0

@@ -42,9 +42,9 @@ from threadlog.domain.application import ConversationService
 from threadlog.domain.content import Seal
 from threadlog.domain.conversation import Conversation
 from threadlog.domain.events import Cause
-from threadlog.infra.content import open_content_keys
 from threadlog.infra.settings import Settings
-from threadlog.infra.store import open_service
+from threadlog.infra.store.content import open_content_keys
+from threadlog.infra.store.eventstore import open_service
 
 BATCH_EVENTS = 2_000  # events per transaction
 WORDS = (" The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".")

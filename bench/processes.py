@@ -21,7 +21,7 @@ import msgspec
 from bench.servers import Servers
 from bench.sse_clients import IdleJob, IdleOutcome, LoadJob, LoadOutcome
 from tests.support import ADMIN_KEY
-from threadlog.infra.embedded import free_port
+from threadlog.infra.stream.embedded import free_port
 
 THREADLOG = Path(sys.executable).parent / "threadlog"
 START_SECONDS = 60.0

@@ -21,15 +21,21 @@ from pathlib import Path
 
 # (name, prefixes of a frame's file); the innermost frame with one decides.
 COMPONENTS = (
-    ("run executor (infra/runs.py, recorder.py)", ("infra/runs.py", "infra/recorder.py")),
-    ("group-commit writer (infra/writer.py)", ("infra/writer.py",)),
-    ("relay: store → JetStream (infra/relay.py)", ("infra/relay.py",)),
+    (
+        "run executor (infra/runs/executor.py, recorder.py)",
+        ("infra/runs/executor.py", "infra/runs/recorder.py"),
+    ),
+    ("group-commit writer (infra/store/writer.py)", ("infra/store/writer.py",)),
+    ("relay: store → JetStream (infra/stream/relay.py)", ("infra/stream/relay.py",)),
     ("read-model projections (projections/)", ("projections/",)),
-    ("live feed: NATS → SSE (infra/feed.py)", ("infra/feed.py",)),
+    ("live feed: NATS → SSE (infra/stream/feed.py)", ("infra/stream/feed.py",)),
     ("HTTP routes (http/)", ("http/",)),
     ("domain (domain/)", ("domain/",)),
-    ("store adapters (infra/store.py, envelope.py)", ("infra/store.py", "infra/envelope.py")),
-    ("paced model (infra/paced_model.py)", ("infra/paced_model.py",)),
+    (
+        "store adapters (infra/store/eventstore.py, envelope.py)",
+        ("infra/store/eventstore.py", "infra/store/envelope.py"),
+    ),
+    ("paced model (infra/agents/paced_model.py)", ("infra/agents/paced_model.py",)),
     ("other threadlog code (infra/)", ("infra/",)),
 )
 LIBRARIES = (
@@ -93,7 +99,9 @@ def finish_sampling(
 
 def _classify(frames: list[str], markers: _Markers, default: str) -> str:
     for frame in reversed(frames):
-        where = frame.rpartition("(")[2]  # the file, as py-spy shortens it: "infra/runs.py:286)"
+        where = frame.rpartition("(")[
+            2
+        ]  # the file, as py-spy shortens it: "infra/runs/executor.py:286)"
         if where.startswith(IGNORED):
             continue
         for name, prefixes in markers:

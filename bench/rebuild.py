@@ -15,7 +15,7 @@ from pathlib import Path
 from bench.measure import Sample, progress, ratios
 from threadlog.domain.application import ConversationService
 from threadlog.infra.settings import Settings
-from threadlog.infra.store import store_environment
+from threadlog.infra.store.eventstore import store_environment
 from threadlog.projections.read_models import ReadModels
 
 TARGET_EVENTS_PER_SECOND = 20_000.0

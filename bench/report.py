@@ -18,7 +18,7 @@ from bench.soak import SoakResult
 from bench.sse_replay import TARGET_MS, ReplayConfig, ReplayResult
 from bench.store_reads import StoreReadsResult
 from bench.token_write import STALL_SECONDS, TokenWriteConfig, TokenWriteResult
-from threadlog.infra.feed import CATCH_UP_PAGE
+from threadlog.infra.stream.feed import CATCH_UP_PAGE
 
 DASH = "\N{EN DASH}"
 FLAT_BYTES = 8 * 2**20  # an export's RSS changing less than this counts as flat
@@ -281,7 +281,7 @@ def _replay_breakdown(result: ReplayResult) -> str:
         "(`EventLog.read`) and builds and encodes their envelopes (`envelope_of`, "
         "`encode_envelope`), then the event loop sends the page as one chunk of SSE "
         "frames. Every served event passes through that domain path and "
-        "`infra/envelope.py` on purpose (per-user content encryption belongs in the envelope "
+        "`infra/store/envelope.py` on purpose (per-user content encryption belongs in the envelope "
         f"step), so its cost is a floor. Of the median replay ({_number(sse)} ms): reading and "
         f"decoding {_number(read)} ms ({read / sse:.0%}; mostly eventsourcing's "
         "`JSONTranscoder`: the standard library's `json` with a Python object hook per "

@@ -97,9 +97,10 @@ def load_section(result: LoadResult) -> str:
         "- The server: `threadlog serve` in its own OS process on PostgreSQL and NATS (relay "
         "and read-model projections on, one process), a new database and process for each "
         f"load step, with the paced model (`THREADLOG_MODEL=paced:{config.tokens_per_second:g}"
-        f":{config.tokens}`, infra/paced_model.py): each run streams {config.tokens:,} tokens "
-        f"at {config.tokens_per_second:g} per second ({config.stream_seconds:g} s), each "
-        "token's text carrying the wall-clock time it was due.",
+        f":{config.tokens}`, infra/agents/paced_model.py): each run streams "
+        f"{config.tokens:,} tokens at {config.tokens_per_second:g} per second "
+        f"({config.stream_seconds:g} s), each token's text carrying the wall-clock time it "
+        "was due.",
         "- The clients: another OS process (`bench.sse_clients`, asyncio, a lean HTTP/1.1 "
         f"client) opens {config.clients_per_conversation} SSE stream(s) per conversation "
         "(`GET /v1/conversations/{id}/events`); once every stream follows, the benchmark "

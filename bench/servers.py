@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import psycopg
 
 from tests.servers import ScratchDatabases, delete_stream, embedded_postgres_server
-from threadlog.infra.embedded import EmbeddedNats
+from threadlog.infra.stream.embedded import EmbeddedNats
 
 DATABASE_URL_ENV = "THREADLOG_BENCH_DATABASE_URL"
 NATS_URL_ENV = "THREADLOG_BENCH_NATS_URL"

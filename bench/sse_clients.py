@@ -3,7 +3,7 @@
 Reads a job (JSON) on standard input, opens every stream, prints `ready` on standard
 output once every stream is open and following, then:
 
-- a load job: records, per paced token (infra/paced_model.py), the latency from its
+- a load job: records, per paced token (infra/agents/paced_model.py), the latency from its
   due time to its arrival, until each stream has seen its run's end or the deadline;
 - an idle job: holds the streams for `hold_seconds`, counting heartbeats.
 
@@ -24,8 +24,8 @@ import nats
 from nats.aio.msg import Msg
 
 from bench.sse_client import Frame, HTTPStatusError, stream_sse
-from threadlog.infra.nats import HEADER_POSITION
-from threadlog.infra.paced_model import read_token
+from threadlog.infra.agents.paced_model import read_token
+from threadlog.infra.stream.nats import HEADER_POSITION
 
 RUN_ENDINGS = frozenset({"RunCompleted", "RunFailed", "RunCancelled", "RunInterrupted"})
 READY_TIMEOUT_SECONDS = 120.0

@@ -24,10 +24,10 @@ from bench.servers import Servers
 from tests.support import LiveServer
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import Cause
-from threadlog.infra.content import open_content_keys
-from threadlog.infra.envelope import encode_envelope, envelope_of
 from threadlog.infra.settings import Settings
-from threadlog.infra.store import EventLog, open_service
+from threadlog.infra.store.content import open_content_keys
+from threadlog.infra.store.envelope import encode_envelope, envelope_of
+from threadlog.infra.store.eventstore import EventLog, open_service
 
 # Small enough per transaction that a save never waits on a stuck pipeline (see token_write).
 BUILD_BATCH = 200

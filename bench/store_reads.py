@@ -19,7 +19,7 @@ from bench.rebuild import RebuildConfig, RebuildResult, run_rebuild
 from bench.servers import Servers
 from tests.support import LiveServer
 from threadlog.infra.settings import Settings
-from threadlog.infra.store import open_service, store_environment
+from threadlog.infra.store.eventstore import open_service, store_environment
 from threadlog.projections.read_models import ReadModels
 
 READY_TIMEOUT_SECONDS = 120.0

@@ -27,10 +27,10 @@ from bench.servers import Servers
 from threadlog.domain.application import ConversationService
 from threadlog.domain.conversation import Conversation
 from threadlog.domain.events import Cause
-from threadlog.infra.content import open_content_keys
 from threadlog.infra.settings import Settings
-from threadlog.infra.store import open_service
-from threadlog.infra.writer import EventWriter
+from threadlog.infra.store.content import open_content_keys
+from threadlog.infra.store.eventstore import open_service
+from threadlog.infra.store.writer import EventWriter
 
 STALL_SECONDS = 15.0
 DELTAS = (" The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".")

@@ -4,7 +4,7 @@ These fields are stored sealed (encrypted with a key of the conversation owner's
 so that destroying the owner's keys erases the content everywhere it was copied,
 while every event, and the hash chain over the events as stored, stays. The domain
 never reads these fields: callers pass their values through the owner's `Seal`
-(infra/content.py) before the aggregate records them, and the hash covers the
+(infra/store/content.py) before the aggregate records them, and the hash covers the
 sealed values. See docs/erasure.md.
 """
 

@@ -9,7 +9,7 @@ from litestar.params import QueryParameter
 
 from threadlog.http.auth import ANYONE
 from threadlog.http.reads import Limit, reject_unknown_parameters
-from threadlog.infra.agents import RegisteredAgent
+from threadlog.infra.agents.registry import RegisteredAgent
 from threadlog.infra.runtime import Runtime
 
 

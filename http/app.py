@@ -30,7 +30,7 @@ from threadlog.http.stats import STATS_HANDLERS
 from threadlog.http.stream import firehose
 from threadlog.http.users import AdminController, KeyController, UserController
 from threadlog.http.ws import conversation_socket
-from threadlog.infra.agents import AgentRegistry
+from threadlog.infra.agents.registry import AgentRegistry
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings
 

@@ -24,10 +24,16 @@ from threadlog.http.conversations import parse_cursor
 from threadlog.http.errors import BadRequest, error_response
 from threadlog.http.reads import reject_unknown_parameters
 from threadlog.http.schemas import EventPage
-from threadlog.infra.audit import ChainAuditor, Verification
-from threadlog.infra.auditlog import AuditLog, AuditQuery, UnreadableEvent, event_types, topics_for
-from threadlog.infra.envelope import encode_envelope
 from threadlog.infra.runtime import Runtime
+from threadlog.infra.store.audit import ChainAuditor, Verification
+from threadlog.infra.store.auditlog import (
+    AuditLog,
+    AuditQuery,
+    UnreadableEvent,
+    event_types,
+    topics_for,
+)
+from threadlog.infra.store.envelope import encode_envelope
 
 log = structlog.get_logger(__name__)
 

@@ -27,14 +27,14 @@ from threadlog.http.schemas import (
     RunResult,
     UpdateConversation,
 )
-from threadlog.infra import intake
-from threadlog.infra.content import ContentKeys
-from threadlog.infra.envelope import EventEnvelope, envelope_of, served
-from threadlog.infra.feed import FeedEvent, Heartbeat, ends_run
-from threadlog.infra.outcomes import run_outcome
-from threadlog.infra.runs import RunRequest
+from threadlog.infra.runs import intake
+from threadlog.infra.runs.executor import RunRequest
+from threadlog.infra.runs.outcomes import run_outcome
 from threadlog.infra.runtime import Runtime
-from threadlog.infra.store import EventLog, LoggedEvent
+from threadlog.infra.store.content import ContentKeys
+from threadlog.infra.store.envelope import EventEnvelope, envelope_of, served
+from threadlog.infra.store.eventstore import EventLog, LoggedEvent
+from threadlog.infra.stream.feed import FeedEvent, Heartbeat, ends_run
 
 STREAM_INTERRUPTED = (
     b'event: error\ndata: {"error":"unavailable","message":"the stream was interrupted; '

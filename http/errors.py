@@ -30,7 +30,7 @@ from threadlog.domain.errors import (
 from threadlog.domain.identity import InvalidUser, KeyNotFound, UsernameTaken, UserNotFound
 from threadlog.http.context import request_id_of
 from threadlog.http.schemas import ErrorBody
-from threadlog.infra.workqueue import RunQueueUnavailable
+from threadlog.infra.runs.workqueue import RunQueueUnavailable
 from threadlog.projections.read_models import PositionNotReached, ReadModelBehind
 
 log = structlog.get_logger(__name__)

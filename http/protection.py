@@ -1,6 +1,6 @@
 """Rate limits per credential and per client address, before anything else runs.
 
-Counted across every API process (infra/ratelimit.py). A credential is limited
+Counted across every API process (infra/stream/ratelimit.py). A credential is limited
 whether or not it turns out valid, so guessing keys costs the guesser's address its
 budget too. Health probes and the OpenAPI pages are not limited.
 """
@@ -13,9 +13,9 @@ from litestar.exceptions import TooManyRequestsException
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from threadlog.infra.ratelimit import Decision, subject_for
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings
+from threadlog.infra.stream.ratelimit import Decision, subject_for
 
 _UNLIMITED = ("/health", "/schema")
 

@@ -25,8 +25,8 @@ from threadlog.http.access import owned_conversation, owner_of
 from threadlog.http.auth import USER
 from threadlog.http.conversations import MAX_POSITION
 from threadlog.http.errors import BadRequest
-from threadlog.infra.content import ContentKeys
 from threadlog.infra.runtime import Runtime
+from threadlog.infra.store.content import ContentKeys
 from threadlog.projections.conversation_list import (
     ConversationList,
     ConversationSummary,

@@ -33,8 +33,8 @@ from threadlog.http.reads import (
     read_view,
     reject_unknown_parameters,
 )
-from threadlog.infra.content import ContentKeys
 from threadlog.infra.runtime import Runtime
+from threadlog.infra.store.content import ContentKeys
 from threadlog.projections.runs import RUN_STATUSES, Run, RunQuery, Runs, RunStatus, get_run
 from threadlog.projections.runs import list_runs as list_run_rows
 from threadlog.projections.views import to_micros

@@ -4,7 +4,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from threadlog.infra.envelope import EventEnvelope
+from threadlog.infra.store.envelope import EventEnvelope
 
 Title = Annotated[str, msgspec.Meta(max_length=200)]
 AgentName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]

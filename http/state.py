@@ -14,9 +14,9 @@ from threadlog.http.auth import requires
 from threadlog.http.conversations import MAX_POSITION
 from threadlog.http.errors import BadRequest
 from threadlog.http.reads import reject_unknown_parameters
-from threadlog.infra.content import ContentKeys, opened_event
 from threadlog.infra.runtime import Runtime
-from threadlog.infra.store import EventLog
+from threadlog.infra.store.content import ContentKeys, opened_event
+from threadlog.infra.store.eventstore import EventLog
 from threadlog.projections.conversation_state import (
     ActiveRun,
     ConversationState,

@@ -23,8 +23,8 @@ from threadlog.http.conversations import STREAM_INTERRUPTED, parse_cursor
 from threadlog.http.errors import error_response
 from threadlog.http.reads import reject_unknown_parameters
 from threadlog.http.schemas import ErrorBody
-from threadlog.infra.firehose import FellBehind, Firehose, Quiet, StreamFilter
 from threadlog.infra.runtime import Runtime
+from threadlog.infra.stream.firehose import FellBehind, Firehose, Quiet, StreamFilter
 
 log = structlog.get_logger(__name__)
 

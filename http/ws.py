@@ -29,8 +29,8 @@ from threadlog.http.auth import identity, requires
 from threadlog.http.conversations import accept_message, parse_cursor
 from threadlog.http.errors import DOMAIN_STATUS, HTTP_CODES, UNAVAILABLE
 from threadlog.http.schemas import ClientMessageId
-from threadlog.infra.feed import FeedEvent
 from threadlog.infra.runtime import Runtime
+from threadlog.infra.stream.feed import FeedEvent
 
 log = structlog.get_logger(__name__)
 

@@ -24,7 +24,7 @@ from eventsourcing.utils import get_topic
 from threadlog.domain.identity import User, UsernameTaken, UserNotFound, user_id_for
 from threadlog.domain.identity_service import Actor, IdentityService, IssuedKey
 from threadlog.infra.settings import Settings, SettingsError
-from threadlog.infra.store import reconnect_promptly, store_environment
+from threadlog.infra.store.eventstore import reconnect_promptly, store_environment
 
 log = structlog.get_logger(__name__)
 

@@ -17,13 +17,13 @@ from threadlog.domain.errors import DomainError
 from threadlog.domain.identity import ROLES
 from threadlog.domain.identity_service import Actor
 from threadlog.http.app import create_app
-from threadlog.infra.audit import ChainAuditor, describe
 from threadlog.infra.auth import Passwords, open_identities
 from threadlog.infra.logging import configure_logging
+from threadlog.infra.runs.worker import RunWorker
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings, SettingsError
-from threadlog.infra.store import open_service, store_environment
-from threadlog.infra.worker import RunWorker
+from threadlog.infra.store.audit import ChainAuditor, describe
+from threadlog.infra.store.eventstore import open_service, store_environment
 from threadlog.projections.read_models import RateReport, ReadModels, read_model_classes
 
 log = structlog.get_logger(__name__)

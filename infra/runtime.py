@@ -20,7 +20,7 @@ from pydantic_ai.models import Model
 
 from threadlog.domain.application import ConversationService
 from threadlog.domain.identity_service import IdentityService
-from threadlog.infra.agents import AgentRegistry
+from threadlog.infra.agents.registry import AgentRegistry
 from threadlog.infra.auth import (
     Authenticator,
     Passwords,
@@ -29,24 +29,24 @@ from threadlog.infra.auth import (
     ensure_admin,
     open_identities,
 )
-from threadlog.infra.content import ContentKeys, open_content_keys
-from threadlog.infra.control import RunControl
-from threadlog.infra.embedded import EmbeddedNats
-from threadlog.infra.feed import ConversationFeed
-from threadlog.infra.nats import StreamNames, connect, ensure_stream
-from threadlog.infra.orphans import OrphanedRuns
-from threadlog.infra.ratelimit import RateLimiter, open_bucket
-from threadlog.infra.relay import Relay
-from threadlog.infra.runs import FlushPolicy, RunExecutor
+from threadlog.infra.runs.control import RunControl
+from threadlog.infra.runs.executor import FlushPolicy, RunExecutor
+from threadlog.infra.runs.orphans import OrphanedRuns
+from threadlog.infra.runs.workqueue import LocalRuns, QueuedRuns, Runs, ensure_run_queue
 from threadlog.infra.settings import Settings
-from threadlog.infra.store import (
+from threadlog.infra.store.content import ContentKeys, open_content_keys
+from threadlog.infra.store.eventstore import (
     EventLog,
     open_service,
     reconnect_promptly,
     store_environment,
 )
-from threadlog.infra.workqueue import LocalRuns, QueuedRuns, Runs, ensure_run_queue
-from threadlog.infra.writer import EventWriter
+from threadlog.infra.store.writer import EventWriter
+from threadlog.infra.stream.embedded import EmbeddedNats
+from threadlog.infra.stream.feed import ConversationFeed
+from threadlog.infra.stream.nats import StreamNames, connect, ensure_stream
+from threadlog.infra.stream.ratelimit import RateLimiter, open_bucket
+from threadlog.infra.stream.relay import Relay
 from threadlog.projections.read_models import ReadModels
 from threadlog.projections.runs import Runs as RunsReadModel
 

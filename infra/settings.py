@@ -28,11 +28,11 @@ class Settings:
     nats_stream: str = "THREADLOG"
     nats_subject_prefix: str = "threadlog"
     # "demo" is the offline demo model; "paced:R:T" streams T time-stamped tokens at R/s
-    # (load benchmarks, infra/paced_model.py); anything else is a pydantic-ai model string.
+    # (load benchmarks, infra/agents/paced_model.py); anything else is a pydantic-ai model string.
     model: str = "demo"
     agent: str = "assistant"
     system_prompt: str = "You are a helpful assistant."
-    # A TOML file of more agents (infra/agents.py); unset: the built-in agents only.
+    # A TOML file of more agents (infra/agents/registry.py); unset: the built-in agents only.
     agents_file: Path | None = None
     demo_token_delay_ms: float = 25.0
     # Token events are appended in batches: at most this many per transaction …

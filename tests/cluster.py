@@ -20,7 +20,7 @@ import httpx
 
 from tests.servers import NatsNames
 from tests.support import ADMIN_KEY, SSEEvent, parse_sse
-from threadlog.infra.embedded import free_port
+from threadlog.infra.stream.embedded import free_port
 
 THREADLOG = Path(sys.executable).parent / "threadlog"
 START_SECONDS = 60

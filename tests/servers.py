@@ -28,7 +28,7 @@ from platformdirs import RuntimeDirWarning
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from threadlog.infra.embedded import EmbeddedNats
+from threadlog.infra.stream.embedded import EmbeddedNats
 
 DATABASE_URL_ENV = "THREADLOG_TEST_DATABASE_URL"
 NATS_URL_ENV = "THREADLOG_TEST_NATS_URL"

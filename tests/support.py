@@ -19,8 +19,8 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from tests.servers import NatsNames
 from threadlog.http.app import create_app
-from threadlog.infra.embedded import free_port
 from threadlog.infra.settings import Settings
+from threadlog.infra.stream.embedded import free_port
 
 TERMINAL = {"RunCompleted", "RunFailed", "RunCancelled"}
 # Every test server bootstraps its admin (roles admin and user) with this key.

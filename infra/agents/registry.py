@@ -21,10 +21,10 @@ from pydantic_ai.models import Model
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import RunUsage
 
-from threadlog.infra.demo_model import demo_model
-from threadlog.infra.paced_model import PacedSpecError, is_paced, paced_model, parse_paced
+from threadlog.infra.agents.demo_model import demo_model
+from threadlog.infra.agents.paced_model import PacedSpecError, is_paced, paced_model, parse_paced
+from threadlog.infra.agents.tools import BUILTIN_TOOLS, RunDeps
 from threadlog.infra.settings import Settings, SettingsError
-from threadlog.infra.tools import BUILTIN_TOOLS, RunDeps
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MODEL_SETTING_KEYS = frozenset(ModelSettings.__optional_keys__ | ModelSettings.__required_keys__)

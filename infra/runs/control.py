@@ -18,8 +18,8 @@ from nats.aio.subscription import Subscription
 from threadlog.domain.application import ConversationService
 from threadlog.domain.errors import RunNotFound
 from threadlog.domain.events import Cause
-from threadlog.infra.nats import StreamNames
-from threadlog.infra.runs import RunExecutor
+from threadlog.infra.runs.executor import RunExecutor
+from threadlog.infra.stream.nats import StreamNames
 
 log = structlog.get_logger(__name__)
 

@@ -37,12 +37,12 @@ from threadlog.domain.events import (
     MessageCompleted,
     MessagePosted,
 )
-from threadlog.infra.agents import AgentRegistry, RegisteredAgent
-from threadlog.infra.content import ContentKeys
-from threadlog.infra.recorder import RunRecorder
-from threadlog.infra.store import EventLog, topics_of, while_store_recovers
-from threadlog.infra.tools import RunDeps
-from threadlog.infra.writer import STORE_OUTAGE_SECONDS, EventWriter
+from threadlog.infra.agents.registry import AgentRegistry, RegisteredAgent
+from threadlog.infra.agents.tools import RunDeps
+from threadlog.infra.runs.recorder import RunRecorder
+from threadlog.infra.store.content import ContentKeys
+from threadlog.infra.store.eventstore import EventLog, topics_of, while_store_recovers
+from threadlog.infra.store.writer import STORE_OUTAGE_SECONDS, EventWriter
 
 log = structlog.get_logger(__name__)
 
@@ -212,7 +212,7 @@ def _failure_end(cause: Cause, error: str, message: str) -> _RunEnd:
 
 def _interrupted_end(cause: Cause) -> _RunEnd:
     """The process stopped under the run: RunInterrupted, not retried here (a worker's
-    lost run is retried by the worker that finds it; infra/worker.py)."""
+    lost run is retried by the worker that finds it; infra/runs/worker.py)."""
 
     def end(conversation: Conversation, run_id: str) -> None:
         conversation.interrupt_run(run_id=run_id, reason=SERVER_STOPPED, retry=False, cause=cause)

@@ -13,7 +13,7 @@ from threadlog.domain.application import ConversationService, Written
 from threadlog.domain.conversation import ModelOf, PostedMessage
 from threadlog.domain.errors import RunAlreadyActive, RunNotFound
 from threadlog.domain.events import Cause
-from threadlog.infra.control import RunControl
+from threadlog.infra.runs.control import RunControl
 
 INTERRUPT_ATTEMPTS = 3
 

@@ -4,10 +4,10 @@ In the embedded mode a run executes inside the API process that accepted it. Whe
 that process is killed (SIGKILL, a crash, the machine) nothing records the run's
 end, and its conversation would refuse messages for good (`reject`). Every
 `orphan_check_seconds` each API process looks at the runs that have been running
-at least that long; a run that no process answers for (infra/control.py, `ping`)
+at least that long; a run that no process answers for (infra/runs/control.py, `ping`)
 on two checks in a row ends with RunInterrupted(reason="process lost", no retry),
 and a message queued behind it starts. Workers mode has leases instead
-(infra/worker.py).
+(infra/runs/worker.py).
 """
 
 import asyncio
@@ -19,8 +19,8 @@ import structlog
 
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import Cause
-from threadlog.infra.control import RunControl
-from threadlog.infra.runs import RunExecutor, RunRequest
+from threadlog.infra.runs.control import RunControl
+from threadlog.infra.runs.executor import RunExecutor, RunRequest
 from threadlog.projections.read_models import ReadModels
 from threadlog.projections.runs import Runs, running_since
 

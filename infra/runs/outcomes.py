@@ -11,8 +11,8 @@ from threadlog.domain.events import (
     RunFailed,
     RunInterrupted,
 )
-from threadlog.infra.content import ContentKeys, opened_event
-from threadlog.infra.store import EventLog, topics_of
+from threadlog.infra.store.content import ContentKeys, opened_event
+from threadlog.infra.store.eventstore import EventLog, topics_of
 
 _OUTCOME_TOPICS = topics_of(MessageCompleted, RunCompleted, RunFailed, RunCancelled, RunInterrupted)
 

@@ -21,9 +21,9 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import Cause
-from threadlog.infra.nats import StreamNames
-from threadlog.infra.runs import RunExecutor, RunRequest
-from threadlog.infra.workqueue import decode_ticket
+from threadlog.infra.runs.executor import RunExecutor, RunRequest
+from threadlog.infra.runs.workqueue import decode_ticket
+from threadlog.infra.stream.nats import StreamNames
 
 log = structlog.get_logger(__name__)
 

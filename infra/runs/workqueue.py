@@ -2,7 +2,7 @@
 
 Scaled out (THREADLOG_WORKERS), a run is one message on a JetStream stream with
 work-queue retention: the API publishes it, one worker takes it and acks it when
-the run has ended (infra/worker.py). Its Nats-Msg-Id is the run id, so publishing a
+the run has ended (infra/runs/worker.py). Its Nats-Msg-Id is the run id, so publishing a
 run twice (within RUN_DEDUP_WINDOW_SECONDS) queues it once.
 """
 
@@ -20,9 +20,9 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import Cause
-from threadlog.infra.feed import ConversationFeed, FeedEvent, ends_run
-from threadlog.infra.nats import HEADER_MSG_ID, StreamNames, apply_stream_config
-from threadlog.infra.runs import RunExecutor, RunRequest
+from threadlog.infra.runs.executor import RunExecutor, RunRequest
+from threadlog.infra.stream.feed import ConversationFeed, FeedEvent, ends_run
+from threadlog.infra.stream.nats import HEADER_MSG_ID, StreamNames, apply_stream_config
 
 log = structlog.get_logger(__name__)
 

@@ -30,9 +30,9 @@ from psycopg.sql import SQL, Composed, Identifier
 
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import ConversationEvent, ConversationStarted
-from threadlog.infra.audit import written_event
-from threadlog.infra.content import ContentKeys
-from threadlog.infra.envelope import EventEnvelope, served
+from threadlog.infra.store.audit import written_event
+from threadlog.infra.store.content import ContentKeys
+from threadlog.infra.store.envelope import EventEnvelope, served
 
 SCAN_BUDGET = 20_000
 """Global positions one page examines at most."""

@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from threadlog.domain.content import SEALED_FIELDS, Seal
 from threadlog.domain.events import ConversationEvent
-from threadlog.infra.content_keys import KeyTable, StoredKey, open_key_table
 from threadlog.infra.settings import Settings
+from threadlog.infra.store.content_keys import KeyTable, StoredKey, open_key_table
 
 SEALED = "$sealed"
 KEY = "$key"

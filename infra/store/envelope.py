@@ -12,8 +12,8 @@ import msgspec
 
 from threadlog.domain.content import SEALED_FIELDS
 from threadlog.domain.events import ConversationEvent, event_data, schema_version
-from threadlog.infra.content import ContentKeys
-from threadlog.infra.store import LoggedEvent
+from threadlog.infra.store.content import ContentKeys
+from threadlog.infra.store.eventstore import LoggedEvent
 
 
 class EventEnvelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -32,9 +32,9 @@ from psycopg.sql import SQL, Identifier
 from threadlog.domain.application import ConversationService
 from threadlog.domain.content import plaintext_seals
 from threadlog.domain.events import ConversationEvent
-from threadlog.infra.content import ContentKeys
 from threadlog.infra.settings import Settings
-from threadlog.infra.sqlite import NotifyingSQLiteApplicationRecorder
+from threadlog.infra.store.content import ContentKeys
+from threadlog.infra.store.sqlite import NotifyingSQLiteApplicationRecorder
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

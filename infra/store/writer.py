@@ -19,7 +19,7 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Recording
 
 from threadlog.domain.application import ConversationService
-from threadlog.infra.store import while_store_recovers
+from threadlog.infra.store.eventstore import while_store_recovers
 
 log = structlog.get_logger(__name__)
 

@@ -21,10 +21,10 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
-from threadlog.infra.content import ContentKeys
-from threadlog.infra.envelope import encode_envelope, envelope_of, served, served_payload
-from threadlog.infra.nats import HEADER_POSITION, HEADER_TYPE, StreamNames
-from threadlog.infra.store import EventLog, LoggedEvent
+from threadlog.infra.store.content import ContentKeys
+from threadlog.infra.store.envelope import encode_envelope, envelope_of, served, served_payload
+from threadlog.infra.store.eventstore import EventLog, LoggedEvent
+from threadlog.infra.stream.nats import HEADER_POSITION, HEADER_TYPE, StreamNames
 
 CATCH_UP_PAGE = 1000
 """Stored events per read while catching up (and per chunk a stream writes)."""
@@ -60,7 +60,7 @@ _ending_decoder = msgspec.json.Decoder(_Ending)
 
 
 def feed_event(logged: LoggedEvent, keys: ContentKeys) -> FeedEvent:
-    """A stored event as a reader gets it: content opened (infra/envelope.py)."""
+    """A stored event as a reader gets it: content opened (infra/store/envelope.py)."""
     item = served(envelope_of(logged), keys)
     return FeedEvent(item.position, item.type, encode_envelope(item))
 

@@ -20,8 +20,8 @@ from eventsourcing.persistence import Notification
 
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import ConversationEvent
-from threadlog.infra.auditlog import AuditLog, ConversationDirectory
-from threadlog.infra.envelope import encode_envelope, envelope
+from threadlog.infra.store.auditlog import AuditLog, ConversationDirectory
+from threadlog.infra.store.envelope import encode_envelope, envelope
 
 
 @dataclass(frozen=True, slots=True)

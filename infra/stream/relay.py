@@ -25,9 +25,9 @@ from nats.js import JetStreamContext
 
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import ConversationEvent
-from threadlog.infra.envelope import encode_envelope, envelope
-from threadlog.infra.nats import StreamNames, ensure_stream, event_headers
-from threadlog.infra.store import open_tracking
+from threadlog.infra.store.envelope import encode_envelope, envelope
+from threadlog.infra.store.eventstore import open_tracking
+from threadlog.infra.stream.nats import StreamNames, ensure_stream, event_headers
 
 log = structlog.get_logger(__name__)
 

@@ -6,7 +6,7 @@ from the event class's own fields), joined in a union discriminated by `type`.
 The checked-in copy is docs/schemas/events.schema.json; a test fails when it
 drifts from the code. Regenerate it with
 
-    python -m threadlog.infra.stream_schema docs/schemas/events.schema.json
+    python -m threadlog.infra.stream.schema docs/schemas/events.schema.json
 """
 
 import argparse
@@ -21,12 +21,12 @@ import msgspec
 
 from threadlog.domain.content import SEALED_FIELDS
 from threadlog.domain.events import ConversationEvent, data_fields, schema_version
-from threadlog.infra.content import KEY, SEALED
-from threadlog.infra.envelope import EventEnvelope
+from threadlog.infra.store.content import KEY, SEALED
+from threadlog.infra.store.envelope import EventEnvelope
 
 SCHEMA_PATH = Path("docs/schemas/events.schema.json")
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
-REGENERATE = f"python -m threadlog.infra.stream_schema {SCHEMA_PATH}"
+REGENERATE = f"python -m threadlog.infra.stream.schema {SCHEMA_PATH}"
 
 UUID_FORMAT = msgspec.Meta(extra_json_schema={"format": "uuid"})
 SHA256_HEX = msgspec.Meta(pattern="^[0-9a-f]{64}$")

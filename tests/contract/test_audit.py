@@ -22,9 +22,9 @@ from tests.backends import BACKENDS, database_url_for
 from threadlog.domain.application import ConversationService
 from threadlog.domain.chain import chain_hash
 from threadlog.domain.events import Cause, RunCompleted, chain_document
-from threadlog.infra.audit import ChainAuditor
 from threadlog.infra.settings import Settings
-from threadlog.infra.store import open_service
+from threadlog.infra.store.audit import ChainAuditor
+from threadlog.infra.store.eventstore import open_service
 
 CAUSE = Cause(actor="user:alice", correlation_id="req-1")
 

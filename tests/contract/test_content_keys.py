@@ -11,9 +11,16 @@ import pytest
 
 from tests.backends import BACKENDS, database_url_for
 from threadlog.domain.events import Cause, verify_event_hash
-from threadlog.infra.content import KEY, SEALED, ContentKeys, Opened, is_sealed, open_content_keys
 from threadlog.infra.settings import Settings
-from threadlog.infra.store import EventLog, open_service
+from threadlog.infra.store.content import (
+    KEY,
+    SEALED,
+    ContentKeys,
+    Opened,
+    is_sealed,
+    open_content_keys,
+)
+from threadlog.infra.store.eventstore import EventLog, open_service
 
 CONTENT = {"text": "héllo 🦜 \x00", "n": [1, 2.5, None]}
 

@@ -20,7 +20,7 @@ from threadlog.domain.application import ConversationService
 from threadlog.domain.events import Cause
 from threadlog.infra.cli import projections
 from threadlog.infra.settings import Settings
-from threadlog.infra.store import open_service, store_environment
+from threadlog.infra.store.eventstore import open_service, store_environment
 from threadlog.projections.conversation_list import (
     ConversationList,
     ConversationSummary,

@@ -22,7 +22,7 @@ from tests.backends import BACKENDS, database_url_for
 from tests.contract.test_projections import Store
 from tests.histories import Run, ToolUse, ask, every_ending, start_conversation
 from threadlog.infra.settings import Settings
-from threadlog.infra.store import open_service, store_environment
+from threadlog.infra.store.eventstore import open_service, store_environment
 from threadlog.projections.message_history import Message, MessageHistory, read_messages
 from threadlog.projections.read_models import ReadModels
 from threadlog.projections.run_stats import (

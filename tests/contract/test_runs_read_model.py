@@ -14,7 +14,7 @@ from threadlog.domain.application import ConversationService
 from threadlog.domain.conversation import Conversation, PostedMessage
 from threadlog.domain.events import Cause
 from threadlog.infra.settings import Settings
-from threadlog.infra.store import open_service, store_environment
+from threadlog.infra.store.eventstore import open_service, store_environment
 from threadlog.projections.read_models import ReadModels
 from threadlog.projections.runs import Run, RunQuery, Runs, all_runs, get_run, list_runs
 from threadlog.projections.views import to_micros

@@ -23,8 +23,8 @@ from threadlog.domain.events import (
     verify_event_hash,
 )
 from threadlog.infra.settings import Settings
-from threadlog.infra.store import EventLog, open_service, open_tracking, topics_of
-from threadlog.infra.writer import EventWriter
+from threadlog.infra.store.eventstore import EventLog, open_service, open_tracking, topics_of
+from threadlog.infra.store.writer import EventWriter
 
 CAUSE = Cause(actor="user:alice", correlation_id="req-1")
 

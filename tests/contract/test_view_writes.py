@@ -16,7 +16,7 @@ from eventsourcing.persistence import IntegrityError, Tracking
 
 from tests.backends import BACKENDS, database_url_for
 from threadlog.infra.settings import Settings
-from threadlog.infra.store import store_environment
+from threadlog.infra.store.eventstore import store_environment
 from threadlog.projections.views import View, ViewSchema, open_view
 
 UPSTREAM = "threadlog"

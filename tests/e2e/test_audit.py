@@ -22,7 +22,7 @@ from tests.support import (
     wait_for_run_end,
 )
 from threadlog.infra.settings import Settings
-from threadlog.infra.store import open_service
+from threadlog.infra.store.eventstore import open_service
 
 THREADLOG = str(Path(sys.executable).parent / "threadlog")
 VERIFY_SCRIPT = Path(__file__).parents[2] / "examples" / "verify_chain.py"

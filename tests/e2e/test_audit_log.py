@@ -28,7 +28,7 @@ from threadlog.domain.application import ConversationService
 from threadlog.domain.chain import chain_hash
 from threadlog.domain.events import MessageCompleted, chain_document
 from threadlog.domain.identity import user_id_for
-from threadlog.infra.store import open_service
+from threadlog.infra.store.eventstore import open_service
 
 LOG = "/v1/audit/events"
 ALICE, BOB = str(user_id_for("alice")), str(user_id_for("bob"))

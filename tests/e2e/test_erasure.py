@@ -26,7 +26,7 @@ from tests.support import (
     wait_for_run_end,
 )
 from threadlog.infra.settings import Settings
-from threadlog.infra.store import open_service
+from threadlog.infra.store.eventstore import open_service
 
 SECRET = "my-secret-diagnosis"
 REPLY = ["the ", "secret ", "reply"]

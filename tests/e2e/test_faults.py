@@ -33,8 +33,8 @@ from tests.servers import (
     run_async,
 )
 from tests.support import ADMIN_KEY, SSEEvent, create_conversation, parse_sse, stored_events
-from threadlog.infra.embedded import EmbeddedNats
-from threadlog.infra.nats import StreamNames
+from threadlog.infra.stream.embedded import EmbeddedNats
+from threadlog.infra.stream.nats import StreamNames
 
 RUN_ENDINGS = {"RunCompleted", "RunFailed", "RunCancelled"}
 RECOVERY_SECONDS = 30

@@ -25,7 +25,7 @@ from tests.histories import start_conversation as start_owned
 from tests.support import LiveServer, SSEEvent, parse_sse, read_sse, scripted_model
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import ConversationEvent
-from threadlog.infra.store import open_service
+from threadlog.infra.store.eventstore import open_service
 
 STREAM = "/v1/stream"
 

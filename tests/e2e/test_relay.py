@@ -19,15 +19,15 @@ from tests.backends import BACKENDS, database_url_for
 from tests.servers import EmbeddedNatsFactory, NatsNames
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import Cause
-from threadlog.infra.nats import (
+from threadlog.infra.settings import Settings
+from threadlog.infra.store.eventstore import EventLog, open_service, open_tracking
+from threadlog.infra.stream.nats import (
     HEADER_GLOBAL_POSITION,
     HEADER_MSG_ID,
     HEADER_POSITION,
     StreamNames,
 )
-from threadlog.infra.relay import Relay
-from threadlog.infra.settings import Settings
-from threadlog.infra.store import EventLog, open_service, open_tracking
+from threadlog.infra.stream.relay import Relay
 
 CAUSE = Cause(actor="user:test", correlation_id="relay-test")
 

@@ -17,7 +17,7 @@ import nats
 import pytest
 
 from tests.support import create_conversation, post_message, read_sse, stored_events
-from threadlog.infra.embedded import free_port
+from threadlog.infra.stream.embedded import free_port
 
 THREADLOG = Path(sys.executable).parent / "threadlog"
 

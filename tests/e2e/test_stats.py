@@ -31,7 +31,7 @@ from tests.support import (
 from threadlog.domain.application import ConversationService
 from threadlog.domain.identity import user_id_for
 from threadlog.infra.settings import Settings
-from threadlog.infra.store import open_service
+from threadlog.infra.store.eventstore import open_service
 
 REPLY = ["Stats", " are", " counted"]
 CALLER_NAME = "caller"

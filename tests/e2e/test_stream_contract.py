@@ -35,8 +35,10 @@ from tests.support import (
     stored_events,
 )
 from tests.support import wait_for_run_end as wait_for_end
-from threadlog.infra.embedded import free_port
-from threadlog.infra.nats import (
+from threadlog.infra.settings import Settings
+from threadlog.infra.store.eventstore import open_service
+from threadlog.infra.stream.embedded import free_port
+from threadlog.infra.stream.nats import (
     HEADER_CONVERSATION,
     HEADER_GLOBAL_POSITION,
     HEADER_MSG_ID,
@@ -45,8 +47,6 @@ from threadlog.infra.nats import (
     HEADER_TYPE,
     StreamNames,
 )
-from threadlog.infra.settings import Settings
-from threadlog.infra.store import open_service
 
 ROOT = Path(__file__).parents[2]
 CONSUMER = ROOT / "examples" / "analytics_consumer.py"

@@ -30,8 +30,8 @@ from tests.support import (
     post_message,
     stored_events,
 )
-from threadlog.infra.nats import StreamNames
 from threadlog.infra.settings import Settings
+from threadlog.infra.stream.nats import StreamNames
 
 LEASE_SECONDS = "2"
 

@@ -6,8 +6,8 @@ import pytest
 from pydantic_ai.messages import ToolCallPart
 from pydantic_ai.models.test import TestModel
 
-from threadlog.infra.agents import AgentRegistry, load_specs
-from threadlog.infra.recorder import call_args
+from threadlog.infra.agents.registry import AgentRegistry, load_specs
+from threadlog.infra.runs.recorder import call_args
 from threadlog.infra.settings import Settings, SettingsError
 
 EXTRACTOR = """

@@ -2,7 +2,7 @@
 
 import pytest
 
-from threadlog.infra.tools import CalculatorError, evaluate
+from threadlog.infra.agents.tools import CalculatorError, evaluate
 
 
 def test_operators_follow_arithmetic_precedence() -> None:

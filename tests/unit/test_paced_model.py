@@ -7,8 +7,8 @@ import time
 import pytest
 from pydantic_ai import Agent
 
-from threadlog.infra.agents import AgentRegistry
-from threadlog.infra.paced_model import paced_model, parse_paced, read_token
+from threadlog.infra.agents.paced_model import paced_model, parse_paced, read_token
+from threadlog.infra.agents.registry import AgentRegistry
 from threadlog.infra.settings import Settings, SettingsError
 
 

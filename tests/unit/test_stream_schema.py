@@ -10,8 +10,8 @@ from typing import Any
 import jsonschema_rs
 
 from threadlog.domain.events import data_fields, schema_version
-from threadlog.infra.envelope import EventEnvelope
-from threadlog.infra.stream_schema import REGENERATE, SCHEMA_PATH, event_types, render
+from threadlog.infra.store.envelope import EventEnvelope
+from threadlog.infra.stream.schema import REGENERATE, SCHEMA_PATH, event_types, render
 
 CHECKED_IN = Path(__file__).parents[2] / SCHEMA_PATH
 
