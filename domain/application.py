@@ -20,6 +20,8 @@ from threadlog.domain.events import Cause
 
 T = TypeVar("T")
 
+CommitListener = Callable[[Sequence[Recording[UUID]]], None]
+
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 DECIDE_ATTEMPTS = 8
 
@@ -51,6 +53,16 @@ class ConversationService(Application[UUID]):
         self.max_message_bytes = max_message_bytes
         # The owner's seal: personal content is recorded sealed (domain/content.py).
         self.seal_for = seal_for
+        self._commit_listeners: list[CommitListener] = []
+
+    def on_commit(self, listener: "CommitListener") -> None:
+        """`listener(recordings)` runs after every save, in the saving thread, with
+        exactly the events that save committed: the live path starts there."""
+        self._commit_listeners.append(listener)
+
+    def _notify(self, recordings: list[Recording[UUID]]) -> None:
+        for listener in self._commit_listeners:
+            listener(recordings)
 
     def start_conversation(
         self,

@@ -44,6 +44,7 @@ from threadlog.infra.store.eventstore import (
 from threadlog.infra.store.writer import EventWriter
 from threadlog.infra.stream.embedded import EmbeddedNats
 from threadlog.infra.stream.feed import ConversationFeed
+from threadlog.infra.stream.live import LiveEvents
 from threadlog.infra.stream.nats import StreamNames, connect, ensure_stream
 from threadlog.infra.stream.ratelimit import RateLimiter, open_bucket
 from threadlog.infra.stream.relay import Relay
@@ -140,7 +141,10 @@ class Runtime:
             await control.start()
             stack.push_async_callback(control.stop)
             await _forget_erased_keys(nc, names, content)
-            feed = ConversationFeed(event_log, nc, names, content)
+            live = await LiveEvents.connect(nats_url, names, content)
+            stack.push_async_callback(live.close)
+            service.on_commit(live.committed)
+            feed = ConversationFeed(event_log, live, content)
             runs = await _runs(settings, nc, names, service, feed, executor)
             runtime = cls(
                 settings=settings,

@@ -1,8 +1,11 @@
 """A conversation's events from a position on: stored ones, then live ones.
 
-The order matters: subscribe to the conversation's NATS subject first, then read
-the store from the cursor, then follow the subscription, skipping positions
-already sent and filling any gap from the store. Whether the client arrives
+The order matters: register with the live path first (infra/stream/live.py: events
+committed in this process, and other processes' from the conversation's core NATS
+subject), then read the store from the cursor, then follow the live events,
+skipping positions already sent and filling any gap from the store. When the live
+path may have lost events (a NATS reconnect, a full queue) the follower reads the
+store, and it looks there anyway after a long quiet spell. Whether the client arrives
 before, during or after a run, it gets every event once, in position order.
 
 Catching up is paged: each page of stored events is read, decoded and encoded in one
@@ -13,30 +16,25 @@ both need the GIL.)
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
 import msgspec
-import nats.errors
-from nats.aio.client import Client as NatsClient
 
 from threadlog.infra.store.content import ContentKeys
-from threadlog.infra.store.envelope import encode_envelope, envelope_of, served, served_payload
+from threadlog.infra.store.envelope import encode_envelope, envelope_of, served
 from threadlog.infra.store.eventstore import EventLog, LoggedEvent
-from threadlog.infra.stream.nats import HEADER_POSITION, HEADER_TYPE, StreamNames
+from threadlog.infra.stream.live import FeedEvent, LiveEvents, LiveFollower
 
 CATCH_UP_PAGE = 1000
 """Stored events per read while catching up (and per chunk a stream writes)."""
-# Far more than a client can fall behind by; beyond it NATS drops and we refill from the store.
-LIVE_PENDING_LIMIT = 65536
+# A quiet follower still looks at the store this often: a process that died between
+# its commit and its live publish leaves nothing else to notice.
+STORE_CHECK_SECONDS = 60.0
 
-
-@dataclass(frozen=True, slots=True)
-class FeedEvent:
-    position: int
-    type: str
-    payload: bytes  # the event's wire JSON (EventEnvelope)
+__all__ = ["FeedEvent"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +72,10 @@ def ends_run(item: FeedEvent, run_id: str) -> bool:
 
 
 class ConversationFeed:
-    def __init__(
-        self, log: EventLog, nc: NatsClient, names: StreamNames, keys: ContentKeys
-    ) -> None:
+    def __init__(self, log: EventLog, live: LiveEvents, keys: ContentKeys) -> None:
         self._log = log
         self._keys = keys
-        self._nc = nc
-        self._names = names
+        self._live = live
 
     async def follow(
         self, conversation_id: UUID, *, after: int, heartbeat_seconds: float
@@ -97,37 +92,63 @@ class ConversationFeed:
     async def follow_pages(
         self, conversation_id: UUID, *, after: int, heartbeat_seconds: float
     ) -> AsyncGenerator[Sequence[FeedEvent] | Heartbeat, None]:
-        """As `follow`, but stored events come a page at a time (live ones one by one)."""
-        subscription = await self._nc.subscribe(
-            self._names.conversation_wildcard(conversation_id),
-            pending_msgs_limit=LIVE_PENDING_LIMIT,
-        )
+        """As `follow`, but events come a page at a time: stored ones by the page, live
+        ones as many as arrived together."""
+        follower = await self._live.follow(conversation_id)
         try:
             last = after
             async for page in self._stored(conversation_id, after=last):
                 yield page
                 last = page[-1].position
+            checked = time.monotonic()
             while True:
                 try:
-                    message = await subscription.next_msg(timeout=heartbeat_seconds)
-                except nats.errors.TimeoutError:
+                    async with asyncio.timeout(heartbeat_seconds):
+                        first = await follower.queue.get()
+                except TimeoutError:
+                    if follower.take_lost() or time.monotonic() - checked > STORE_CHECK_SECONDS:
+                        checked = time.monotonic()
+                        async for page in self._stored(conversation_id, after=last):
+                            yield page
+                            last = page[-1].position
                     yield Heartbeat()
                     continue
-                headers = message.headers or {}
-                position = int(headers[HEADER_POSITION])
-                if position <= last:
-                    continue
-                if position > last + 1:
-                    async for page in self._stored(conversation_id, after=last, up_to=position - 1):
-                        yield page
-                        last = page[-1].position
-                event_type = headers[HEADER_TYPE]
-                payload = served_payload(event_type, message.data, self._keys)
-                yield (FeedEvent(position, event_type, payload),)
-                last = position
+                async for live_page in self._live_pages(conversation_id, follower, first, last):
+                    yield live_page
+                    last = live_page[-1].position
         finally:
-            if not self._nc.is_closed:
-                await subscription.unsubscribe()
+            await self._live.leave(follower)
+
+    async def _live_pages(
+        self,
+        conversation_id: UUID,
+        follower: LiveFollower,
+        first: FeedEvent | None,
+        last: int,
+    ) -> AsyncIterator[Sequence[FeedEvent]]:
+        """What the follower has queued, in position order, gaps filled from the store."""
+        items = [first, *follower.drain()] if first is not None else follower.drain()
+        if follower.take_lost():
+            async for stored in self._stored(conversation_id, after=last):
+                yield stored
+                last = stored[-1].position
+        page: list[FeedEvent] = []
+        for item in items:
+            if item is None or item.position <= last:
+                continue
+            if item.position > last + 1:
+                if page:
+                    yield page
+                    page = []
+                async for stored in self._stored(
+                    conversation_id, after=last, up_to=item.position - 1
+                ):
+                    yield stored
+                    last = stored[-1].position
+            page.append(item)
+            last = item.position
+        if page:
+            yield page
 
     async def _stored(
         self, conversation_id: UUID, *, after: int, up_to: int | None = None

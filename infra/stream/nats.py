@@ -1,5 +1,6 @@
 """NATS JetStream: connection, the THREADLOG stream, subjects and headers."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -34,6 +35,11 @@ class StreamNames:
     def conversation_wildcard(self, conversation_id: UUID | str) -> str:
         return f"{self.prefix}.conversation.{conversation_id}.>"
 
+    def live_subject(self, conversation_id: UUID | str) -> str:
+        """Core NATS (not in the stream): events as they commit, for other processes'
+        followers of the conversation (infra/stream/live.py)."""
+        return f"{self.prefix}.live.{conversation_id}"
+
     @property
     def event_subjects(self) -> str:
         """What the stream stores: events only, never control traffic."""
@@ -60,19 +66,33 @@ class StreamNames:
         return f"{self.prefix}.control.content.erased"
 
 
-async def connect(url: str, *, name: str = "threadlog") -> NatsClient:
+async def connect(
+    url: str,
+    *,
+    name: str = "threadlog",
+    no_echo: bool = False,
+    on_gap: Callable[[], None] | None = None,
+) -> NatsClient:
+    """`no_echo`: this connection does not get its own publications back. `on_gap`:
+    called when the connection drops and when it comes back (messages may be lost)."""
+
     async def on_error(error: Exception) -> None:
         log.warning("nats.error", error=str(error))
 
     async def on_disconnect() -> None:
-        log.warning("nats.disconnected")
+        log.warning("nats.disconnected", connection=name)
+        if on_gap is not None:
+            on_gap()
 
     async def on_reconnect() -> None:
-        log.info("nats.reconnected")
+        log.info("nats.reconnected", connection=name)
+        if on_gap is not None:
+            on_gap()
 
     client: NatsClient = await nats.connect(
         url,
         name=name,
+        no_echo=no_echo,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,
