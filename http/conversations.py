@@ -32,8 +32,8 @@ from threadlog.infra.runs.executor import RunRequest
 from threadlog.infra.runs.outcomes import run_outcome
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.store.content import ContentKeys
-from threadlog.infra.store.envelope import EventEnvelope, envelope_of, served
-from threadlog.infra.store.eventstore import EventLog, LoggedEvent
+from threadlog.infra.store.envelope import EventEnvelope, served, stored_envelopes
+from threadlog.infra.store.eventstore import EventLog, StoredRow
 from threadlog.infra.stream.feed import FeedEvent, Heartbeat, ends_run
 
 STREAM_INTERRUPTED = (
@@ -401,7 +401,9 @@ class ConversationController(Controller):
 
 def _served_page(
     event_log: EventLog, keys: ContentKeys, conversation_id: UUID, after: int, size: int
-) -> tuple[list[LoggedEvent], list[EventEnvelope]]:
-    """A JSON page of events, content opened, the sealed values kept for re-hashing."""
-    logged = event_log.read(conversation_id, after=after, limit=size + 1)
-    return logged, [served(envelope_of(item), keys) for item in logged[:size]]
+) -> tuple[list[StoredRow], list[EventEnvelope]]:
+    """A JSON page of events, content opened, the sealed values kept for re-hashing
+    (built from the stored rows, no domain events: infra/store/envelope.py)."""
+    rows = event_log.read_rows(conversation_id, after=after, limit=size + 1)
+    envelopes = stored_envelopes(rows[:size], conversation_id, event_log.mapper)
+    return rows, [served(item, keys) for item in envelopes]

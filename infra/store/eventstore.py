@@ -2,18 +2,21 @@
 
 `open_service` is the one place that turns settings into an eventsourcing
 environment. `EventLog` reads a conversation's events together with their global
-positions (the store's notification ids), which the library's own reads omit.
+positions (the store's notification ids), which the library's own reads omit: as
+domain events (`read`), or as the stored rows (`read_rows`), for readers that serve
+events without building them (infra/store/envelope.py).
 """
 
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, NamedTuple, Protocol, TypeVar, cast
 from uuid import UUID
 
 import structlog
 from eventsourcing.persistence import (
     InterfaceError,
+    Mapper,
     OperationalError,
     StoredEvent,
     TrackingRecorder,
@@ -34,7 +37,9 @@ from threadlog.domain.content import plaintext_seals
 from threadlog.domain.events import ConversationEvent
 from threadlog.infra.settings import Settings
 from threadlog.infra.store.content import ContentKeys
+from threadlog.infra.store.postgres import ColumnArraysPostgresApplicationRecorder
 from threadlog.infra.store.sqlite import NotifyingSQLiteApplicationRecorder
+from threadlog.infra.store.transcoder import MsgspecTranscoder
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -52,7 +57,11 @@ RETRY_MAX_DELAY = 2.0
 
 
 def store_environment(settings: Settings) -> dict[str, str]:
-    env = {"AGGREGATE_CACHE_MAXSIZE": "1000"}
+    env = {
+        "AGGREGATE_CACHE_MAXSIZE": "1000",
+        # eventsourcing's JSON format, read and written with msgspec (infra/store/transcoder.py).
+        "TRANSCODER_TOPIC": get_topic(MsgspecTranscoder),
+    }
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         env.update(
@@ -74,6 +83,7 @@ def store_environment(settings: Settings) -> dict[str, str]:
         POSTGRES_MAX_OVERFLOW="20",
         POSTGRES_CONNECT_TIMEOUT="5",
         POSTGRES_PRE_PING="y",
+        APPLICATION_RECORDER_TOPIC=get_topic(ColumnArraysPostgresApplicationRecorder),
     )
     return env
 
@@ -153,6 +163,16 @@ class LoggedEvent:
     global_position: int
 
 
+class StoredRow(NamedTuple):
+    """A conversation's stored event as the store holds it: `state` is the mapper's
+    encoding (infra/store/transcoder.py), not yet decoded."""
+
+    position: int
+    topic: str
+    state: bytes
+    global_position: int
+
+
 def topics_of(*event_classes: type[ConversationEvent]) -> tuple[str, ...]:
     return tuple(get_topic(cls) for cls in event_classes)
 
@@ -179,12 +199,32 @@ class EventLog:
         limit: int | None = None,
         topics: Sequence[str] = (),
     ) -> list[LoggedEvent]:
-        rows = self._select(conversation_id, Window(after, up_to, limit, topics))
+        rows = self.read_rows(conversation_id, after=after, up_to=up_to, limit=limit, topics=topics)
         to_event = self._service.mapper.to_domain_event
         return [
-            LoggedEvent(cast(ConversationEvent, to_event(stored)), global_position)
-            for stored, global_position in rows
+            LoggedEvent(
+                cast(ConversationEvent, to_event(stored_event(conversation_id, row))),
+                row.global_position,
+            )
+            for row in rows
         ]
+
+    def read_rows(
+        self,
+        conversation_id: UUID,
+        *,
+        after: int = 0,
+        up_to: int | None = None,
+        limit: int | None = None,
+        topics: Sequence[str] = (),
+    ) -> list[StoredRow]:
+        """As `read`, but the rows as stored: decode them with `mapper`."""
+        return self._select(conversation_id, Window(after, up_to, limit, topics))
+
+    @property
+    def mapper(self) -> Mapper[UUID]:
+        """What turns a stored row's state into a domain event."""
+        return self._service.mapper
 
     def exists(self, conversation_id: UUID) -> bool:
         return bool(self._select(conversation_id, Window(up_to=1, limit=1)))
@@ -193,7 +233,16 @@ class EventLog:
         return self._service.recorder.max_notification_id() or 0
 
 
-_Rows = list[tuple[StoredEvent, int]]
+def stored_event(conversation_id: UUID, row: StoredRow) -> StoredEvent:
+    return StoredEvent(
+        originator_id=conversation_id,
+        originator_version=row.position,
+        topic=row.topic,
+        state=row.state,
+    )
+
+
+_Rows = list[StoredRow]
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +267,28 @@ class _PostgresSelect:
         )
 
     def __call__(self, conversation_id: UUID, window: Window) -> _Rows:
+        with (
+            self._recorder.datastore.get_connection() as conn,
+            # Tuples: a replay reads thousands of rows, and dicts cost more to build. Binary:
+            # `state` comes as its bytes, not as hex text twice their size to decode.
+            conn.cursor(row_factory=tuple_row, binary=True) as cursor,
+        ):
+            if window.limit is None or window.topics:
+                return self._fetch(cursor, conversation_id, window)
+            # Positions are dense, so a page is most likely the next `limit` positions:
+            # bounding the range too keeps PostgreSQL from reading the rest of a long
+            # conversation to sort it (it expects few rows of one conversation, so it
+            # plans a bitmap scan and a sort). Rows past a gap come from a second read.
+            bound = window.after + window.limit
+            if window.up_to is not None:
+                bound = min(bound, window.up_to)
+            rows = self._fetch(cursor, conversation_id, Window(window.after, bound, window.limit))
+            if len(rows) < window.limit and (window.up_to is None or bound < window.up_to):
+                rest = Window(bound, window.up_to, window.limit - len(rows))
+                rows += self._fetch(cursor, conversation_id, rest)
+            return rows
+
+    def _fetch(self, cursor: Any, conversation_id: UUID, window: Window) -> _Rows:
         query = SQL(
             "SELECT originator_version, topic, state, notification_id FROM {} "
             "WHERE originator_id = %s AND originator_version > %s"
@@ -233,24 +304,11 @@ class _PostgresSelect:
         if window.limit is not None:
             query += SQL(" LIMIT %s")
             params.append(window.limit)
-        with (
-            self._recorder.datastore.get_connection() as conn,
-            # Tuples: a replay reads thousands of rows, and dicts cost more to build.
-            conn.cursor(row_factory=tuple_row) as cursor,
-        ):
-            cursor.execute(query, params, prepare=True)
-            return [
-                (
-                    StoredEvent(
-                        originator_id=conversation_id,
-                        originator_version=version,
-                        topic=topic,
-                        state=bytes(state),
-                    ),
-                    global_position,
-                )
-                for version, topic, state, global_position in cursor.fetchall()
-            ]
+        cursor.execute(query, params, prepare=True)
+        return [
+            StoredRow(version, topic, bytes(state), global_position)
+            for version, topic, state, global_position in cursor.fetchall()
+        ]
 
 
 class _SQLiteSelect:
@@ -277,14 +335,6 @@ class _SQLiteSelect:
         with self._recorder.datastore.transaction(commit=False) as cursor:
             cursor.execute(query, params)
             return [
-                (
-                    StoredEvent(
-                        originator_id=conversation_id,
-                        originator_version=row["originator_version"],
-                        topic=row["topic"],
-                        state=row["state"],
-                    ),
-                    row["rowid"],
-                )
+                StoredRow(row["originator_version"], row["topic"], row["state"], row["rowid"])
                 for row in cursor.fetchall()
             ]

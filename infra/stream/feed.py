@@ -24,7 +24,13 @@ from uuid import UUID
 import msgspec
 
 from threadlog.infra.store.content import ContentKeys
-from threadlog.infra.store.envelope import encode_envelope, envelope_of, served
+from threadlog.infra.store.envelope import (
+    EventEnvelope,
+    encode_envelope,
+    envelope_of,
+    served,
+    stored_envelopes,
+)
 from threadlog.infra.store.eventstore import EventLog, LoggedEvent
 from threadlog.infra.stream.live import FeedEvent, LiveEvents, LiveFollower
 
@@ -59,8 +65,13 @@ _ending_decoder = msgspec.json.Decoder(_Ending)
 
 def feed_event(logged: LoggedEvent, keys: ContentKeys) -> FeedEvent:
     """A stored event as a reader gets it: content opened (infra/store/envelope.py)."""
-    item = served(envelope_of(logged), keys)
-    return FeedEvent(item.position, item.type, encode_envelope(item))
+    return served_feed_event(envelope_of(logged), keys)
+
+
+def served_feed_event(item: EventEnvelope, keys: ContentKeys) -> FeedEvent:
+    """An event's envelope as a reader gets it: content opened, encoded once."""
+    opened = served(item, keys)
+    return FeedEvent(opened.position, opened.type, encode_envelope(opened))
 
 
 def ends_run(item: FeedEvent, run_id: str) -> bool:
@@ -165,5 +176,7 @@ class ConversationFeed:
     def _encoded_page(
         self, conversation_id: UUID, after: int, up_to: int | None
     ) -> list[FeedEvent]:
-        page = self._log.read(conversation_id, after=after, up_to=up_to, limit=CATCH_UP_PAGE)
-        return [feed_event(logged, self._keys) for logged in page]
+        # From the rows, no domain events built: the same bytes (infra/store/envelope.py).
+        rows = self._log.read_rows(conversation_id, after=after, up_to=up_to, limit=CATCH_UP_PAGE)
+        envelopes = stored_envelopes(rows, conversation_id, self._log.mapper)
+        return [served_feed_event(item, self._keys) for item in envelopes]
