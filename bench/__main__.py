@@ -49,7 +49,7 @@ FULL = Plan(
     ),
     cancel=CancelConfig(runs=50),
     load=LoadConfig(
-        conversations=200,
+        conversations=200,  # the target load, measured first; the target is the search's N
         tokens_per_second=50,
         clients_per_conversation=1,
         stream_seconds=10,

@@ -12,19 +12,24 @@ stream has seen its run's end or the deadline passes.
 
 Each load step runs on a new database and server process. Measured per step:
 latency percentiles, and where the latency accrues (the events' timestamps; a NATS
-subscriber in the clients' process), tokens delivered per second, the server's CPU
-seconds and peak RSS (/proc), the clients' CPU, and errors (tokens missing,
-duplicated or out of order, runs not ended by the deadline, HTTP errors). The target
-step is N conversations at R tokens/s; then a bounded search finds the largest N of a
-list of steps whose p99 stays under SEARCH_P99_MS with no error (upwards from the
-target when it holds, else upwards from the smallest step), stopping at the first
-that fails.
+subscriber in the clients' process on the relay's JetStream subjects), tokens
+delivered per second, the server's CPU seconds (per token too) and peak RSS (/proc),
+PostgreSQL's committed transactions (pg_stat_database.xact_commit, per token event),
+the clients' CPU, and errors (tokens missing, duplicated or out of order, runs not
+ended by the deadline, HTTP errors).
 
-The ceiling, in the same run, with the same target and search: a minimal SSE server
-on the same HTTP stack that forwards NATS messages (bench/ceiling.py), the tokens
-published straight to NATS by another process: no store, relay or run executor in
-the path. When the target is missed, py-spy samples the server through one more
-target-sized step to show where its time goes.
+The target (issue 13): the largest N whose p99 stays under SEARCH_P99_MS with no error
+is at least TARGET_LARGEST_N. The target load, N conversations at R tokens/s, is
+measured first; then a bounded search over a list of steps (upwards from the target
+load when it holds, else upwards from the smallest step) stops at the first that
+fails. A step of N = 1 is always measured (the search's own when it reaches it):
+server CPU and transactions per token at N = 1 are targets too.
+
+The ceiling, in the same run, with the same target load and search: a minimal SSE
+server on the same HTTP stack that forwards NATS messages (bench/ceiling.py), the
+tokens published straight to NATS by another process: no store, relay or run
+executor in the path. When the target load does not hold, py-spy samples the server
+through one more step of that size to show where its time goes.
 """
 
 import asyncio
@@ -42,6 +47,8 @@ from pathlib import Path
 
 import httpx
 import msgspec
+import psycopg
+from psycopg.rows import TupleRow
 
 from bench.ceiling import PublishJob
 from bench.machine import load_average
@@ -60,16 +67,19 @@ from bench.sse_clients import LoadJob, LoadOutcome, Target
 from tests.support import ADMIN_KEY
 from threadlog.infra.stream.embedded import free_port
 
-TARGET_P99_MS = 50.0
-TARGET_P50_MS = 10.0
 SEARCH_P99_MS = 100.0
+TARGET_LARGEST_N = 100  # the largest N holding SEARCH_P99_MS with no error, at least
+TARGET_DELIVERED_RATIO = 0.9  # threadlog / ceiling delivered tokens/s at the target load
+TARGET_CPU_MS_PER_TOKEN = 1.0  # the server's CPU per token event at N = 1, at most
+TARGET_XACTS_PER_TOKEN = 1.0  # PostgreSQL commits per token event at N = 1, at most (DESIGN.md)
+XACT_COMMIT = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
 SETUP_CONCURRENCY = 16
 POST_SLACK_SECONDS = 5.0  # posting N messages happens within the clients' deadline
 
 
 @dataclass(frozen=True, kw_only=True)
 class LoadConfig:
-    conversations: int  # the target's N
+    conversations: int  # the target load's N (a row of the report; the target is the search's)
     tokens_per_second: float  # R
     clients_per_conversation: int  # K
     stream_seconds: float  # each run streams R * this many tokens
@@ -98,8 +108,13 @@ class LoadStep:
     wall_seconds: float
     peak_rss_bytes: int
     client_cpu_seconds: float  # the SSE clients' process, all its life
+    tokens_received: int  # distinct tokens received, summed over the streams
     load_average: float | None  # the machine's (1 minute) at the step's end
     publisher_cpu_seconds: float | None = None  # the ceiling's NATS publisher process
+    # PostgreSQL's committed transactions (all sessions of the step's database, reads
+    # included) from just before the messages were posted to just after the clients
+    # finished; None for the ceiling, which has no store.
+    transactions: int | None = None
     missing: int
     duplicates: int
     out_of_order: int
@@ -108,6 +123,21 @@ class LoadStep:
 
     def p(self, q: float) -> float:
         return percentile(self.latency_ms.values, q) if self.latency_ms else float("inf")
+
+    @property
+    def token_events(self) -> float:
+        """Token events delivered: distinct tokens received, per conversation's stream."""
+        return self.tokens_received / max(1, self.clients // max(1, self.conversations))
+
+    @property
+    def cpu_ms_per_token(self) -> float | None:
+        return self.cpu_seconds * 1000 / self.token_events if self.token_events else None
+
+    @property
+    def transactions_per_token(self) -> float | None:
+        if self.transactions is None or not self.token_events:
+            return None
+        return self.transactions / self.token_events
 
     @property
     def errors(self) -> int:
@@ -121,11 +151,19 @@ class LoadStep:
 
 @dataclass(frozen=True, kw_only=True)
 class Search:
-    """The target's step, then the search's steps in the order run."""
+    """The target load's step, then the search's steps in the order run."""
 
     target: LoadStep
-    steps: list[LoadStep]  # the search's (the target's not included)
+    steps: list[LoadStep]  # the search's (the target load's not included)
     largest_holding: int | None  # the largest N that held SEARCH_P99_MS with no error
+    # Steps measured outside the search: N = 1 when the search did not reach it.
+    extra: list[LoadStep] = dataclasses.field(default_factory=list)
+
+    def all_steps(self) -> list[LoadStep]:
+        return [self.target, *self.steps, *self.extra]
+
+    def at(self, n: int) -> LoadStep | None:
+        return next((step for step in self.all_steps() if step.conversations == n), None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,11 +175,38 @@ class LoadResult:
 
     @property
     def target(self) -> LoadStep:
+        """The target load's step (N = `config.conversations`)."""
         return self.threadlog.target
 
     @property
     def target_met(self) -> bool:
-        return _meets_target(self.target)
+        largest = self.threadlog.largest_holding
+        return largest is not None and largest >= TARGET_LARGEST_N
+
+    @property
+    def stretch_met(self) -> bool:
+        """As many conversations as the NATS-only ceiling held (and at least the target)."""
+        ours, theirs = self.threadlog.largest_holding, self.ceiling.largest_holding
+        return self.target_met and ours is not None and ours >= (theirs or 0)
+
+    @property
+    def delivered_met(self) -> bool:
+        return self.delivered_ratio >= TARGET_DELIVERED_RATIO
+
+    @property
+    def one(self) -> LoadStep | None:
+        """threadlog's step of N = 1."""
+        return self.threadlog.at(1)
+
+    @property
+    def cpu_met(self) -> bool:
+        cpu = self.one.cpu_ms_per_token if self.one else None
+        return cpu is not None and cpu <= TARGET_CPU_MS_PER_TOKEN
+
+    @property
+    def transactions_met(self) -> bool:
+        per_token = self.one.transactions_per_token if self.one else None
+        return per_token is not None and per_token <= TARGET_XACTS_PER_TOKEN
 
     @property
     def p99_ratio(self) -> float:
@@ -157,17 +222,13 @@ class LoadResult:
         return sorted(
             (
                 (step, ceiling[step.conversations])
-                for step in [self.threadlog.target, *self.threadlog.steps]
+                for step in self.threadlog.all_steps()
                 if step.conversations in ceiling
                 and step.errors == 0
                 and ceiling[step.conversations].errors == 0
             ),
             key=lambda pair: pair[0].conversations,
         )
-
-
-def _meets_target(step: LoadStep) -> bool:
-    return step.holds(TARGET_P99_MS) and step.p(50) < TARGET_P50_MS
 
 
 def run_load(servers: Servers, config: LoadConfig) -> LoadResult:
@@ -187,17 +248,20 @@ def run_load(servers: Servers, config: LoadConfig) -> LoadResult:
         return measured
 
     threadlog = _search(lambda n, label: threadlog_step(n, label)[0], config)
+    if threadlog.at(1) is None:
+        one = threadlog_step(1, "N = 1 (CPU and transactions per token)")[0]
+        threadlog = dataclasses.replace(threadlog, extra=[one])
     profile = None
-    if not _meets_target(threadlog.target) and config.profile_seconds:
+    if not threadlog.target.holds(SEARCH_P99_MS) and config.profile_seconds:
         profile = threadlog_step(config.conversations, "py-spy sampling the server", True)[1]
     ceiling = _search(ceiling_step, config)
     return LoadResult(config=config, threadlog=threadlog, ceiling=ceiling, profile=profile)
 
 
 def _search(measure: Callable[[int, str], LoadStep], config: LoadConfig) -> Search:
-    """The target's N, then the steps upwards from it when it holds, else upwards from the
-    smallest step, until one fails."""
-    target = measure(config.conversations, "target")
+    """The target load's N, then the steps upwards from it when it holds, else upwards from
+    the smallest step, until one fails."""
+    target = measure(config.conversations, "target load")
     holds = target.holds(SEARCH_P99_MS)
     largest = target.conversations if holds else None
     steps: list[LoadStep] = []
@@ -224,7 +288,7 @@ def _fresh_server_step(
             server = threadlog_server(servers, url, Path(data_dir), MODEL=model)
             try:
                 app = server.start("/health/ready")
-                return _threadlog_step(app, n, config, profile=profile)
+                return _threadlog_step(app, url, n, config, profile=profile)
             finally:
                 server.kill()
                 servers.release_stream(stream_of(server))
@@ -244,21 +308,32 @@ def headers() -> dict[str, str]:
 
 
 def _threadlog_step(
-    app: ServedApp, n: int, config: LoadConfig, *, profile: bool = False
+    app: ServedApp, database_url: str, n: int, config: LoadConfig, *, profile: bool = False
 ) -> tuple[LoadStep, Profile | None]:
     conversations = asyncio.run(create_conversations(app.base_url, n))
     paths = [f"/v1/conversations/{c}/events" for c in conversations]
     clients = ClientsProcess(_job(app.port, paths, config, app.nats_url, app.nats_prefix))
     try:
         clients.wait_ready()
-        sampling = start_sampling(app.pid, config.profile_seconds) if profile else None
-        with ResourceSampler(app.pid) as resources:
-            http_errors = asyncio.run(_post_messages(app.base_url, conversations))
-            outcome = clients.load_outcome()
-        found = finish_sampling(sampling, config.profile_seconds) if sampling else None
+        with psycopg.connect(database_url, autocommit=True) as database:
+            sampling = start_sampling(app.pid, config.profile_seconds) if profile else None
+            commits_before = _commits(database)
+            with ResourceSampler(app.pid) as resources:
+                http_errors = asyncio.run(_post_messages(app.base_url, conversations))
+                outcome = clients.load_outcome()
+            commits_after = _commits(database)
+            found = finish_sampling(sampling, config.profile_seconds) if sampling else None
     finally:
         clients.kill()
-    return _step(n, config, outcome, resources, http_errors, stored=True), found
+    measured = _step(n, config, outcome, resources, http_errors, stored=True)
+    return dataclasses.replace(measured, transactions=commits_after - commits_before), found
+
+
+def _commits(database: psycopg.Connection[TupleRow]) -> int:
+    """The transactions committed in the connection's database so far (as the sessions
+    have reported them: each reports its own at most about once a second)."""
+    row = database.execute(XACT_COMMIT).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _job(
@@ -301,6 +376,7 @@ def _step(
         wall_seconds=resources.wall,
         peak_rss_bytes=resources.peak_rss,
         client_cpu_seconds=outcome.cpu_seconds,
+        tokens_received=outcome.tokens_received,
         load_average=load_average(),
         missing=outcome.missing,
         duplicates=outcome.duplicates,

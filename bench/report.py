@@ -4,6 +4,7 @@ import datetime
 import importlib.metadata
 from dataclasses import dataclass
 
+from bench import before
 from bench.cancel import TOKEN_DELAY_SECONDS, CancelResult
 from bench.export import CHECKPOINTS, FETCH_ROWS, SAMPLE_SECONDS, WARM_UP_EVENTS, ExportResult
 from bench.load import LoadResult
@@ -21,6 +22,7 @@ from bench.token_write import STALL_SECONDS, TokenWriteConfig, TokenWriteResult
 from threadlog.infra.stream.feed import CATCH_UP_PAGE
 
 DASH = "\N{EN DASH}"
+TIMES = "\N{MULTIPLICATION SIGN}"
 FLAT_BYTES = 8 * 2**20  # an export's RSS changing less than this counts as flat
 # The names `python -m bench --only` takes, in the order the benchmarks run.
 BENCHMARKS = ("token_write", "sse_replay", "store_reads", "cancel", "load", "soak")
@@ -138,44 +140,110 @@ def _where(embedded: bool, wheel: str) -> str:
 def _summary(report: Report) -> str:
     lines = [
         "## Targets (DESIGN.md, “Targets”)\n",
-        "| Target | Measured (median) | |",
-        "|---|---|---|",
+        f"Before ({before.MEASURED_ON}): the figures this harness measured then (that day's "
+        "docs/benchmarks.md, kept in `bench/before.py`). After: this run (medians).\n",
+        f"| Target | Before ({before.MEASURED_ON}) | After (this run) | |",
+        "|---|---|---|---|",
     ]
+    if report.token_load is not None:
+        lines += load_summary(report.token_load)
     if report.token_write is not None:
-        write_met = all(result.target_met for result in report.token_write)
-        per_c = "; ".join(_ratio_text(result) for result in report.token_write)
-        lines.append(
-            "| Token events persisted on PostgreSQL: at least half the rate of a raw psycopg "
-            f"batched insert of the same rows | threadlog/raw: {per_c} | {_verdict(write_met)} |"
-        )
+        lines.append(_token_write_summary(report.token_write))
     if report.replay is not None:
         replay = report.replay
         lines.append(
             f"| Replaying a {replay.events:,}-event conversation over SSE: < {TARGET_MS:.0f} ms "
+            f"| {_number(before.REPLAY_MS)} ms (10,000 events) "
             f"| {_number(replay.sse_ms.median)} ms | {_verdict(replay.target_met)} |"
         )
-    if report.store_reads is not None:
-        rebuild = report.store_reads.rebuild
-        lines.append(
-            f"| Projection rebuild: ≥ {TARGET_EVENTS_PER_SECOND:,.0f} events/s "
-            f"({rebuild.events:,} events) | {_rebuild_summary(report.store_reads)} "
-            f"| {_verdict(rebuild.target_met)} |"
-        )
-    if report.token_load is not None:
-        lines.append(load_summary(report.token_load))
+    no_worse = _no_worse_summary(report)
+    if no_worse:
+        lines += [no_worse, "", _no_worse_note()]
     return "\n".join(lines) + "\n"
 
 
-def _rebuild_summary(store_reads: StoreReadsResult) -> str:
-    return "; ".join(
-        f"{model.name}: {_number(model.rate.median)} events/s"
-        for model in store_reads.rebuild.models
+def _token_write_summary(results: list[TokenWriteResult]) -> str:
+    met = all(result.target_met for result in results)
+    was = "; ".join(f"C={c}: {ratio:.2f}" for c, ratio in before.TOKEN_WRITE_RATIO.items())
+    per_c = "; ".join(_ratio_text(result, result.ratio) for result in results)
+    per_c_copy = "; ".join(_ratio_text(result, result.copy_ratio) for result in results)
+    return (
+        "| Token events persisted on PostgreSQL: ≥ 0.5 of the rate of a raw psycopg "
+        "`executemany` of the same rows, same run (a raw binary COPY of them alongside, "
+        f"no target) | threadlog/raw: {was} | threadlog/raw: {per_c}; threadlog/COPY: "
+        f"{per_c_copy} | {_verdict(met)} |"
     )
 
 
-def _ratio_text(result: TokenWriteResult) -> str:
+def _no_worse_summary(report: Report) -> str | None:
+    """One row: rebuild and export throughputs, cancel latency, against before's."""
+    was: list[str] = []
+    now: list[str] = []
+    worse: list[str] = []
+    extra = ""
+
+    def compare(name: str, old: float, new: float, unit: str, *, latency: bool) -> None:
+        digits = 1 if latency else 0
+        was.append(f"{name} {old:,.{digits}f} {unit}")
+        ratio = new / old
+        now.append(f"{name} {new:,.{digits}f} {unit} ({ratio:.2f}{TIMES})")
+        if (ratio > before.NO_WORSE_LATENCY) if latency else (ratio < before.NO_WORSE_THROUGHPUT):
+            worse.append(name)
+
+    if report.store_reads is not None:
+        rebuild = report.store_reads.rebuild
+        for model in rebuild.models:
+            old = before.REBUILD_EVENTS_PER_SECOND.get(model.name)
+            if old is None:
+                now.append(f"rebuild `{model.name}` {_number(model.rate.median)} events/s")
+            else:
+                compare(
+                    f"rebuild `{model.name}`", old, model.rate.median, "events/s", latency=False
+                )
+        export = report.store_reads.export
+        compare(
+            "NDJSON export",
+            before.EXPORT_EVENTS_PER_SECOND,
+            export.export_rate.median,
+            "events/s",
+            latency=False,
+        )
+        extra = (
+            f"; rebuild ≥ {TARGET_EVENTS_PER_SECOND:,.0f} events/s per read model: "
+            f"{_verdict(rebuild.target_met)}"
+        )
+    if report.cancel is not None:
+        cancel = report.cancel
+        compare(
+            "cancel p50", before.CANCEL_P50_MS, cancel.cancel_percentile(50), "ms", latency=True
+        )
+        compare(
+            "cancel p99", before.CANCEL_P99_MS, cancel.cancel_percentile(99), "ms", latency=True
+        )
+    if not now:
+        return None
+    verdict = "**no worse**" if not worse else f"**worse**: {', '.join(worse)}"
+    return (
+        "| Projection rebuild, NDJSON export and cancel latency no worse than before "
+        f"(throughputs ≥ {before.NO_WORSE_THROUGHPUT:g} {TIMES} before, latencies ≤ "
+        f"{before.NO_WORSE_LATENCY:g} {TIMES} before) | {'; '.join(was)} | {'; '.join(now)} "
+        f"| {verdict}{extra} |"
+    )
+
+
+def _no_worse_note() -> str:
+    return (
+        f"“No worse” allows a throughput {1 - before.NO_WORSE_THROUGHPUT:.0%} lower and a "
+        f"latency {before.NO_WORSE_LATENCY - 1:.0%} higher than before, because the machine "
+        "is small, shared and noisy (the load average above): those before figures are "
+        "absolute, measured in another run under other load, where the other targets are "
+        "ratios to a baseline measured in this run, or absolute limits."
+    )
+
+
+def _ratio_text(result: TokenWriteResult, ratio: Sample | None) -> str:
     text = f"C={result.concurrency}: "
-    text += f"{result.ratio.median:.2f}" if result.ratio else "no figure"
+    text += f"{ratio.median:.2f}" if ratio else "no figure"
     if result.stalled:
         text += f" (stalled {result.stalled}/{result.config.repetitions})"
     return text
@@ -196,15 +264,19 @@ def _token_write(config: TokenWriteConfig, results: list[TokenWriteResult]) -> s
         "of the same shape as eventsourcing's (same columns, primary key and notification id "
         "index), rows of the same sizes (the stored `state` of real TokenStreamed events), in "
         "the order threadlog's flushes reach the store.",
-        "- Each repetition runs in a fresh database, threadlog and raw back to back "
-        "(alternating which goes first) after a short warm-up of both; ratio = threadlog/raw "
-        f"per repetition; median (min{DASH}max).",
+        "- raw COPY (informational, no target): the same rows in the same order with a binary "
+        f"COPY (`cursor.copy(...)`, `set_types`), {config.copy_rows_per_transaction:,} rows "
+        "per transaction, on the same connection, into another table of the same shape.",
+        "- Each repetition runs in a fresh database, threadlog, raw `executemany` and raw COPY "
+        "back to back (rotating which goes first) after a short warm-up of the three; ratios "
+        f"= threadlog/raw and threadlog/COPY per repetition; median (min{DASH}max).",
         "- writer max events: the settings' `writer_max_events`, given to the `EventWriter`: "
         "it adds whole flushes to a transaction until it holds at least that many events.",
         "",
         "| C | T | writer max events | reps | events | threadlog events/s | "
-        "raw psycopg events/s | threadlog/raw | stalled | target ≥ 0.5 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "raw psycopg events/s | raw COPY events/s | threadlog/raw | threadlog/COPY | stalled | "
+        "target ≥ 0.5 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(_token_row(result) for result in results),
     ]
     lines += ["", _stall_note(results)]
@@ -215,10 +287,12 @@ def _token_row(result: TokenWriteResult) -> str:
     config = result.config
     threadlog = _spread(result.threadlog) if result.threadlog else "—"
     ratio = _spread(result.ratio, 2) if result.ratio else "—"
+    copy_ratio = _spread(result.copy_ratio, 2) if result.copy_ratio else "—"
     return (
         f"| {result.concurrency} | {config.tokens_per_conversation:,} | "
         f"{config.writer_max_events:,} | {config.repetitions} | {result.events:,} | "
-        f"{threadlog} | {_spread(result.raw)} | {ratio} | "
+        f"{threadlog} | {_spread(result.raw)} | {_spread(result.copy)} | {ratio} | "
+        f"{copy_ratio} | "
         f"{result.stalled}/{config.repetitions} | {_verdict(result.target_met)} |"
     )
 

@@ -3,8 +3,9 @@
 The threadlog path mirrors the run executor: C conversations, each a live aggregate
 with an active run, append TokenStreamed events and flush every B pending ones
 through one shared group-commit `EventWriter`, all in one asyncio loop. The baseline
-inserts rows of the same sizes into a table of the same shape with psycopg's
-`executemany`, 100 rows per transaction, on one connection.
+(the target's) inserts rows of the same sizes into a table of the same shape with
+psycopg's `executemany`, 100 rows per transaction, on one connection; a binary COPY of
+the same rows, 1,000 per transaction, into another such table is reported alongside.
 
 Every repetition gets a fresh database, so neither path pays for the other's rows.
 A flush that makes no progress for STALL_SECONDS counts the repetition as stalled
@@ -16,7 +17,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -35,17 +36,27 @@ from threadlog.infra.store.writer import EventWriter
 STALL_SECONDS = 15.0
 DELTAS = (" The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".")
 RAW_TABLE = "bench_raw_events"
+COPY_TABLE = "bench_copy_events"
 # The shape of eventsourcing's events table, its notification id index included.
-RAW_SCHEMA = (
-    f"CREATE TABLE {RAW_TABLE} (originator_id uuid NOT NULL, originator_version bigint NOT NULL, "
-    "topic text, state bytea, notification_id bigserial, "
-    "PRIMARY KEY (originator_id, originator_version))",
-    f"CREATE UNIQUE INDEX {RAW_TABLE}_notification_id_idx ON {RAW_TABLE} (notification_id)",
+RAW_SCHEMA = tuple(
+    statement
+    for table in (RAW_TABLE, COPY_TABLE)
+    for statement in (
+        f"CREATE TABLE {table} (originator_id uuid NOT NULL, originator_version bigint NOT NULL, "
+        "topic text, state bytea, notification_id bigserial, "
+        "PRIMARY KEY (originator_id, originator_version))",
+        f"CREATE UNIQUE INDEX {table}_notification_id_idx ON {table} (notification_id)",
+    )
 )
 RAW_INSERT = (
     f"INSERT INTO {RAW_TABLE} (originator_id, originator_version, topic, state) "
     "VALUES (%s, %s, %s, %s)"
 )
+RAW_COPY = (
+    f"COPY {COPY_TABLE} (originator_id, originator_version, topic, state) "
+    "FROM STDIN (FORMAT BINARY)"
+)
+COPY_TYPES = ("uuid", "int8", "text", "bytea")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +66,7 @@ class TokenWriteConfig:
     repetitions: int
     flush_every: int = 64
     raw_rows_per_transaction: int = 100
+    copy_rows_per_transaction: int = 1000
     writer_max_events: int = Settings().writer_max_events
 
 
@@ -65,7 +77,9 @@ class TokenWriteResult:
     events: int
     threadlog: Sample | None  # events/s, over the repetitions that did not stall
     raw: Sample  # events/s
+    copy: Sample  # events/s of the binary COPY (informational: no target)
     ratio: Sample | None  # threadlog / raw, per repetition
+    copy_ratio: Sample | None  # threadlog / COPY, per repetition
     stalled: int  # repetitions whose writer made no progress for STALL_SECONDS
     mean_event_bytes: int  # the stored `state` of one token event, on average
 
@@ -134,54 +148,60 @@ def run_token_write(servers: Servers, config: TokenWriteConfig) -> list[TokenWri
 def _measure_concurrency(
     servers: Servers, config: TokenWriteConfig, template: _Template, count: int
 ) -> TokenWriteResult:
-    threadlog: list[float | None] = []
-    raw: list[float] = []
+    measured: list[_Rates] = []
     for repetition in range(config.repetitions):
         progress(
             f"token write: C={count}, writer max {config.writer_max_events} events, "
             f"repetition {repetition + 1}/{config.repetitions}"
         )
-        threadlog_rate, raw_rate = _repetition(servers, config, template, count, repetition)
-        threadlog.append(threadlog_rate)
-        raw.append(raw_rate)
-    return _result(count, config, template, threadlog, raw)
+        measured.append(_repetition(servers, config, template, count, repetition))
+    return _result(count, config, template, measured)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rates:
+    """One repetition's events/s: threadlog (None: stalled), raw executemany, raw COPY."""
+
+    threadlog: float | None
+    raw: float
+    copy: float
 
 
 def _repetition(
     servers: Servers, config: TokenWriteConfig, template: _Template, count: int, repetition: int
-) -> tuple[float | None, float]:
+) -> _Rates:
     with _scratch(servers, config) as scratch:
         try:
-            return _pair(scratch, template, count, config, repetition)
+            return _measure_all(scratch, template, count, config, repetition)
         except _Stalled:
             progress(f"token write: no flush finished within {STALL_SECONDS:.0f} s: stalled")
-    # The stuck transaction holds the table lock: measure the baseline in a new database.
+    # The stuck transaction holds the table lock: measure the baselines in a new database.
     with _scratch(servers, config) as scratch:
-        _raw_rate(
-            scratch, _template_prefix(template, config.tokens_per_conversation // 20), count, config
+        warm_up = _template_prefix(template, config.tokens_per_conversation // 20)
+        _raw_rate(scratch, warm_up, count, config)
+        _copy_rate(scratch, warm_up, count, config)
+        return _Rates(
+            threadlog=None,
+            raw=_raw_rate(scratch, template, count, config),
+            copy=_copy_rate(scratch, template, count, config),
         )
-        return None, _raw_rate(scratch, template, count, config)
 
 
 def _result(
-    count: int,
-    config: TokenWriteConfig,
-    template: _Template,
-    threadlog: list[float | None],
-    raw: list[float],
+    count: int, config: TokenWriteConfig, template: _Template, measured: list[_Rates]
 ) -> TokenWriteResult:
-    paired = [(t, r) for t, r in zip(threadlog, raw, strict=True) if t is not None]
-    threadlog_sample = Sample.of(t for t, _ in paired) if paired else None
+    paired = [(rates.threadlog, rates) for rates in measured if rates.threadlog is not None]
+    threadlog = Sample.of(rate for rate, _ in paired) if paired else None
     return TokenWriteResult(
         config=config,
         concurrency=count,
         events=count * config.tokens_per_conversation,
-        threadlog=threadlog_sample,
-        raw=Sample.of(raw),
-        ratio=(
-            ratios(threadlog_sample, Sample.of(r for _, r in paired)) if threadlog_sample else None
-        ),
-        stalled=threadlog.count(None),
+        threadlog=threadlog,
+        raw=Sample.of(rates.raw for rates in measured),
+        copy=Sample.of(rates.copy for rates in measured),
+        ratio=ratios(threadlog, Sample.of(r.raw for _, r in paired)) if threadlog else None,
+        copy_ratio=ratios(threadlog, Sample.of(r.copy for _, r in paired)) if threadlog else None,
+        stalled=sum(rates.threadlog is None for rates in measured),
         mean_event_bytes=sum(len(state) for _, state in template.rows) // len(template.rows),
     )
 
@@ -219,19 +239,25 @@ def _abandon(writer: EventWriter) -> None:
     stopper.join(timeout=1.0)
 
 
-def _pair(
+def _measure_all(
     scratch: _Scratch, template: _Template, count: int, config: TokenWriteConfig, repetition: int
-) -> tuple[float, float]:
-    """One threadlog rate and one raw rate, back to back, alternating which goes first."""
+) -> _Rates:
+    """threadlog's rate and both baselines', back to back, rotating which goes first."""
     tokens = config.tokens_per_conversation
-    # Warm both paths (pools, prepared statements, caches) before measuring.
+    # Warm the three paths (pools, prepared statements, caches) before measuring.
     _threadlog_rate(scratch, count, max(1, tokens // 20), config.flush_every)
-    _raw_rate(scratch, _template_prefix(template, tokens // 20), count, config)
-    if repetition % 2:
-        raw_rate = _raw_rate(scratch, template, count, config)
-        return _threadlog_rate(scratch, count, tokens, config.flush_every), raw_rate
-    threadlog_rate = _threadlog_rate(scratch, count, tokens, config.flush_every)
-    return threadlog_rate, _raw_rate(scratch, template, count, config)
+    warm_up = _template_prefix(template, tokens // 20)
+    _raw_rate(scratch, warm_up, count, config)
+    _copy_rate(scratch, warm_up, count, config)
+    paths: dict[str, Callable[[], float]] = {
+        "threadlog": lambda: _threadlog_rate(scratch, count, tokens, config.flush_every),
+        "raw": lambda: _raw_rate(scratch, template, count, config),
+        "copy": lambda: _copy_rate(scratch, template, count, config),
+    }
+    names = list(paths)
+    shift = repetition % len(names)
+    rates = {name: paths[name]() for name in names[shift:] + names[:shift]}
+    return _Rates(threadlog=rates["threadlog"], raw=rates["raw"], copy=rates["copy"])
 
 
 def _threadlog_rate(scratch: _Scratch, count: int, tokens: int, flush_every: int) -> float:
@@ -314,6 +340,23 @@ def _raw_rate(
         for start in range(0, len(rows), per_transaction):
             with connection.transaction():
                 cursor.executemany(RAW_INSERT, rows[start : start + per_transaction])
+    return len(rows) / (time.perf_counter() - started)
+
+
+def _copy_rate(
+    scratch: _Scratch, template: _Template, count: int, config: TokenWriteConfig
+) -> float:
+    """Events/s of a binary COPY of the same rows, `copy_rows_per_transaction` at a time."""
+    rows = list(_raw_rows(template, count, config.flush_every))
+    per_transaction = config.copy_rows_per_transaction
+    connection = scratch.connection
+    started = time.perf_counter()
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), per_transaction):
+            with connection.transaction(), cursor.copy(RAW_COPY) as copy:
+                copy.set_types(COPY_TYPES)
+                for row in rows[start : start + per_transaction]:
+                    copy.write_row(row)
     return len(rows) / (time.perf_counter() - started)
 
 
