@@ -1,7 +1,8 @@
 """Benchmark 2: replaying a long conversation over SSE from position 0.
 
-One conversation of N events (a run's tokens) is stored on PostgreSQL; the real app
-serves it under uvicorn (`tests.support.LiveServer`). A replay is timed from the
+One conversation of N events (a run's tokens) is stored on PostgreSQL; `threadlog
+serve` serves it from a process of its own (as its clients meet it: a client's work
+does not share the server's GIL). A replay is timed from the
 request until the N-th `id:` frame has arrived and been parsed. The baseline, in the
 same run, is reading the same N events straight from the store with `EventLog.read`
 as domain events, and building and encoding their envelopes (`envelope_of`,
@@ -9,7 +10,6 @@ as domain events, and building and encoding their envelopes (`envelope_of`,
 takes (it serves the stored rows: `stored_envelopes` in infra/store/envelope.py).
 """
 
-import secrets
 import tempfile
 import time
 import uuid
@@ -19,10 +19,11 @@ from uuid import UUID
 
 import httpx
 
-from bench.access import OWNER, served
+from bench.access import OWNER
 from bench.measure import Sample, progress, ratios
+from bench.processes import stream_of, threadlog_server
 from bench.servers import Servers
-from tests.support import LiveServer
+from tests.support import ADMIN_KEY
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import Cause
 from threadlog.infra.settings import Settings
@@ -82,31 +83,23 @@ def run_replay(servers: Servers, config: ReplayConfig) -> ReplayResult:
         progress(f"sse replay: storing a conversation of {config.events} events")
         conversation_id = _build_conversation(service, config.events)
         with tempfile.TemporaryDirectory(prefix="threadlog-bench-") as data_dir:
-            settings = _app_settings(Path(data_dir), url, servers.nats_url)
+            # The server in a process of its own, as clients meet it: the client's
+            # parsing does not share the server's GIL.
+            server = threadlog_server(servers, url, Path(data_dir))
             try:
-                with LiveServer(served(settings)) as server, server.client() as client:
+                app = server.start("/health/ready")
+                with httpx.Client(
+                    base_url=app.base_url, headers={"X-API-Key": ADMIN_KEY}, timeout=60
+                ) as client:
                     _wait_until_caught_up(client, service.recorder.max_notification_id() or 0)
                     return _measure(client, service, conversation_id, config)
             finally:
-                servers.release_stream(settings.nats_stream)
+                server.stop()
+                servers.release_stream(stream_of(server))
     finally:
         service.close()
         keys.close()
         servers.databases.drop(url)
-
-
-def _app_settings(data_dir: Path, database_url: str, nats_url: str) -> Settings:
-    """The app's settings, with a JetStream stream and subjects of its own."""
-    token = secrets.token_hex(6)
-    return Settings(
-        data_dir=data_dir,
-        database_url=database_url,
-        nats_url=nats_url,
-        nats_stream=f"BENCH_{token}",
-        nats_subject_prefix=f"b{token}",
-        log_level="WARNING",
-        log_format="json",
-    )
 
 
 def _build_conversation(service: ConversationService, events: int) -> UUID:

@@ -31,7 +31,7 @@ from threadlog.infra.store.envelope import (
     served,
     stored_envelopes,
 )
-from threadlog.infra.store.eventstore import EventLog, LoggedEvent
+from threadlog.infra.store.eventstore import EventLog, LoggedEvent, StoredRow
 from threadlog.infra.stream.live import FeedEvent, LiveEvents, LiveFollower
 
 CATCH_UP_PAGE = 1000
@@ -164,19 +164,29 @@ class ConversationFeed:
     async def _stored(
         self, conversation_id: UUID, *, after: int, up_to: int | None = None
     ) -> AsyncIterator[list[FeedEvent]]:
-        """Non-empty pages, each read, decoded and encoded in a worker thread."""
-        while True:
-            page = await asyncio.to_thread(self._encoded_page, conversation_id, after, up_to)
-            if page:
-                yield page
-                after = page[-1].position
-            if len(page) < CATCH_UP_PAGE:
-                return
+        """Non-empty pages, each decoded and encoded in a worker thread. The next page's
+        rows are read while this one is encoded: the query's wait for PostgreSQL holds
+        no GIL, so the two overlap."""
+        rows = await asyncio.to_thread(self._rows, conversation_id, after, up_to)
+        following: asyncio.Future[Sequence[StoredRow]] | None = None
+        try:
+            while rows:
+                if len(rows) == CATCH_UP_PAGE:
+                    following = asyncio.ensure_future(
+                        asyncio.to_thread(self._rows, conversation_id, rows[-1].position, up_to)
+                    )
+                yield await asyncio.to_thread(self._encoded_page, conversation_id, rows)
+                if following is None:
+                    return
+                rows, following = await following, None
+        finally:
+            if following is not None:
+                following.cancel()
 
-    def _encoded_page(
-        self, conversation_id: UUID, after: int, up_to: int | None
-    ) -> list[FeedEvent]:
+    def _rows(self, conversation_id: UUID, after: int, up_to: int | None) -> Sequence[StoredRow]:
+        return self._log.read_rows(conversation_id, after=after, up_to=up_to, limit=CATCH_UP_PAGE)
+
+    def _encoded_page(self, conversation_id: UUID, rows: Sequence[StoredRow]) -> list[FeedEvent]:
         # From the rows, no domain events built: the same bytes (infra/store/envelope.py).
-        rows = self._log.read_rows(conversation_id, after=after, up_to=up_to, limit=CATCH_UP_PAGE)
         envelopes = stored_envelopes(rows, conversation_id, self._log.mapper)
         return [served_feed_event(item, self._keys) for item in envelopes]
