@@ -65,7 +65,9 @@ def test_a_client_of_another_process_gets_a_run_over_the_live_subject(
     assert events[-1].event == "RunCompleted"
 
 
-async def _pages(feed: ConversationFeed, conversation_id: UUID) -> AsyncGenerator[list[FeedEvent], None]:
+async def _pages(
+    feed: ConversationFeed, conversation_id: UUID
+) -> AsyncGenerator[list[FeedEvent], None]:
     async for page in feed.follow_pages(conversation_id, after=0, heartbeat_seconds=30):
         if not isinstance(page, Heartbeat):
             yield list(page)
