@@ -41,6 +41,7 @@ from threadlog.infra.store.eventstore import (
     reconnect_promptly,
     store_environment,
 )
+from threadlog.infra.store.follower import Follower
 from threadlog.infra.store.writer import EventWriter
 from threadlog.infra.stream.embedded import EmbeddedNats
 from threadlog.infra.stream.feed import ConversationFeed
@@ -173,8 +174,14 @@ class Runtime:
                 runtime.rate_limiter = RateLimiter(
                     bucket, window_seconds=window, connected=lambda: nc.is_connected
                 )
+            # One follower of the log feeds the projections and the relay, coalesced.
+            follower = Follower(
+                service.recorder,
+                interval_seconds=settings.follow_interval_ms / 1000,
+                batch_size=settings.projection_batch_size,
+            )
             if settings.projections:
-                read_models.start()
+                read_models.start(follower)
             if _checks_orphans(settings, read_models):
                 orphans = OrphanedRuns(
                     service,
@@ -185,8 +192,13 @@ class Runtime:
                 )
                 runtime.background.append(asyncio.create_task(orphans.run_forever()))
             if settings.relay:
-                runtime.relay = Relay(service, js, names, batch_size=settings.relay_batch_size)
+                runtime.relay = Relay(
+                    service, js, names, batch_size=settings.relay_batch_size, follower=follower
+                )
                 runtime.background.append(asyncio.create_task(runtime.relay.run_forever()))
+            if settings.projections or settings.relay:
+                follower.start()
+                stack.callback(follower.stop)
             stack.push_async_callback(runtime._stop_background)
             stack.push_async_callback(runtime.executor.stop)
             log.info(

@@ -63,6 +63,9 @@ class Settings:
     projections: bool = True
     # Events applied to a read model per transaction at most.
     projection_batch_size: int = 500
+    # The log's follower (relay and projections) reads at most this often while commits
+    # keep coming; a reader waiting for a position makes it read at once.
+    follow_interval_ms: float = 50.0
     # How long a read with `min_position` waits for the read model to reach it (then 503).
     read_wait_seconds: float = 5.0
     # Runs execute in `threadlog worker` processes, taken from a JetStream work queue;
@@ -165,6 +168,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
+        if self.follow_interval_ms < 0:
+            raise SettingsError(f"{PREFIX}FOLLOW_INTERVAL_MS must not be negative")
         if self.read_wait_seconds < 0:
             raise SettingsError(f"{PREFIX}READ_WAIT_SECONDS must not be negative")
         if self.worker_lease_seconds <= 0:

@@ -13,7 +13,7 @@ from threadlog.domain.application import ConversationService
 from threadlog.projections.conversation_list import ConversationList
 from threadlog.projections.message_history import MessageHistory
 from threadlog.projections.run_stats import RunStats
-from threadlog.projections.runner import ProjectionRunner, ReadModel
+from threadlog.projections.runner import LogSource, ProjectionRunner, ReadModel
 from threadlog.projections.runs import Runs
 from threadlog.projections.views import View, open_view
 
@@ -102,9 +102,11 @@ class ReadModels:
     def view(self, name: str) -> View:
         return self.runners[name].view
 
-    def start(self) -> None:
+    def start(self, source: LogSource | None = None) -> None:
+        """Follows the log: every runner fed by `source` (the process's one follower of
+        the log), or each by a subscription of its own."""
         for runner in self.runners.values():
-            runner.start()
+            runner.start(source)
 
     def stop(self) -> None:
         for runner in self.runners.values():
@@ -134,7 +136,8 @@ class ReadModels:
         return [
             ProjectionStatus(
                 name=name,
-                position=runner.checkpoint(),
+                # A running runner's tracking record may trail it over skipped events.
+                position=max(runner.checkpoint(), runner.position if runner.is_running else 0),
                 store_position=store_position,
                 running=runner.is_running,
                 applied=runner.applied,

@@ -3,30 +3,39 @@
 eventsourcing's own `ProjectionRunner` builds a second application instance (a
 second connection pool, and on SQLite a recorder that never hears this process's
 writes) and commits one transaction per event. This runner follows the service's
-own recorder with `subscribe(gt=checkpoint)`, like the relay, and applies events in
-batches: each batch's row changes and its tracking record (upstream application
-name, last notification id) commit in one transaction of the view. A crash between
-an event and its checkpoint rolls both back; the next run resumes from the tracking
-record, so each event is applied exactly once. The tracking table keeps one row per
-upstream application and refuses to move backwards, so two runners of the same read
-model cannot both commit the same batch.
+own recorder and applies events in batches: each batch's row changes and its
+tracking record (upstream application name, last notification id) commit in one
+transaction of the view. A crash between an event and its checkpoint rolls both
+back; the next run resumes from the tracking record, so each event is applied
+exactly once. The tracking table keeps one row per upstream application and refuses
+to move backwards, so two runners of the same read model cannot both commit the
+same batch.
 
 Every event is read (the checkpoint then follows the store's global position, which
 is what readers wait for); only the read model's topics are decoded and applied.
 Others are skipped and counted, never a reason to stop.
+
+A running runner is fed batches: by the process's one follower of the log (a
+`LogSource`, infra/store/follower.py, wired by the composition root), or, standalone,
+by a subscription of its own. A batch with nothing for this read model costs no
+transaction: the position advances in memory (what readers in this process wait for)
+and the tracking record follows at most every TRACKING_SECONDS, alone in its
+transaction. A restart resumes from the tracking record and skips those events again.
+A read model that `follows_activity` defers batches of other topics the same way (only
+each conversation's latest event is kept), and applies them at once when a reader waits
+for a position among them.
 """
 
 import asyncio
 import concurrent.futures
 import contextlib
-import queue
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, cast
+from typing import ClassVar, Protocol, cast
 
 import structlog
 from eventsourcing.persistence import ApplicationRecorder, Notification, Subscription, Tracking
@@ -43,8 +52,41 @@ UPSTREAM = ConversationService.name
 RESTART_DELAY_SECONDS = 1.0
 _POLL_SECONDS = 0.1
 _QUEUE_SIZE = 10_000
+TRACKING_SECONDS = 1.0
+"""How long the tracking record may stay behind the position over skipped events."""
+_INBOX_BATCHES = 100  # batches queued at most; older ones are dropped and read again
 
-_Pending = queue.Queue[Notification | BaseException]
+
+class LogBatch(Protocol):
+    """Every notification with an id in (after, up_to], in order."""
+
+    @property
+    def after(self) -> int: ...
+
+    @property
+    def up_to(self) -> int: ...
+
+    @property
+    def notifications(self) -> Sequence[Notification]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    after: int
+    up_to: int
+    notifications: Sequence[Notification]
+
+
+class LogSource(Protocol):
+    """Follows the log for several consumers (infra/store/follower.py's `Follower`)."""
+
+    def add(self, consumer: Callable[[LogBatch], None]) -> Callable[[], None]:
+        """Hands each later batch to `consumer` (in the source's thread); returns a remover."""
+        ...
+
+    def nudge(self) -> None:
+        """Reads the log at once: someone waits for a position."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +137,21 @@ class ProjectionRunner:
         self.progress_seconds = progress_seconds
         self.name = read_model.name
         self.position = 0
-        """The last committed global position, while the runner follows the log."""
+        """The last global position handled, while the runner follows the log."""
         self.applied = 0
         self.skipped: Counter[str] = Counter()
         self.error: str | None = None
         self._advanced = threading.Condition()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._source: LogSource | None = None
+        self._inbox: deque[LogBatch] = deque()
+        self._arrived = threading.Condition()
+        self._handled = 0  # every event up to here was applied, skipped or deferred
+        self._tracked = 0  # the position the tracking record holds
+        self._untracked_since: float | None = None
+        self._deferred: dict[object, Notification] = {}  # activity only, per conversation
+        self._wanted = 0  # the highest position a reader waits for
 
     @property
     def is_running(self) -> bool:
@@ -110,24 +160,34 @@ class ProjectionRunner:
     def checkpoint(self) -> int:
         return self.view.max_tracking_id(UPSTREAM) or 0
 
-    def apply(self, notifications: Sequence[Notification]) -> None:
-        """Applies a batch and records its last notification id, in one transaction."""
+    def apply(self, notifications: Sequence[Notification], *, up_to: int | None = None) -> None:
+        """Applies a batch and records its last notification id (or `up_to`, the end of
+        the range the batch covers), in one transaction."""
         topics = self.read_model.topics
         events: list[Applied] = []
         skipped: Counter[str] = Counter()
+        # Activity deferred from earlier batches comes first: the latest of each wins.
+        notifications = [*self._deferred.values(), *notifications]
         for notification in notifications:
             if notification.topic in topics:
                 events.append(self._decode(notification))
             else:
-                skipped[notification.topic.rpartition(":")[2]] += 1
+                skipped[_type_of(notification)] += 1
         latest = self._latest(notifications, events) if self.read_model.follows_activity else []
-        last = notifications[-1].id
+        last = notifications[-1].id if up_to is None else up_to
         with self.view.write(Tracking(UPSTREAM, last)) as sql:
             self.read_model.apply(sql, events, latest)
         self.applied += len(events)
         self.skipped.update(skipped)
+        self._deferred.clear()
+        self._handled = max(self._handled, last)
+        self._tracked = last
+        self._untracked_since = None
+        self._advance(last)
+
+    def _advance(self, position: int) -> None:
         with self._advanced:
-            self.position = last
+            self.position = position
             self._advanced.notify_all()
 
     def _decode(self, notification: Notification) -> Applied:
@@ -156,12 +216,21 @@ class ProjectionRunner:
 
     def catch_up(self, *, until: int | None = None, progress: Progress | None = None) -> int:
         """Applies every stored event after the checkpoint up to `until` (default: the
-        store's last one) in this thread; returns the position reached.
+        store's last one) in this thread; returns the position reached."""
+        return self._replay(self.checkpoint(), until, self.apply, progress)
 
-        The next page is read while this one is applied (one reader thread): reading
+    def _replay(
+        self,
+        position: int,
+        until: int | None,
+        handle: Callable[[Sequence[Notification]], None],
+        progress: Progress | None = None,
+    ) -> int:
+        """Hands the stored events in (position, until] to `handle`, page by page.
+
+        The next page is read while this one is handled (one reader thread): reading
         the log is about as costly as applying it."""
         recorder = self.service.recorder
-        position = self.checkpoint()
         stop = until if until is not None else (recorder.max_notification_id() or 0)
         total = max(stop - position, 0)
         first = position
@@ -179,7 +248,7 @@ class ProjectionRunner:
                     break
                 last = batch[-1].id
                 pending = reader.submit(read, last) if last < stop else None
-                self.apply(batch)
+                handle(batch)
                 position = last
                 if progress is not None:
                     progress(position - first, total)
@@ -194,8 +263,10 @@ class ProjectionRunner:
 
     # Following the log in a background thread.
 
-    def start(self) -> None:
+    def start(self, source: LogSource | None = None) -> None:
+        """Follows the log: fed by `source` when given, else by a subscription of its own."""
         self._stopping.clear()
+        self._source = source
         self._thread = threading.Thread(
             target=self._run, name=f"threadlog-projection-{self.name}", daemon=True
         )
@@ -203,13 +274,24 @@ class ProjectionRunner:
 
     def stop(self) -> None:
         self._stopping.set()
+        with self._arrived:
+            self._arrived.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
 
+    def receive(self, batch: LogBatch) -> None:
+        """Queues a batch read by the source (called in its thread, must not block)."""
+        with self._arrived:
+            if len(self._inbox) >= _INBOX_BATCHES:
+                self._inbox.popleft()  # its events are read again from the store
+            self._inbox.append(batch)
+            self._arrived.notify()
+
     def wait(self, position: int, timeout: float) -> bool:
         """Blocks until the read model reached `position`, or `timeout` passed."""
         if self.is_running:
+            self._nudge(position)
             with self._advanced:
                 return self._advanced.wait_for(lambda: self.position >= position, timeout)
         deadline = time.monotonic() + timeout
@@ -222,6 +304,8 @@ class ProjectionRunner:
     async def wait_async(self, position: int, seconds: float) -> bool:
         """`wait` for the event loop: polls memory when running here, else the view."""
         deadline = time.monotonic() + seconds
+        if self.is_running:
+            self._nudge(position)
         while True:
             if self.is_running:
                 if self.position >= position:
@@ -234,6 +318,17 @@ class ProjectionRunner:
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(delay)
+
+    def _nudge(self, position: int) -> None:
+        """A reader waits: the source reads now instead of after its interval, and
+        activity the runner deferred up to `position` is applied at once."""
+        if self.position >= position:
+            return
+        with self._arrived:
+            self._wanted = max(self._wanted, position)
+            self._arrived.notify()
+        if self._source is not None:
+            self._source.nudge()
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -251,58 +346,165 @@ class ProjectionRunner:
 
     def _follow(self) -> None:
         start = self.checkpoint()
-        with self._advanced:
-            self.position = start
+        self._handled = self._tracked = start
+        self._untracked_since = None
+        self._deferred.clear()
+        self._advance(start)
         log.info("projection.started", projection=self.name, checkpoint=start)
+        if self._source is None:
+            feeding: contextlib.AbstractContextManager[object] = self._subscribed(start)
+        else:
+            feeding = self._fed(self._source)
+        lag = LagLog(self.name, self._store_position, self.progress_seconds)
+        with feeding:
+            try:
+                while not self._stopping.is_set():
+                    batches = self._take()
+                    for batch in batches:
+                        self._consume(batch)
+                        self.error = None
+                        lag.observe(self.position, idle=False)
+                    self._settle(force=False)
+                    if not batches:
+                        lag.observe(self.position, idle=True)
+            finally:
+                with contextlib.suppress(Exception):
+                    self._settle(force=True)
+
+    @contextlib.contextmanager
+    def _fed(self, source: LogSource) -> Iterator[None]:
+        with self._arrived:
+            self._inbox.clear()
+        remove = source.add(self.receive)
+        try:
+            # What was committed before the source's first batch, read here.
+            self._replay(self._handled, None, self._handle)
+            yield
+        finally:
+            remove()
+
+    @contextlib.contextmanager
+    def _subscribed(self, start: int) -> Iterator[None]:
+        """Standalone: a subscription of this runner's own feeds the inbox."""
+        with self._arrived:
+            self._inbox.clear()
         subscription = self.service.recorder.subscribe(gt=start)
-        pending: _Pending = queue.Queue(_QUEUE_SIZE)
         pump = threading.Thread(
-            target=self._pump, args=(subscription, pending), name=f"{self.name}-pump", daemon=True
+            target=self._pump, args=(subscription, start), name=f"{self.name}-pump", daemon=True
         )
         pump.start()
-        lag = LagLog(self.name, self._store_position, self.progress_seconds)
         try:
-            while not self._stopping.is_set():
-                batch = self._next_batch(pending)
-                if batch:
-                    self.apply(batch)
-                    self.error = None
-                lag.observe(self.position, idle=not batch)
+            yield
         finally:
             subscription.stop()
             pump.join(timeout=5)
 
+    def _take(self) -> list[LogBatch]:
+        """The queued batches, merged where they follow each other; [] after a quiet while."""
+        with self._arrived:
+            if not self._inbox:
+                self._arrived.wait(_POLL_SECONDS)
+            batches = list(self._inbox)
+            self._inbox.clear()
+        if batches and isinstance(batches[-1], _Failure):
+            raise batches[-1].error
+        return _merge(batches, self.batch_size)
+
+    def _consume(self, batch: LogBatch) -> None:
+        """Handles what of `batch` is new here, after reading any gap before it."""
+        if batch.up_to <= self._handled:
+            return
+        if batch.after > self._handled:
+            self._replay(self._handled, batch.after, self._handle)
+        fresh = [n for n in batch.notifications if n.id > self._handled]
+        self._handle(fresh, batch.up_to)
+
+    def _handle(self, notifications: Sequence[Notification], up_to: int | None = None) -> None:
+        """Applies the events if any is of this read model's topics. Otherwise nothing
+        changes (the position moves on in memory), or, for a read model that follows
+        activity, the activity is deferred: both reach the view within TRACKING_SECONDS,
+        or as soon as a reader waits for them."""
+        if not notifications:
+            return
+        last = notifications[-1].id if up_to is None else up_to
+        topics = self.read_model.topics
+        if any(n.topic in topics for n in notifications):
+            self.apply(notifications, up_to=last)
+            return
+        if self._untracked_since is None:
+            self._untracked_since = time.monotonic()
+        self._handled = last
+        if self.read_model.follows_activity:
+            for notification in notifications:
+                self._deferred.pop(notification.originator_id, None)
+                self._deferred[notification.originator_id] = notification
+            return
+        self.skipped.update(_type_of(n) for n in notifications)
+        self._advance(last)
+
+    def _settle(self, *, force: bool) -> None:
+        """Writes what was deferred or skipped since the last transaction (deferred
+        activity and the tracking record together) when it is due or a reader waits."""
+        since = self._untracked_since
+        if since is None or self._handled <= self._tracked:
+            return
+        wanted = bool(self._deferred) and self._wanted > self.position
+        if not (force or wanted or time.monotonic() - since >= TRACKING_SECONDS):
+            return
+        if self._deferred:
+            self.apply([], up_to=self._handled)
+            return
+        position = self._handled
+        with self.view.write(Tracking(UPSTREAM, position)):
+            pass
+        self._tracked = position
+        self._untracked_since = None
+
     def _store_position(self) -> int:
         return self.service.recorder.max_notification_id() or 0
 
-    def _pump(self, subscription: Subscription[ApplicationRecorder], pending: _Pending) -> None:
+    def _pump(self, subscription: Subscription[ApplicationRecorder], start: int) -> None:
+        after = start
         try:
             for notification in subscription:
-                self._put(pending, notification)
+                self._put(Batch(after, notification.id, (notification,)))
+                after = notification.id
         except BaseException as error:
-            self._put(pending, error)
+            self._put(_Failure(after, after, (), error))
 
-    def _put(self, pending: _Pending, item: Notification | BaseException) -> None:
+    def _put(self, batch: LogBatch) -> None:
+        """Queues a batch of the runner's own subscription, waiting while the inbox is full."""
         while not self._stopping.is_set():
-            with contextlib.suppress(queue.Full):
-                pending.put(item, timeout=_POLL_SECONDS)
-                return
-
-    def _next_batch(self, pending: _Pending) -> list[Notification]:
-        try:
-            first = pending.get(timeout=_POLL_SECONDS)
-        except queue.Empty:
-            return []
-        batch = [_take(first)]
-        while len(batch) < self.batch_size:
-            try:
-                batch.append(_take(pending.get_nowait()))
-            except queue.Empty:
-                break
-        return batch
+            with self._arrived:
+                if len(self._inbox) < _QUEUE_SIZE:
+                    self._inbox.append(batch)
+                    self._arrived.notify()
+                    return
+            time.sleep(_POLL_SECONDS / 10)
 
 
-def _take(item: Notification | BaseException) -> Notification:
-    if isinstance(item, BaseException):
-        raise item
-    return item
+@dataclass(frozen=True, slots=True)
+class _Failure(Batch):
+    """The runner's own subscription failed: `_take` raises `error`."""
+
+    error: BaseException
+
+
+def _merge(batches: Sequence[LogBatch], limit: int) -> list[LogBatch]:
+    """Joins batches that follow each other into batches of about `limit` events."""
+    merged: list[LogBatch] = []
+    for batch in batches:
+        last = merged[-1] if merged else None
+        if (
+            last is not None
+            and last.up_to == batch.after
+            and len(last.notifications) + len(batch.notifications) <= limit
+        ):
+            merged[-1] = Batch(last.after, batch.up_to, [*last.notifications, *batch.notifications])
+        else:
+            merged.append(batch)
+    return merged
+
+
+def _type_of(notification: Notification) -> str:
+    return notification.topic.rpartition(":")[2]

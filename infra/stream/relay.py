@@ -1,38 +1,35 @@
 """The relay: committed events, in global order, onto the JetStream stream.
 
-It follows the store's notification log with the recorder's subscription (LISTEN/
-NOTIFY on PostgreSQL), publishes each event with `Nats-Msg-Id: <event id>` so
-JetStream drops the duplicates a crash between publish and checkpoint would cause,
-and records its checkpoint in the store's tracking table after each acknowledged
-batch. A failure stops the loop loudly; it restarts from the checkpoint.
+It takes the batches of the process's follower of the notification log (infra/store/
+follower.py; one of its own when it is run alone), publishes each event with
+`Nats-Msg-Id: <event id>` so JetStream drops the duplicates a crash between publish and
+checkpoint would cause, awaits the acknowledgements, then records its checkpoint in
+the store's tracking table: one tracking transaction per batch. What it has not seen
+in a batch (its start, a batch it dropped while busy) it reads from the store itself.
+A failure stops the loop loudly; it restarts from the checkpoint.
 """
 
 import asyncio
 import contextlib
-import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
 import structlog
-from eventsourcing.persistence import (
-    ApplicationRecorder,
-    Notification,
-    Subscription,
-    Tracking,
-    TrackingRecorder,
-)
+from eventsourcing.persistence import Notification, Tracking, TrackingRecorder
 from nats.js import JetStreamContext
 
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import ConversationEvent
 from threadlog.infra.store.envelope import encode_envelope, envelope
 from threadlog.infra.store.eventstore import open_tracking
+from threadlog.infra.store.follower import Batch, Follower
 from threadlog.infra.stream.nats import StreamNames, ensure_stream, event_headers
 
 log = structlog.get_logger(__name__)
 
 RESTART_DELAY_SECONDS = 1.0
-MAX_IN_FLIGHT = 2000
+MAX_QUEUED_BATCHES = 100  # older ones are dropped and read again from the store
 # A publish whose ack never comes (lost while NATS restarted) must not stall the relay
 # for good: past this the batch fails and is published again from the checkpoint
 # (JetStream drops the copies by Nats-Msg-Id).
@@ -49,13 +46,20 @@ class Relay:
         batch_size: int = 500,
         tracking: TrackingRecorder | None = None,
         ack_timeout: float = ACK_TIMEOUT_SECONDS,
+        follower: Follower | None = None,
     ) -> None:
+        """`follower`: the process's follower of the log (one of its own when None)."""
         self._ack_timeout = ack_timeout
         self._service = service
         self._js = js
         self._names = names
         self._batch_size = batch_size
-        self._tracking = tracking or open_tracking(service)
+        if tracking is None:
+            tracking = open_tracking(service)
+            if follower is not None:
+                tracking = follower.tracking(tracking)  # one transaction, not two, a batch
+        self._tracking = tracking
+        self._follower = follower
         self.name = f"relay-{names.stream.lower()}"
         self.published_position = 0
 
@@ -78,18 +82,66 @@ class Relay:
         start = await asyncio.to_thread(self.checkpoint)
         self.published_position = start
         log.info("relay.started", checkpoint=start, stream=self._names.stream)
-        feed = _NotificationFeed(self._service.recorder.subscribe(gt=start))
-        try:
+        async with self._batches() as inbox:
+            # What was committed before the follower's first batch; later, its batches.
+            stored = await asyncio.to_thread(self._service.recorder.max_notification_id)
+            await self._catch_up(stored or 0)
             while True:
-                batch = await feed.next_batch(self._batch_size)
-                await self._publish(batch)
-                last = batch[-1].id
-                await asyncio.to_thread(self._tracking.insert_tracking, Tracking(self.name, last))
-                self.published_position = last
-        finally:
-            await asyncio.to_thread(feed.close)
+                for batch in await inbox.take():
+                    await self._consume(batch)
 
-    async def _publish(self, batch: list[Notification]) -> None:
+    @contextlib.asynccontextmanager
+    async def _batches(self) -> AsyncIterator["_Inbox"]:
+        inbox = _Inbox(asyncio.get_running_loop())
+        follower = self._follower
+        own = follower is None
+        if follower is None:
+            follower = Follower(self._service.recorder, batch_size=self._batch_size)
+        remove = follower.add(inbox.put)
+        if own:
+            follower.start()
+        try:
+            yield inbox
+        finally:
+            remove()
+            if own:
+                await asyncio.to_thread(follower.stop)
+
+    async def _consume(self, batch: Batch) -> None:
+        """Relays what of `batch` is new, after the events before it not yet seen."""
+        if batch.up_to <= self.published_position:
+            return
+        if batch.after > self.published_position:
+            await self._catch_up(batch.after)
+        fresh = [n for n in batch.notifications if n.id > self.published_position]
+        for start in range(0, len(fresh), self._batch_size):
+            await self._relay(fresh[start : start + self._batch_size])
+
+    async def _catch_up(self, until: int) -> None:
+        """Relays the stored events after the checkpoint up to `until`."""
+        recorder = self._service.recorder
+        while True:
+            page = await asyncio.to_thread(
+                recorder.select_notifications,
+                start=self.published_position,
+                limit=self._batch_size,
+                stop=until,
+                inclusive_of_start=False,
+            )
+            if not page:
+                return
+            await self._relay(page)
+            if page[-1].id >= until:
+                return
+
+    async def _relay(self, notifications: Sequence[Notification]) -> None:
+        """Publishes, awaits every ack, then records the checkpoint."""
+        await self._publish(notifications)
+        last = notifications[-1].id
+        await asyncio.to_thread(self._tracking.insert_tracking, Tracking(self.name, last))
+        self.published_position = last
+
+    async def _publish(self, batch: Sequence[Notification]) -> None:
         to_event = self._service.mapper.to_domain_event
         acks = []
         for notification in batch:
@@ -113,42 +165,36 @@ class Relay:
             await asyncio.gather(*acks)
 
 
-class _NotificationFeed:
-    """Bridges the recorder's blocking subscription (a thread) to the event loop."""
+class _Inbox:
+    """The follower's batches (handed over in its thread), for the event loop."""
 
-    def __init__(self, subscription: Subscription[ApplicationRecorder]) -> None:
-        self._subscription = subscription
-        self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[Notification | BaseException] = asyncio.Queue()
-        self._slots = threading.Semaphore(MAX_IN_FLIGHT)
-        self._thread = threading.Thread(target=self._pump, name="threadlog-relay", daemon=True)
-        self._thread.start()
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._batches: deque[Batch] = deque()
+        self._ready = asyncio.Event()
 
-    def _pump(self) -> None:
-        put: Callable[[Notification | BaseException], None] = self._queue.put_nowait
-        try:
-            for notification in self._subscription:
-                self._slots.acquire()
-                self._loop.call_soon_threadsafe(put, notification)
-        except BaseException as error:
-            with contextlib.suppress(RuntimeError):  # loop closed at shutdown
-                self._loop.call_soon_threadsafe(put, error)
+    def put(self, batch: Batch) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
+            self._loop.call_soon_threadsafe(self._append, batch)
 
-    async def next_batch(self, size: int) -> list[Notification]:
-        batch = [self._take(await self._queue.get())]
-        while len(batch) < size and not self._queue.empty():
-            batch.append(self._take(self._queue.get_nowait()))
-        return batch
+    def _append(self, batch: Batch) -> None:
+        if len(self._batches) >= MAX_QUEUED_BATCHES:
+            self._batches.popleft()  # read again from the store: a gap before the next
+        self._batches.append(batch)
+        self._ready.set()
 
-    def _take(self, item: Notification | BaseException) -> Notification:
-        self._slots.release()
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def close(self) -> None:
-        self._subscription.stop()
-        # Unblock the pump if it waits for a slot, then let it finish.
-        for _ in range(MAX_IN_FLIGHT):
-            self._slots.release()
-        self._thread.join(timeout=5)
+    async def take(self) -> list[Batch]:
+        """The batches queued, joined where they follow each other."""
+        await self._ready.wait()
+        self._ready.clear()
+        batches = list(self._batches)
+        self._batches.clear()
+        merged: list[Batch] = []
+        for batch in batches:
+            if merged and merged[-1].up_to == batch.after:
+                last = merged[-1]
+                batch = Batch(last.after, batch.up_to, [*last.notifications, *batch.notifications])
+                merged[-1] = batch
+            else:
+                merged.append(batch)
+        return merged

@@ -21,6 +21,7 @@ from threadlog.domain.application import ConversationService
 from threadlog.domain.events import Cause
 from threadlog.infra.settings import Settings
 from threadlog.infra.store.eventstore import EventLog, open_service, open_tracking
+from threadlog.infra.store.follower import Follower
 from threadlog.infra.stream.nats import (
     HEADER_GLOBAL_POSITION,
     HEADER_MSG_ID,
@@ -206,3 +207,46 @@ async def test_a_publish_never_acknowledged_fails_the_batch_instead_of_stalling_
     finally:
         await nc.close()
     assert await stream_contents(server.url, names) == expected + more
+
+
+class CountingTracking(TrackingRecorder):
+    """Counts the checkpoints recorded."""
+
+    def __init__(self, real: TrackingRecorder) -> None:
+        self._real = real
+        self.inserts = 0
+
+    def insert_tracking(self, tracking: Tracking) -> None:
+        self.inserts += 1
+        self._real.insert_tracking(tracking)
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        return self._real.max_tracking_id(application_name)
+
+
+async def test_the_relay_fed_by_the_process_follower_records_one_checkpoint_a_batch(
+    service: ConversationService, nats_url: str, nats_names: NatsNames
+) -> None:
+    names = names_of(nats_names)
+    write_events(service, conversations=2, tokens=10)  # before: read by the relay itself
+    follower = Follower(service.recorder, interval_seconds=0.05)
+    follower.start()
+    tracking = CountingTracking(open_tracking(service))
+    nc = await nats.connect(nats_url)
+    try:
+        relay = Relay(service, nc.jetstream(), names, follower=follower, tracking=tracking)
+        task = asyncio.create_task(relay.run())
+        commits = 0
+        for _ in range(20):  # one commit each, many within one interval
+            expected = await asyncio.to_thread(write_events, service, 1, 3)
+            commits += 3  # start, post, the run's tokens
+        while relay.published_position < expected[-1][2]:
+            assert not task.done()
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await nc.close()
+        follower.stop()
+    assert await stream_contents(nats_url, names) == expected
+    assert tracking.inserts <= follower.reads + 1 < commits
