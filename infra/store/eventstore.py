@@ -8,6 +8,7 @@ events without building them (infra/store/envelope.py).
 """
 
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypeVar, cast
@@ -54,6 +55,7 @@ RECONNECT_SECONDS = 2.0
 FAIL_FAST_SECONDS = 0.1
 RETRY_FIRST_DELAY = 0.2
 RETRY_MAX_DELAY = 2.0
+PING_IDLE_SECONDS = 1.0
 
 
 def store_environment(settings: Settings) -> dict[str, str]:
@@ -109,6 +111,25 @@ def reconnect_promptly(owner: Any) -> None:
         datastore.pool.reconnect_timeout = RECONNECT_SECONDS
         # eventsourcing builds the pool itself; the subclass adds behaviour, no state.
         datastore.pool.__class__ = _FailFastPool
+        if datastore.pool._check is not None:  # POSTGRES_PRE_PING
+            datastore.pool._check = _PingWhenIdle()
+
+
+class _PingWhenIdle:
+    """The pool's check of a connection it hands out (POSTGRES_PRE_PING), only for one
+    unused for PING_IDLE_SECONDS: each ping is a round trip and a transaction, and the
+    writer takes a connection per commit. A connection used a moment ago is as good as
+    a ping; should the server have gone in that moment, the caller's retry covers it."""
+
+    def __init__(self) -> None:
+        self._used: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    def __call__(self, conn: Any) -> None:
+        now = time.monotonic()
+        last = self._used.get(conn)
+        self._used[conn] = now
+        if last is None or now - last >= PING_IDLE_SECONDS:
+            ConnectionPool.check_connection(conn)
 
 
 class _FailFastPool(ConnectionPool[Any]):

@@ -20,6 +20,7 @@ HEADER_SCHEMA_VERSION = "Threadlog-Schema-Version"
 HEADER_POSITION = "Threadlog-Position"
 HEADER_GLOBAL_POSITION = "Threadlog-Global-Position"
 HEADER_CONVERSATION = "Threadlog-Conversation-Id"
+HEADER_EXPECTED_STREAM = "Nats-Expected-Stream"
 
 DUPLICATE_WINDOW_SECONDS = 120.0
 

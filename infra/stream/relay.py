@@ -3,9 +3,14 @@
 It takes the batches of the process's follower of the notification log (infra/store/
 follower.py; one of its own when it is run alone), publishes each event with
 `Nats-Msg-Id: <event id>` so JetStream drops the duplicates a crash between publish and
-checkpoint would cause, awaits the acknowledgements, then records its checkpoint in
-the store's tracking table: one tracking transaction per batch. What it has not seen
-in a batch (its start, a batch it dropped while busy) it reads from the store itself.
+checkpoint would cause, awaits the acknowledgement, then records its checkpoint in
+the store's tracking table: one tracking transaction per batch. Only a batch's last
+message asks for an acknowledgement: the server handles one connection's messages in
+order, so its acknowledgement means every earlier one of the batch was handled too (an
+acknowledgement per message cost more than building the messages). The envelopes are
+built straight from the stored rows, as a replay's are (infra/store/envelope.py). What
+it has not seen in a batch (its start, a batch it dropped while busy) it reads from the
+store itself.
 A failure stops the loop loudly; it restarts from the checkpoint.
 """
 
@@ -13,18 +18,22 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from typing import cast
+from uuid import UUID
 
 import structlog
 from eventsourcing.persistence import Notification, Tracking, TrackingRecorder
 from nats.js import JetStreamContext
 
 from threadlog.domain.application import ConversationService
-from threadlog.domain.events import ConversationEvent
-from threadlog.infra.store.envelope import encode_envelope, envelope
-from threadlog.infra.store.eventstore import open_tracking
+from threadlog.infra.store.envelope import encode_envelope, stored_envelopes
+from threadlog.infra.store.eventstore import StoredRow, open_tracking
 from threadlog.infra.store.follower import Batch, Follower
-from threadlog.infra.stream.nats import StreamNames, ensure_stream, event_headers
+from threadlog.infra.stream.nats import (
+    HEADER_EXPECTED_STREAM,
+    StreamNames,
+    ensure_stream,
+    event_headers,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -142,27 +151,36 @@ class Relay:
         self.published_position = last
 
     async def _publish(self, batch: Sequence[Notification]) -> None:
-        to_event = self._service.mapper.to_domain_event
-        acks = []
-        for notification in batch:
-            event = cast(ConversationEvent, to_event(notification))
-            item = envelope(event, notification.id)
-            headers = event_headers(
-                event_id=item.id,
-                event_type=item.type,
-                schema_version=item.schema_version,
-                position=item.position,
-                global_position=item.global_position,
-                conversation_id=item.conversation_id,
-            )
-            subject = self._names.conversation_subject(item.conversation_id, item.type)
-            acks.append(
-                await self._js.publish_async(
-                    subject, encode_envelope(item), headers=headers, stream=self._names.stream
-                )
-            )
+        messages = [self._message(n) for n in batch]
+        nc = self._js._nc  # core publishes on JetStream's own connection: one order
+        for subject, payload, headers in messages[:-1]:
+            await nc.publish(subject, payload, headers=headers)
+        subject, payload, headers = messages[-1]
+        del headers[HEADER_EXPECTED_STREAM]  # publish_async sets it from `stream`
+        ack = await self._js.publish_async(
+            subject, payload, headers=headers, stream=self._names.stream
+        )
         async with asyncio.timeout(self._ack_timeout):
-            await asyncio.gather(*acks)
+            await ack
+
+    def _message(self, notification: Notification) -> tuple[str, bytes, dict[str, str]]:
+        conversation_id = UUID(str(notification.originator_id))
+        row = StoredRow(
+            notification.originator_version, notification.topic, notification.state, notification.id
+        )
+        (item,) = stored_envelopes([row], conversation_id, self._service.mapper)
+        headers = event_headers(
+            event_id=item.id,
+            event_type=item.type,
+            schema_version=item.schema_version,
+            position=item.position,
+            global_position=item.global_position,
+            conversation_id=item.conversation_id,
+        )
+        # The server refuses to store the message in any other stream.
+        headers[HEADER_EXPECTED_STREAM] = self._names.stream
+        subject = self._names.conversation_subject(item.conversation_id, item.type)
+        return subject, encode_envelope(item), headers
 
 
 class _Inbox:
