@@ -46,7 +46,7 @@ def is_sealed(value: Any) -> TypeGuard[dict[str, Any]]:
     return isinstance(value, dict) and len(value) == 2 and SEALED in value and KEY in value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per opened value, and frozen costs per field
 class Opened:
     """A field's value opened: `erased` when its key is gone (then `value` is None)."""
 
@@ -54,7 +54,7 @@ class Opened:
     erased: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per served event
 class OpenedData:
     data: dict[str, Any]
     erased: list[str]

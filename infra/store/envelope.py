@@ -211,8 +211,17 @@ def _uuid_string(hex_: str) -> str:
 
 def _timestamp_string(text: str) -> str:
     """`event.timestamp.isoformat()`, from what `DatetimeAsISO` stored."""
-    parsed = datetime.fromisoformat(text)  # raises as the mapper would on a bad one
-    return text if _ISO_TIMESTAMP.fullmatch(text) else parsed.isoformat()
+    if _ISO_TIMESTAMP.fullmatch(text) and _valid_date(text):
+        return text  # as `isoformat()` writes it: nothing to parse
+    return datetime.fromisoformat(text).isoformat()  # raises as the mapper would
+
+
+def _valid_date(text: str) -> bool:
+    """The calendar fields are in range (the pattern checks their form only): a
+    timestamp that is not a date takes `fromisoformat`, which refuses it."""
+    month, day = int(text[5:7]), int(text[8:10])
+    clock = text[11:13] < "24" and text[14:16] < "60" and text[17:19] < "60"
+    return 1 <= month <= 12 and 1 <= day <= 28 and clock and text[-5:-3] < "24"
 
 
 # --- encoding ------------------------------------------------------------------------------

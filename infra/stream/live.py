@@ -45,7 +45,7 @@ log = structlog.get_logger(__name__)
 LIVE_PENDING_LIMIT = 65536
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per event served, and frozen costs per field
 class FeedEvent:
     position: int
     type: str
