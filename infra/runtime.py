@@ -174,12 +174,16 @@ class Runtime:
                 runtime.rate_limiter = RateLimiter(
                     bucket, window_seconds=window, connected=lambda: nc.is_connected
                 )
-            # One follower of the log feeds the projections and the relay, coalesced.
-            follower = Follower(
-                service.recorder,
-                interval_seconds=settings.follow_interval_ms / 1000,
-                batch_size=settings.projection_batch_size,
-            )
+            # One follower of the log feeds the projections and the relay, coalesced
+            # (a process with neither, a worker, opens none: it has connections of its own).
+            follower = None
+            if settings.projections or settings.relay:
+                follower = Follower(
+                    service.recorder,
+                    interval_seconds=settings.follow_interval_ms / 1000,
+                    batch_size=settings.projection_batch_size,
+                )
+                stack.callback(follower.stop)
             if settings.projections:
                 read_models.start(follower)
             if _checks_orphans(settings, read_models):
@@ -196,9 +200,8 @@ class Runtime:
                     service, js, names, batch_size=settings.relay_batch_size, follower=follower
                 )
                 runtime.background.append(asyncio.create_task(runtime.relay.run_forever()))
-            if settings.projections or settings.relay:
+            if follower is not None:
                 follower.start()
-                stack.callback(follower.stop)
             stack.push_async_callback(runtime._stop_background)
             stack.push_async_callback(runtime.executor.stop)
             log.info(

@@ -371,6 +371,11 @@ class ProjectionRunner:
                     self._settle(force=False)
                     if not batches:
                         lag.observe(self.position, idle=True)
+                        if self._source is None:
+                            # eventsourcing's subscription LISTENs in a thread of its own,
+                            # after its first read: a commit in between would wait for the
+                            # next one. An idle standalone runner looks for itself.
+                            self._replay(self._handled, None, self._handle)
             finally:
                 with contextlib.suppress(Exception):
                     self._settle(force=True)

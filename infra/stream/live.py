@@ -131,14 +131,7 @@ class LiveEvents:
                 encode_envelope(served(item, self._keys)) if item.type in SEALED_FIELDS else stored
             )
             served_item = FeedEvent(item.position, item.type, payload)
-        headers = event_headers(
-            event_id=item.id,
-            event_type=item.type,
-            schema_version=item.schema_version,
-            position=item.position,
-            global_position=item.global_position,
-            conversation_id=item.conversation_id,
-        )
+        headers = event_headers(item)
         return _Committed(event.originator_id, stored, headers, served_item)
 
     def _hand_on(self, items: list[_Committed]) -> None:

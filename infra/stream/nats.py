@@ -12,6 +12,8 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
+from threadlog.infra.store.envelope import EventEnvelope
+
 log = structlog.get_logger(__name__)
 
 HEADER_MSG_ID = "Nats-Msg-Id"
@@ -130,20 +132,13 @@ async def apply_stream_config(js: JetStreamContext, config: StreamConfig) -> Non
     await js.update_stream(config)
 
 
-def event_headers(
-    *,
-    event_id: str,
-    event_type: str,
-    schema_version: int,
-    position: int,
-    global_position: int,
-    conversation_id: str,
-) -> dict[str, Any]:
+def event_headers(item: EventEnvelope) -> dict[str, Any]:
+    """The headers of an event's message: each repeats a field of the payload."""
     return {
-        HEADER_MSG_ID: event_id,
-        HEADER_TYPE: event_type,
-        HEADER_SCHEMA_VERSION: str(schema_version),
-        HEADER_POSITION: str(position),
-        HEADER_GLOBAL_POSITION: str(global_position),
-        HEADER_CONVERSATION: conversation_id,
+        HEADER_MSG_ID: item.id,
+        HEADER_TYPE: item.type,
+        HEADER_SCHEMA_VERSION: str(item.schema_version),
+        HEADER_POSITION: str(item.position),
+        HEADER_GLOBAL_POSITION: str(item.global_position),
+        HEADER_CONVERSATION: item.conversation_id,
     }

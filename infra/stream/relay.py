@@ -169,14 +169,7 @@ class Relay:
             notification.originator_version, notification.topic, notification.state, notification.id
         )
         (item,) = stored_envelopes([row], conversation_id, self._service.mapper)
-        headers = event_headers(
-            event_id=item.id,
-            event_type=item.type,
-            schema_version=item.schema_version,
-            position=item.position,
-            global_position=item.global_position,
-            conversation_id=item.conversation_id,
-        )
+        headers = event_headers(item)
         # The server refuses to store the message in any other stream.
         headers[HEADER_EXPECTED_STREAM] = self._names.stream
         subject = self._names.conversation_subject(item.conversation_id, item.type)
