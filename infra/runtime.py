@@ -105,7 +105,11 @@ class Runtime:
             if created_key is not None:
                 announce_admin_key(created_key)
             tokens = Tokens(settings)
-            writer = EventWriter(service, max_events=settings.writer_max_events)
+            writer = EventWriter(
+                service,
+                max_events=settings.writer_max_events,
+                linger_seconds=settings.writer_linger_ms / 1000,
+            )
             writer.start()
             stack.callback(writer.stop)
             nc = await connect(nats_url)

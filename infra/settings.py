@@ -42,6 +42,9 @@ class Settings:
     # Events per group-commit transaction at most. Larger saves (one big array parameter)
     # were seen to stall psycopg's pipeline for good on PostgreSQL (docs/benchmarks.md).
     writer_max_events: int = 200
+    # Under load (commits back to back) the writer waits this long after a commit before
+    # the next, so that more flushes share it; a lone flush is written at once.
+    writer_linger_ms: float = 5.0
     snapshot_interval: int = 500
     max_message_bytes: int = 256 * 1024
     max_request_bytes: int = 1024 * 1024
@@ -65,7 +68,7 @@ class Settings:
     projection_batch_size: int = 500
     # The log's follower (relay and projections) reads at most this often while commits
     # keep coming; a reader waiting for a position makes it read at once.
-    follow_interval_ms: float = 50.0
+    follow_interval_ms: float = 100.0
     # How long a read with `min_position` waits for the read model to reach it (then 503).
     read_wait_seconds: float = 5.0
     # Runs execute in `threadlog worker` processes, taken from a JetStream work queue;
@@ -168,6 +171,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
+        if self.writer_linger_ms < 0:
+            raise SettingsError(f"{PREFIX}WRITER_LINGER_MS must not be negative")
         if self.follow_interval_ms < 0:
             raise SettingsError(f"{PREFIX}FOLLOW_INTERVAL_MS must not be negative")
         if self.read_wait_seconds < 0:

@@ -10,6 +10,7 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from uuid import UUID
@@ -44,8 +45,10 @@ class EventWriter:
         *,
         max_events: int = 200,
         outage_seconds: float = STORE_OUTAGE_SECONDS,
+        linger_seconds: float = 0.0,
     ) -> None:
         self._service = service
+        self._linger = linger_seconds
         self._max_events = max_events
         self._outage_seconds = outage_seconds
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
@@ -73,10 +76,16 @@ class EventWriter:
 
     def _run(self) -> None:
         stopping = False
+        committed = float("-inf")
         while not stopping:
             item = self._queue.get()
             if item is None:
                 break
+            # Back-to-back commits (under load) wait out the rest of `linger` so that more
+            # flushes join the next one; a lone flush after a quiet spell goes at once.
+            rest = committed + self._linger - time.monotonic()
+            if rest > 0:
+                time.sleep(rest)
             batch, count = [item], len(item.events)
             while count < self._max_events:
                 try:
@@ -89,6 +98,7 @@ class EventWriter:
                 batch.append(more)
                 count += len(more.events)
             self._commit(batch)
+            committed = time.monotonic()
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
