@@ -54,7 +54,7 @@ FULL = Plan(
         clients_per_conversation=1,
         stream_seconds=10,
         drain_seconds=5,
-        steps=(1, 2, 5, 10, 20, 50, 100, 150, 300, 400, 600),
+        steps=(1, 2, 5, 10, 20, 30, 40, 50, 75, 100, 150, 300, 400, 600),
         profile_seconds=8,
     ),
     soak=SoakConfig(

@@ -68,7 +68,7 @@ class Settings:
     projection_batch_size: int = 500
     # The log's follower (relay and projections) reads at most this often while commits
     # keep coming; a reader waiting for a position makes it read at once.
-    follow_interval_ms: float = 100.0
+    follow_interval_ms: float = 50.0
     # How long a read with `min_position` waits for the read model to reach it (then 503).
     read_wait_seconds: float = 5.0
     # Runs execute in `threadlog worker` processes, taken from a JetStream work queue;
