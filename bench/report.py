@@ -313,7 +313,10 @@ def _stall_note(results: list[TokenWriteResult]) -> str:
         f"{f' (`net.core.wmem_default` here: {buffer:,} bytes)' if buffer else ''}. "
         "eventsourcing sends a whole save as one array parameter, and a token event is stored "
         f"as {event_bytes:,} bytes on average, so a save larger than the socket buffer{fits} "
-        "can stall: `writer_max_events` must keep group-commit transactions below it."
+        "could stall: `writer_max_events` kept group-commit transactions below it. Since "
+        "2026-11-30 the writer's save does not go through psycopg's pipeline (BEGIN, lock and "
+        "NOTIFY in one simple query, then the INSERT of four column arrays, then COMMIT: "
+        "`infra/store/postgres.py`), so that stall cannot happen there; the check stays."
     )
 
 
