@@ -76,6 +76,8 @@ class LogBatch(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Batch:
+    """Every notification with an id in (after, up_to], in order (a `LogBatch`)."""
+
     after: int
     up_to: int
     notifications: Sequence[Notification]
@@ -417,7 +419,7 @@ class ProjectionRunner:
             self._inbox.clear()
         if batches and isinstance(batches[-1], _Failure):
             raise batches[-1].error
-        return _merge(batches, self.batch_size)
+        return merge_batches(batches, self.batch_size)
 
     def _consume(self, batch: LogBatch) -> None:
         """Handles what of `batch` is new here, after reading any gap before it."""
@@ -499,7 +501,7 @@ class _Failure(Batch):
     error: BaseException
 
 
-def _merge(batches: Sequence[LogBatch], limit: int) -> list[LogBatch]:
+def merge_batches(batches: Sequence[LogBatch], limit: int) -> list[LogBatch]:
     """Joins batches that follow each other into batches of about `limit` events."""
     merged: list[LogBatch] = []
     for batch in batches:

@@ -19,12 +19,11 @@ import contextlib
 import copy
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Literal, cast
 
 import structlog
-from eventsourcing.persistence import ApplicationRecorder, Notification, TrackingRecorder
+from eventsourcing.persistence import ApplicationRecorder, TrackingRecorder
 from eventsourcing.postgres import (
     PostgresApplicationRecorder,
     PostgresDatastore,
@@ -37,21 +36,13 @@ from threadlog.infra.store.sqlite import (
     CROSS_PROCESS_POLL_SECONDS,
     NotifyingSQLiteApplicationRecorder,
 )
+from threadlog.projections.runner import Batch
 
 log = structlog.get_logger(__name__)
 
 FOLLOW_INTERVAL_SECONDS = 0.05
 RESTART_DELAY_SECONDS = 1.0
 _LISTEN_TIMEOUT_SECONDS = 0.5  # how often the listener checks it should stop
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """Every notification with an id in (after, up_to], in order."""
-
-    after: int
-    up_to: int
-    notifications: Sequence[Notification]
 
 
 Consumer = Callable[[Batch], None]

@@ -79,14 +79,6 @@ class ColumnArraysPostgresApplicationRecorder(PostgresApplicationRecorder):
             prepare=True,
         )
 
-    def _insert_stored_events(
-        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **_: Any
-    ) -> None:
-        # eventsourcing's own paths that insert (with tracking, say) keep its pipeline.
-        self._lock_table(curs)
-        self._notify_channel(curs)
-        self._insert_rows(curs, stored_events)
-
 
 def _as_bytes(statement: object, conn: Connection[DictRow]) -> bytes:
     if isinstance(statement, Composable):

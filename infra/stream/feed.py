@@ -8,10 +8,9 @@ path may have lost events (a NATS reconnect, a full queue) the follower reads th
 store, and it looks there anyway after a long quiet spell. Whether the client arrives
 before, during or after a run, it gets every event once, in position order.
 
-Catching up is paged: each page of stored events is read, decoded and encoded in one
-worker thread, and `follow_pages` hands over a page at a time so that a stream writes
-it as one chunk. (Reading the next page while the caller sends one measured no faster:
-both need the GIL.)
+Catching up is paged: each page of stored rows is encoded in a worker thread while
+the next page's rows are read, and `follow_pages` hands over a page at a time so that
+a stream writes it as one chunk.
 """
 
 import asyncio
@@ -27,11 +26,10 @@ from threadlog.infra.store.content import ContentKeys
 from threadlog.infra.store.envelope import (
     EventEnvelope,
     encode_envelope,
-    envelope_of,
     served,
     stored_envelopes,
 )
-from threadlog.infra.store.eventstore import EventLog, LoggedEvent, StoredRow
+from threadlog.infra.store.eventstore import EventLog, StoredRow
 from threadlog.infra.stream.live import FeedEvent, LiveEvents, LiveFollower
 
 CATCH_UP_PAGE = 1000
@@ -61,11 +59,6 @@ class _Ending(msgspec.Struct):
 
 
 _ending_decoder = msgspec.json.Decoder(_Ending)
-
-
-def feed_event(logged: LoggedEvent, keys: ContentKeys) -> FeedEvent:
-    """A stored event as a reader gets it: content opened (infra/store/envelope.py)."""
-    return served_feed_event(envelope_of(logged), keys)
 
 
 def served_feed_event(item: EventEnvelope, keys: ContentKeys) -> FeedEvent:

@@ -27,13 +27,14 @@ from nats.js import JetStreamContext
 from threadlog.domain.application import ConversationService
 from threadlog.infra.store.envelope import encode_envelope, stored_envelopes
 from threadlog.infra.store.eventstore import StoredRow, open_tracking
-from threadlog.infra.store.follower import Batch, Follower
+from threadlog.infra.store.follower import Follower
 from threadlog.infra.stream.nats import (
     HEADER_EXPECTED_STREAM,
     StreamNames,
     ensure_stream,
     event_headers,
 )
+from threadlog.projections.runner import LogBatch, merge_batches
 
 log = structlog.get_logger(__name__)
 
@@ -96,7 +97,7 @@ class Relay:
             stored = await asyncio.to_thread(self._service.recorder.max_notification_id)
             await self._catch_up(stored or 0)
             while True:
-                for batch in await inbox.take():
+                for batch in await inbox.take(self._batch_size):
                     await self._consume(batch)
 
     @contextlib.asynccontextmanager
@@ -116,7 +117,7 @@ class Relay:
             if own:
                 await asyncio.to_thread(follower.stop)
 
-    async def _consume(self, batch: Batch) -> None:
+    async def _consume(self, batch: LogBatch) -> None:
         """Relays what of `batch` is new, after the events before it not yet seen."""
         if batch.up_to <= self.published_position:
             return
@@ -144,7 +145,7 @@ class Relay:
                 return
 
     async def _relay(self, notifications: Sequence[Notification]) -> None:
-        """Publishes, awaits every ack, then records the checkpoint."""
+        """Publishes, awaits the acknowledgement, then records the checkpoint."""
         await self._publish(notifications)
         last = notifications[-1].id
         await asyncio.to_thread(self._tracking.insert_tracking, Tracking(self.name, last))
@@ -181,31 +182,23 @@ class _Inbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._batches: deque[Batch] = deque()
+        self._batches: deque[LogBatch] = deque()
         self._ready = asyncio.Event()
 
-    def put(self, batch: Batch) -> None:
+    def put(self, batch: LogBatch) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
             self._loop.call_soon_threadsafe(self._append, batch)
 
-    def _append(self, batch: Batch) -> None:
+    def _append(self, batch: LogBatch) -> None:
         if len(self._batches) >= MAX_QUEUED_BATCHES:
             self._batches.popleft()  # read again from the store: a gap before the next
         self._batches.append(batch)
         self._ready.set()
 
-    async def take(self) -> list[Batch]:
-        """The batches queued, joined where they follow each other."""
+    async def take(self, limit: int) -> list[LogBatch]:
+        """The batches queued, joined where they follow each other (up to `limit` events)."""
         await self._ready.wait()
         self._ready.clear()
         batches = list(self._batches)
         self._batches.clear()
-        merged: list[Batch] = []
-        for batch in batches:
-            if merged and merged[-1].up_to == batch.after:
-                last = merged[-1]
-                batch = Batch(last.after, batch.up_to, [*last.notifications, *batch.notifications])
-                merged[-1] = batch
-            else:
-                merged.append(batch)
-        return merged
+        return merge_batches(batches, limit)

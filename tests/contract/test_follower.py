@@ -20,12 +20,12 @@ from eventsourcing.persistence import Tracking
 from tests.contract.test_projections import AGENT, USER, Store, list_rows, message_rows, run, start
 from tests.contract.test_projections import store as store
 from threadlog.domain.application import ConversationService
-from threadlog.infra.store.follower import Batch, Follower
+from threadlog.infra.store.follower import Follower
 from threadlog.projections import runner as runner_module
 from threadlog.projections.conversation_list import ConversationList
 from threadlog.projections.message_history import MessageHistory
 from threadlog.projections.read_models import ReadModels
-from threadlog.projections.runner import Applied, LogBatch, ProjectionRunner
+from threadlog.projections.runner import Applied, Batch, LogBatch, ProjectionRunner
 from threadlog.projections.views import Sql, View
 
 
