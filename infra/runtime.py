@@ -188,6 +188,7 @@ class Runtime:
                     batch_size=settings.projection_batch_size,
                 )
                 stack.callback(follower.stop)
+                follower.follow_commits_of(service)
             if settings.projections:
                 read_models.start(follower)
             if _checks_orphans(settings, read_models):

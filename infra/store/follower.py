@@ -13,17 +13,33 @@ PostgreSQL recorder locks the table in every insert; SQLite has one writer), so 
 N is read, no id below it can appear later. Consumers keep their own checkpoints: each
 skips what it has already handled, and reads a gap before a batch (its start, a batch
 it dropped) from the store itself.
+
+What this process commits it need not read back: the commit listener `offer`s the rows
+it stored, and a batch is made of them without a query when they follow the position
+without a gap and nothing else is known to have been committed. The same order makes
+that sound: a transaction's ids follow the last committed ones, so rows that continue
+the position hide no other writer's rows. Other writers are known by their NOTIFY,
+whose payload is the last id they committed and the committing process (this
+process's own are ignored once its commits are offered; a NOTIFY without a payload,
+a slow poll's wake on SQLite or a waiting reader's nudge always reads), and by a gap
+before the rows offered.
 """
 
 import contextlib
 import copy
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal, cast
+from uuid import UUID
 
 import structlog
-from eventsourcing.persistence import ApplicationRecorder, TrackingRecorder
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    Notification,
+    Recording,
+    TrackingRecorder,
+)
 from eventsourcing.postgres import (
     PostgresApplicationRecorder,
     PostgresDatastore,
@@ -31,7 +47,9 @@ from eventsourcing.postgres import (
 )
 from psycopg.sql import SQL, Identifier
 
+from threadlog.domain.application import ConversationService
 from threadlog.infra.store.eventstore import reconnect_promptly
+from threadlog.infra.store.postgres import committer
 from threadlog.infra.store.sqlite import (
     CROSS_PROCESS_POLL_SECONDS,
     NotifyingSQLiteApplicationRecorder,
@@ -69,9 +87,16 @@ class Follower:
         self._listen_error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._last_read = float("-inf")
+        # Rows this process committed, not yet handed on; the highest id other writers
+        # announced; whether something unannounced may have been committed.
+        self._offered: list[Notification] = []
+        self._announced = 0
+        self._must_read = True
+        self._offered_to: str | None = None  # this process, once its commits are offered
         self.position: int | None = None
         """The last notification id read (None before the first start)."""
         self.reads = 0
+        """Queries of the log (a batch made of offered rows is not one)."""
 
     def add(self, consumer: Consumer) -> Callable[[], None]:
         """Hands every later batch to `consumer`; returns what removes it."""
@@ -95,8 +120,40 @@ class Follower:
             return moved
         return recorder
 
+    def offer(self, notifications: Sequence[Notification]) -> None:
+        """Rows this process has just committed (the commit listener, any thread)."""
+        if notifications:
+            with self._lock:
+                self._offered.extend(notifications)
+            self._wake.set()
+
+    def follow_commits_of(self, service: ConversationService) -> None:
+        """Takes what `service` commits from its commit listener, not from the store
+        (and so ignores this process's NOTIFYs). Every commit of this process must go
+        through `service`: one that does not is read only at the next gap, poll or nudge."""
+        service.on_commit(self._offer_recordings)
+        self._offered_to = committer()
+
+    def _offer_recordings(self, recordings: Sequence[Recording[UUID]]) -> None:
+        self.offer([recording.notification for recording in recordings])
+
+    def _announce(self, payload: str) -> None:
+        """A NOTIFY: its payload is the last id its transaction committed and the
+        committing process, if it says."""
+        last, _, by = payload.partition(" ")
+        if by and by == self._offered_to:
+            return  # offered
+        with self._lock:
+            if last.isdigit():
+                self._announced = max(self._announced, int(last))
+            else:
+                self._must_read = True
+        self._wake.set()
+
     def nudge(self) -> None:
-        """Reads at once, not after the interval: a reader waits for a position."""
+        """Reads at once, not after the interval: a reader waits for a position (which
+        another process may have committed: query)."""
+        self._must_read = True
         self._now.set()
         self._wake.set()
 
@@ -128,6 +185,7 @@ class Follower:
             self.position = self._recorder.max_notification_id() or 0
             log.info("follower.started", position=self.position)
         self._listen_error = None
+        self._must_read = True  # nobody listened for a while
         with self._waking() as poll_seconds:
             self._wake.set()  # commits made while nobody listened
             while not self._stopping.is_set():
@@ -136,6 +194,8 @@ class Follower:
                 woken = self._wake.wait(poll_seconds or _LISTEN_TIMEOUT_SECONDS)
                 if not woken and poll_seconds is None:
                     continue  # only to look at the stop flag and the listener
+                if not woken:
+                    self._must_read = True  # another process may have written
                 self._coalesce()
                 if self._stopping.is_set():
                     return
@@ -151,11 +211,13 @@ class Follower:
 
     def _read(self) -> None:
         after = self.position or 0
-        notifications = self._recorder.select_notifications(
-            start=after, limit=self._batch_size, inclusive_of_start=False
-        )
+        notifications = self._offered_batch(after)
+        if notifications is None:
+            notifications = self._recorder.select_notifications(
+                start=after, limit=self._batch_size, inclusive_of_start=False
+            )
+            self.reads += 1
         self._last_read = time.monotonic()
-        self.reads += 1
         if not notifications:
             return
         batch = Batch(after, notifications[-1].id, notifications)
@@ -169,6 +231,30 @@ class Follower:
                 log.error("follower.consumer_failed", error=repr(error))
         if len(notifications) == self._batch_size:
             self.nudge()  # a backlog: the next page at once
+
+    def _offered_batch(self, after: int) -> Sequence[Notification] | None:
+        """The offered rows after `after`, when they are all there is to read (else None:
+        query). Taking them, and the reasons to query, at once: whatever is committed
+        later is offered, announced or polled for later."""
+        if self._offered_to is None:
+            return None  # not offered: every wake-up is a commit to read
+        with self._lock:
+            offered, self._offered = self._offered, []
+            must_read, self._must_read = self._must_read, False
+            announced = self._announced
+        offered.sort(key=_id_of)
+        rows: list[Notification] = []
+        expected = after + 1
+        for notification in offered:
+            if notification.id < expected:
+                continue  # read already
+            if notification.id > expected or len(rows) == self._batch_size:
+                return None  # a gap: another writer's rows, or more than a batch
+            rows.append(notification)
+            expected += 1
+        if must_read or (rows[-1].id if rows else after) < announced:
+            return None
+        return rows
 
     @contextlib.contextmanager
     def _waking(self) -> Iterator[float | None]:
@@ -199,12 +285,19 @@ class Follower:
         try:
             with recorder.datastore.get_connection() as connection:
                 connection.execute(SQL("LISTEN {0}").format(Identifier(recorder.channel_name)))
+                self._announce("")  # what was committed before the LISTEN took effect
                 while not done.is_set():
-                    for _ in connection.notifies(timeout=_LISTEN_TIMEOUT_SECONDS, stop_after=1):
-                        self._wake.set()
+                    for notify in connection.notifies(
+                        timeout=_LISTEN_TIMEOUT_SECONDS, stop_after=1
+                    ):
+                        self._announce(notify.payload)
         except BaseException as error:
             self._listen_error = error
             self._wake.set()
+
+
+def _id_of(notification: Notification) -> int:
+    return notification.id
 
 
 def _own_pool(recorder: ApplicationRecorder) -> ApplicationRecorder:

@@ -27,6 +27,29 @@ HEADER_EXPECTED_STREAM = "Nats-Expected-Stream"
 DUPLICATE_WINDOW_SECONDS = 120.0
 
 
+@dataclass(frozen=True, slots=True)
+class RelayedEvent:
+    """What the stream's last event says of itself (its headers)."""
+
+    global_position: int
+    conversation_id: str
+    position: int
+
+
+async def last_relayed(js: JetStreamContext, names: "StreamNames") -> RelayedEvent | None:
+    """The stream's last event (None when it holds none, or none of threadlog's)."""
+    try:
+        last = await js.get_last_msg(names.stream, names.event_subjects)
+    except NotFoundError:
+        return None
+    headers = last.headers or {}
+    global_position = headers.get(HEADER_GLOBAL_POSITION, "")
+    position = headers.get(HEADER_POSITION, "")
+    if not (global_position.isdigit() and position.isdigit()):
+        return None
+    return RelayedEvent(int(global_position), headers.get(HEADER_CONVERSATION, ""), int(position))
+
+
 @dataclass(frozen=True, kw_only=True)
 class StreamNames:
     stream: str = "THREADLOG"

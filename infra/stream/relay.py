@@ -4,7 +4,10 @@ It takes the batches of the process's follower of the notification log (infra/st
 follower.py; one of its own when it is run alone), publishes each event with
 `Nats-Msg-Id: <event id>` so JetStream drops the duplicates a crash between publish and
 checkpoint would cause, awaits the acknowledgement, then records its checkpoint in
-the store's tracking table: one tracking transaction per batch. Only a batch's last
+the store's tracking table, at most every `checkpoint_seconds` (and when it stops):
+under a steady trickle of commits a checkpoint per batch was a transaction per token.
+A checkpoint that trails costs nothing on restart: the relay starts after the later of
+its checkpoint and the global position of the stream's last event. Only a batch's last
 message asks for an acknowledgement: the server handles one connection's messages in
 order, so its acknowledgement means every earlier one of the batch was handled too (an
 acknowledgement per message cost more than building the messages). The envelopes are
@@ -16,6 +19,7 @@ A failure stops the loop loudly; it restarts from the checkpoint.
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from uuid import UUID
@@ -33,6 +37,7 @@ from threadlog.infra.stream.nats import (
     StreamNames,
     ensure_stream,
     event_headers,
+    last_relayed,
 )
 from threadlog.projections.runner import LogBatch, merge_batches
 
@@ -44,6 +49,7 @@ MAX_QUEUED_BATCHES = 100  # older ones are dropped and read again from the store
 # for good: past this the batch fails and is published again from the checkpoint
 # (JetStream drops the copies by Nats-Msg-Id).
 ACK_TIMEOUT_SECONDS = 10.0
+CHECKPOINT_SECONDS = 1.0
 
 
 class Relay:
@@ -57,9 +63,13 @@ class Relay:
         tracking: TrackingRecorder | None = None,
         ack_timeout: float = ACK_TIMEOUT_SECONDS,
         follower: Follower | None = None,
+        checkpoint_seconds: float = CHECKPOINT_SECONDS,
     ) -> None:
         """`follower`: the process's follower of the log (one of its own when None)."""
         self._ack_timeout = ack_timeout
+        self._checkpoint_seconds = checkpoint_seconds
+        self._checkpointed = 0
+        self._checkpointed_at = float("-inf")
         self._service = service
         self._js = js
         self._names = names
@@ -89,16 +99,58 @@ class Relay:
 
     async def run(self) -> None:
         await ensure_stream(self._js, self._names)
-        start = await asyncio.to_thread(self.checkpoint)
-        self.published_position = start
-        log.info("relay.started", checkpoint=start, stream=self._names.stream)
-        async with self._batches() as inbox:
-            # What was committed before the follower's first batch; later, its batches.
-            stored = await asyncio.to_thread(self._service.recorder.max_notification_id)
-            await self._catch_up(stored or 0)
-            while True:
-                for batch in await inbox.take(self._batch_size):
-                    await self._consume(batch)
+        checkpoint = await asyncio.to_thread(self.checkpoint)
+        self._checkpointed = checkpoint
+        self.published_position = await self._resume_position(checkpoint)
+        log.info(
+            "relay.started",
+            checkpoint=checkpoint,
+            resume_after=self.published_position,
+            stream=self._names.stream,
+        )
+        try:
+            async with self._batches() as inbox:
+                # What was committed before the follower's first batch; later, its batches.
+                stored = await asyncio.to_thread(self._service.recorder.max_notification_id)
+                await self._catch_up(stored or 0)
+                while True:
+                    for batch in await self._take(inbox):
+                        await self._consume(batch)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._checkpoint())
+
+    async def _resume_position(self, checkpoint: int) -> int:
+        """The later of the checkpoint and the stream's last event, if that event is the
+        store's at its global position (a stream left from another store is not)."""
+        last = await last_relayed(self._js, self._names)
+        if last is None or last.global_position <= checkpoint:
+            return checkpoint
+        stored = await asyncio.to_thread(
+            self._service.recorder.select_notifications,
+            start=last.global_position,
+            limit=1,
+        )
+        if (
+            stored
+            and stored[0].id == last.global_position
+            and str(stored[0].originator_id) == last.conversation_id
+            and stored[0].originator_version == last.position
+        ):
+            return last.global_position
+        log.warning("relay.stream_not_of_this_store", checkpoint=checkpoint, last=repr(last))
+        return checkpoint
+
+    async def _take(self, inbox: "_Inbox") -> list[LogBatch]:
+        """The next batches; meanwhile a checkpoint left for later is recorded when due."""
+        while self.published_position > self._checkpointed:
+            due = self._checkpointed_at + self._checkpoint_seconds - time.monotonic()
+            try:
+                async with asyncio.timeout(max(due, 0)):
+                    return await inbox.take(self._batch_size)
+            except TimeoutError:
+                await self._checkpoint()
+        return await inbox.take(self._batch_size)
 
     @contextlib.asynccontextmanager
     async def _batches(self) -> AsyncIterator["_Inbox"]:
@@ -145,11 +197,18 @@ class Relay:
                 return
 
     async def _relay(self, notifications: Sequence[Notification]) -> None:
-        """Publishes, awaits the acknowledgement, then records the checkpoint."""
+        """Publishes, awaits the acknowledgement, then records the checkpoint if due."""
         await self._publish(notifications)
-        last = notifications[-1].id
-        await asyncio.to_thread(self._tracking.insert_tracking, Tracking(self.name, last))
-        self.published_position = last
+        self.published_position = notifications[-1].id
+        if time.monotonic() - self._checkpointed_at >= self._checkpoint_seconds:
+            await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        position = self.published_position
+        if position > self._checkpointed:
+            await asyncio.to_thread(self._tracking.insert_tracking, Tracking(self.name, position))
+            self._checkpointed = position
+        self._checkpointed_at = time.monotonic()
 
     async def _publish(self, batch: Sequence[Notification]) -> None:
         messages = [self._message(n) for n in batch]

@@ -20,6 +20,7 @@ from eventsourcing.persistence import Tracking
 from tests.contract.test_projections import AGENT, USER, Store, list_rows, message_rows, run, start
 from tests.contract.test_projections import store as store
 from threadlog.domain.application import ConversationService
+from threadlog.infra.store.eventstore import open_service
 from threadlog.infra.store.follower import Follower
 from threadlog.projections import runner as runner_module
 from threadlog.projections.conversation_list import ConversationList
@@ -96,6 +97,14 @@ def stream(service: ConversationService, conversation_id: UUID, tokens: int) -> 
         live = service.get_conversation(conversation_id)
         live.stream_token(run_id=posted.run_id, part=0, delta=f"t{index}", cause=AGENT)
         service.save(live)
+    return service.recorder.max_notification_id() or 0
+
+
+def token(service: ConversationService, conversation_id: UUID) -> int:
+    """One more token of the conversation's active run, in a commit of its own."""
+    live = service.get_conversation(conversation_id)
+    live.stream_token(run_id=live.active_run_id or "", part=0, delta="t", cause=AGENT)
+    service.save(live)
     return service.recorder.max_notification_id() or 0
 
 
@@ -257,3 +266,81 @@ def test_batches_dropped_while_a_runner_is_busy_are_read_again_from_the_store(
 def _deliver(source: HandFedSource, batch: Batch) -> None:
     for consumer in source.consumers:
         consumer(batch)
+
+
+class Collected:
+    """A consumer that keeps every batch it is handed."""
+
+    def __init__(self) -> None:
+        self.batches: list[LogBatch] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: LogBatch) -> None:
+        with self._lock:
+            self.batches.append(batch)
+
+    def ids(self) -> list[int]:
+        with self._lock:
+            return [n.id for batch in self.batches for n in batch.notifications]
+
+    def wait_for(self, position: int, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.batches and self.batches[-1].up_to >= position:
+                    return
+            time.sleep(0.01)
+        raise AssertionError(f"no batch reached {position}")
+
+
+def test_what_this_process_commits_is_handed_on_without_reading_it_back(store: Store) -> None:
+    service = store.service
+    follower = Follower(service.recorder, interval_seconds=0)  # a read per wake-up
+    follower.follow_commits_of(service)
+    collected = Collected()
+    follower.add(collected)
+    follower.start()
+    try:
+        cid = start(service)
+        collected.wait_for(last_position(store))
+        reads = follower.reads
+        last = stream(service, cid, tokens=30)  # 31 commits
+        collected.wait_for(last)
+    finally:
+        follower.stop()
+    assert follower.reads == reads
+    stored = service.recorder.select_notifications(start=1, limit=1000)
+    assert collected.ids() == [n.id for n in stored]
+    assert [n.state for b in collected.batches for n in b.notifications] == [
+        n.state for n in stored
+    ]
+
+
+def test_another_writers_commits_between_this_process_commits_are_read_from_the_store(
+    store: Store,
+) -> None:
+    service = store.service
+    other = open_service(store.settings)  # another process's writer: it offers nothing
+    follower = Follower(service.recorder, interval_seconds=0)
+    follower.follow_commits_of(service)
+    collected = Collected()
+    follower.add(collected)
+    follower.start()
+    try:
+        mine, theirs = start(service), start(other)
+        stream(service, mine, tokens=0)
+        stream(other, theirs, tokens=0)
+        for index in range(10):
+            token(service, mine)
+            token(other, theirs)
+            if index % 3 == 0:
+                time.sleep(0.02)
+        last = token(service, mine)
+        collected.wait_for(last)
+    finally:
+        follower.stop()
+        other.close()
+    stored = service.recorder.select_notifications(start=1, limit=1000)
+    assert collected.ids() == [n.id for n in stored]  # each once, in order, no gap
+    for before, after in zip(collected.batches, collected.batches[1:], strict=False):
+        assert after.after == before.up_to

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import nats
 import pytest
 from eventsourcing.persistence import Tracking, TrackingRecorder
+from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from tests.backends import BACKENDS, database_url_for
@@ -23,10 +26,12 @@ from threadlog.infra.settings import Settings
 from threadlog.infra.store.eventstore import EventLog, open_service, open_tracking
 from threadlog.infra.store.follower import Follower
 from threadlog.infra.stream.nats import (
+    HEADER_CONVERSATION,
     HEADER_GLOBAL_POSITION,
     HEADER_MSG_ID,
     HEADER_POSITION,
     StreamNames,
+    ensure_stream,
 )
 from threadlog.infra.stream.relay import Relay
 
@@ -167,6 +172,7 @@ async def test_a_crash_between_publish_and_checkpoint_duplicates_nothing(
             names,
             batch_size=50,
             tracking=CrashingTracking(open_tracking(service), 2),
+            checkpoint_seconds=0,  # a checkpoint after every batch, until it fails
         )
         with pytest.raises(ConnectionError):
             await crashing.run()
@@ -224,7 +230,7 @@ class CountingTracking(TrackingRecorder):
         return self._real.max_tracking_id(application_name)
 
 
-async def test_the_relay_fed_by_the_process_follower_records_one_checkpoint_a_batch(
+async def test_the_relay_records_its_checkpoint_at_most_once_a_second_and_when_it_stops(
     service: ConversationService, nats_url: str, nats_names: NatsNames
 ) -> None:
     names = names_of(nats_names)
@@ -236,17 +242,80 @@ async def test_the_relay_fed_by_the_process_follower_records_one_checkpoint_a_ba
     try:
         relay = Relay(service, nc.jetstream(), names, follower=follower, tracking=tracking)
         task = asyncio.create_task(relay.run())
-        commits = 0
+        started = time.monotonic()
         for _ in range(20):  # one commit each, many within one interval
             expected = await asyncio.to_thread(write_events, service, 1, 3)
-            commits += 3  # start, post, the run's tokens
         while relay.published_position < expected[-1][2]:
             assert not task.done()
             await asyncio.sleep(0.01)
+        elapsed = time.monotonic() - started
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     finally:
         await nc.close()
         follower.stop()
     assert await stream_contents(nats_url, names) == expected
-    assert tracking.inserts <= follower.reads + 1 < commits
+    assert tracking.inserts <= 2 + elapsed  # 60 commits, relayed in more batches than that
+    assert relay.checkpoint() == expected[-1][2]  # recorded as it stopped
+
+
+async def test_a_relay_whose_checkpoint_trails_resumes_after_the_streams_last_event(
+    service: ConversationService, nats_url: str, nats_names: NatsNames
+) -> None:
+    names = names_of(nats_names)
+    expected = write_events(service, conversations=3, tokens=20)
+    nc = await nats.connect(nats_url)
+    try:
+        await relay_until(Relay(service, nc.jetstream(), names), expected[-1][2])
+        new = write_events(service, conversations=1, tokens=5)[len(expected) :]
+        published: list[str] = []  # every publish, even those JetStream would drop
+
+        async def seen(message: Msg) -> None:
+            published.append((message.headers or {})[HEADER_MSG_ID])
+
+        await nc.subscribe(names.event_subjects, cb=seen)
+        # A relay that never checkpointed (a crash before its first one): the stream
+        # holds the events already, maybe for longer than JetStream's duplicate window.
+        fresh = Relay(service, nc.jetstream(), names, tracking=ForgetfulTracking())
+        await relay_until(fresh, new[-1][2])
+        await nc.flush()
+    finally:
+        await nc.close()
+    assert published == [event_id for event_id, _, _ in new]
+    assert await stream_contents(nats_url, names) == expected + new
+
+
+async def test_a_stream_left_by_another_store_does_not_move_the_relay_on(
+    service: ConversationService, nats_url: str, nats_names: NatsNames
+) -> None:
+    names = names_of(nats_names)
+    expected = write_events(service, conversations=2, tokens=10)
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        await ensure_stream(js, names)
+        stranger = str(uuid.uuid4())
+        await js.publish(  # another store's event, far ahead of this store's log
+            names.conversation_subject(stranger, "TokenStreamed"),
+            b"{}",
+            headers={
+                HEADER_MSG_ID: str(uuid.uuid4()),
+                HEADER_POSITION: "7",
+                HEADER_GLOBAL_POSITION: str(expected[-1][2] - 1),
+                HEADER_CONVERSATION: stranger,
+            },
+        )
+        await relay_until(Relay(service, js, names), expected[-1][2])
+    finally:
+        await nc.close()
+    assert (await stream_contents(nats_url, names))[1:] == expected
+
+
+class ForgetfulTracking(TrackingRecorder):
+    """Checkpoints nothing: a relay that crashed before recording any."""
+
+    def insert_tracking(self, tracking: Tracking) -> None:
+        pass
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        return None
