@@ -30,7 +30,8 @@ from threadlog.infra.auth import (
     open_identities,
 )
 from threadlog.infra.runs.control import RunControl
-from threadlog.infra.runs.executor import FlushPolicy, RunExecutor
+from threadlog.infra.runs.executor import RunExecutor
+from threadlog.infra.runs.flusher import FlushPolicy
 from threadlog.infra.runs.orphans import OrphanedRuns
 from threadlog.infra.runs.workqueue import LocalRuns, QueuedRuns, Runs, ensure_run_queue
 from threadlog.infra.settings import Settings

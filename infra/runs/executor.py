@@ -1,20 +1,19 @@
 """The run executor: a pydantic-ai agent's run, every step an event.
 
 The live aggregate stays in memory for the whole run (reloading a long stream per
-flush would cost more than the flush). Token events are appended in batches: at
-most `batch_size` pending, and no later than `flush_interval` after the first.
+flush would cost more than the flush). Token events are appended in batches
+(infra/runs/flusher.py).
 """
 
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
 import structlog
-from eventsourcing.persistence import IntegrityError
 from pydantic_ai import Agent
 from pydantic_ai.exceptions import ModelConnectionError, ModelHTTPError, UnexpectedModelBehavior
 from pydantic_ai.messages import (
@@ -29,16 +28,15 @@ from pydantic_core import to_jsonable_python
 from threadlog.domain.application import ConversationService
 from threadlog.domain.content import Seal
 from threadlog.domain.conversation import Conversation
-from threadlog.domain.errors import RunNotActive
 from threadlog.domain.events import (
     Cause,
-    ConversationEvent,
     HistoryCleared,
     MessageCompleted,
     MessagePosted,
 )
 from threadlog.infra.agents.registry import AgentRegistry, RegisteredAgent
 from threadlog.infra.agents.tools import RunDeps
+from threadlog.infra.runs.flusher import Flusher, FlushPolicy, FlushTick
 from threadlog.infra.runs.recorder import RunRecorder
 from threadlog.infra.store.content import ContentKeys
 from threadlog.infra.store.eventstore import EventLog, topics_of, while_store_recovers
@@ -71,101 +69,10 @@ class ContentErased(LookupError):
 class _Run:
     """What a run's streaming needs: its live aggregate's flusher, and the owner's seal."""
 
-    flusher: "_Flusher"
+    flusher: Flusher
     request: RunRequest
     cause: Cause
     seal: Seal
-
-
-@dataclass(frozen=True, kw_only=True)
-class FlushPolicy:
-    batch_size: int = 64
-    interval_seconds: float = 0.005
-
-
-class _Flusher:
-    """Appends a live aggregate's pending events: by count, or after an interval.
-
-    When another writer appended to the conversation first (a queued message, say),
-    the append conflicts: the flusher reloads the aggregate, redoes the events it had
-    decided on top, and carries on with the fresh copy as `conversation`.
-    """
-
-    def __init__(
-        self,
-        conversation: Conversation,
-        service: ConversationService,
-        writer: EventWriter,
-        policy: FlushPolicy,
-    ):
-        self.conversation = conversation
-        # The attempt this flusher writes for: a retry elsewhere (a worker that lost its
-        # lease while alive) supersedes it, and its events must not land in the retry.
-        self._attempt = (conversation.active_run_id, conversation.active_attempt)
-        self._service = service
-        self._writer = writer
-        self._policy = policy
-        self._lock = asyncio.Lock()
-        self._timer: asyncio.TimerHandle | None = None
-        self._background: set[asyncio.Task[None]] = set()
-        self._error: BaseException | None = None
-
-    async def added(self) -> None:
-        if self._error is not None:
-            raise self._error
-        if len(self.conversation.pending_events) >= self._policy.batch_size:
-            await self.flush()
-        elif self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._policy.interval_seconds, self._flush_later)
-
-    def _flush_later(self) -> None:
-        self._timer = None
-        task = asyncio.create_task(self._flush_noting_error())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _flush_noting_error(self) -> None:
-        try:
-            await self.flush()
-        except Exception as error:
-            self._error = error
-
-    async def flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        async with self._lock:
-            if self._error is not None:
-                raise self._error
-            events = self.conversation.collect_events()
-            if not events:
-                return
-            try:
-                await self._writer.append(events)
-            except IntegrityError:
-                await self._rebase(cast(Sequence[ConversationEvent], events))
-
-    async def _rebase(self, decided: Sequence[ConversationEvent]) -> None:
-        for attempt in range(REBASE_ATTEMPTS):
-            fresh = await asyncio.to_thread(self._service.get_conversation, self.conversation.id)
-            run_id, run_attempt = self._attempt
-            if fresh.active_run_id == run_id and fresh.active_attempt != run_attempt:
-                raise RunNotActive(run_id or "")
-            for event in decided:
-                fresh.redo(event)
-            redone = fresh.collect_events()
-            try:
-                await self._writer.append(redone)
-            except IntegrityError:
-                if attempt == REBASE_ATTEMPTS - 1:
-                    raise
-                continue
-            # Events decided on the stale copy meanwhile move over too.
-            for late in self.conversation.collect_events():
-                fresh.redo(cast(ConversationEvent, late))
-            self.conversation = fresh
-            return
 
 
 def safe_failure(error: BaseException) -> tuple[str, str]:
@@ -196,8 +103,6 @@ def usage_of(result: AgentRunResult[Any]) -> dict[str, int]:
 
 
 _RunEnd = Callable[[Conversation, str], None]
-
-REBASE_ATTEMPTS = 3
 
 CANCEL_WAIT_SECONDS = 5.0
 SERVER_STOPPED = "server stopped"
@@ -247,6 +152,7 @@ class RunExecutor:
         self._writer = writer
         self._agents = agents
         self._policy = policy
+        self._tick = FlushTick(policy.interval_seconds)
         self._snapshot_interval = snapshot_interval
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._requests: dict[str, RunRequest] = {}
@@ -349,7 +255,7 @@ class RunExecutor:
             correlation_id=request.correlation_id,
             causation_id=request.run_id,
         )
-        flusher = _Flusher(conversation, service, self._writer, self._policy)
+        flusher = Flusher(conversation, service, self._writer, self._policy, self._tick)
         seal = service.seal_for(conversation.owner)
         bound = log.bind(run_id=request.run_id, conversation_id=str(request.conversation_id))
         text: list[str] = []
@@ -441,7 +347,7 @@ class RunExecutor:
         )
         await flusher.flush()
 
-    async def _finish(self, flusher: _Flusher, request: RunRequest, end: _RunEnd) -> None:
+    async def _finish(self, flusher: Flusher, request: RunRequest, end: _RunEnd) -> None:
         """Records the run's ending after what it streamed (the partial reply stays)."""
         try:
             await flusher.flush()

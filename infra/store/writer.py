@@ -7,7 +7,7 @@ event loop.
 """
 
 import asyncio
-import concurrent.futures
+import contextlib
 import queue
 import threading
 import time
@@ -31,7 +31,7 @@ Recordings = list[Recording[UUID]]
 @dataclass(frozen=True, slots=True)
 class _Pending:
     events: Events
-    done: "concurrent.futures.Future[Recordings]"
+    done: "asyncio.Future[Recordings]"  # settled in its loop, a commit's all at once
 
 
 # A run pauses this long for an unreachable store (a PostgreSQL restart) before failing.
@@ -70,9 +70,13 @@ class EventWriter:
         """Stores the events in one transaction (maybe shared with others' events)."""
         if not events:
             return []
-        done: concurrent.futures.Future[Recordings] = concurrent.futures.Future()
+        return await self.submit(events)
+
+    def submit(self, events: Events) -> "asyncio.Future[Recordings]":
+        """`append` without awaiting: the future is settled once the events are stored."""
+        done: asyncio.Future[Recordings] = asyncio.get_running_loop().create_future()
         self._queue.put(_Pending(events, done))
-        return await asyncio.wrap_future(done)
+        return done
 
     def _run(self) -> None:
         stopping = False
@@ -101,6 +105,17 @@ class EventWriter:
             committed = time.monotonic()
 
     def _commit(self, batch: list[_Pending]) -> None:
+        outcomes: list[_Outcome] = []
+        self._store(batch, outcomes)
+        # One wake-up of the loop for the whole commit, not one per flush.
+        loops: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+        for outcome in outcomes:
+            loops.setdefault(outcome[0].get_loop(), []).append(outcome)
+        for loop, settled in loops.items():
+            with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
+                loop.call_soon_threadsafe(_settle, settled)
+
+    def _store(self, batch: list[_Pending], outcomes: "list[_Outcome]") -> None:
         try:
             events = [e for p in batch for e in p.events]
             recordings = while_store_recovers(
@@ -108,30 +123,29 @@ class EventWriter:
             )
         except Exception as error:
             if len(batch) == 1:
-                _settle(batch[0].done, error=error)
+                outcomes.append((batch[0].done, None, error))
                 return
             # Nothing of the shared transaction was stored: retry each alone so one
             # conflicting conversation does not fail the others.
             for pending in batch:
-                self._commit([pending])
+                self._store([pending], outcomes)
             return
         offset = 0
         for pending in batch:
             size = len(pending.events)
-            _settle(pending.done, result=recordings[offset : offset + size])
+            outcomes.append((pending.done, recordings[offset : offset + size], None))
             offset += size
 
 
-def _settle(
-    done: "concurrent.futures.Future[Recordings]",
-    *,
-    result: Recordings | None = None,
-    error: BaseException | None = None,
-) -> None:
-    # The awaiting task may have been cancelled meanwhile; its events are stored anyway.
-    if done.cancelled():
-        return
-    if error is not None:
-        done.set_exception(error)
-    else:
-        done.set_result(result or [])
+_Outcome = tuple["asyncio.Future[Recordings]", Recordings | None, BaseException | None]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    for done, result, error in outcomes:
+        # The awaiting task may have been cancelled meanwhile; its events are stored anyway.
+        if done.done():
+            continue
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result or [])
