@@ -203,7 +203,12 @@ class Runtime:
                 runtime.background.append(asyncio.create_task(orphans.run_forever()))
             if settings.relay:
                 runtime.relay = Relay(
-                    service, js, names, batch_size=settings.relay_batch_size, follower=follower
+                    service,
+                    js,
+                    names,
+                    batch_size=settings.relay_batch_size,
+                    follower=follower,
+                    committed_at=live.committed_at,
                 )
                 runtime.background.append(asyncio.create_task(runtime.relay.run_forever()))
             if follower is not None:

@@ -16,6 +16,7 @@ relay stays the durable, ordered path to JetStream for consumers (docs/stream.md
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -43,6 +44,8 @@ log = structlog.get_logger(__name__)
 
 # Far more than a client can fall behind by; past it the follower refills from the store.
 LIVE_PENDING_LIMIT = 65536
+# The latest events committed here, kept for the relay (far more than it trails by).
+RECENT_COMMITS = 10_000
 
 
 @dataclass(slots=True)  # not frozen: built per event served, and frozen costs per field
@@ -53,10 +56,14 @@ class FeedEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class _Committed:
+class Committed:
+    """An event this process committed, encoded once: the relay publishes the same
+    bytes to JetStream (`LiveEvents.committed_at`)."""
+
     conversation_id: UUID
+    type: str
     stored: bytes  # as on NATS: content sealed
-    headers: dict[str, Any]
+    headers: dict[str, Any]  # the event's NATS headers: copy before changing them
     served: FeedEvent | None  # None when no follower of this process watches
 
 
@@ -107,6 +114,8 @@ class LiveEvents:
         self._followers: dict[UUID, set[LiveFollower]] = {}
         self._subscriptions: dict[UUID, NatsSubscription] = {}
         self._publishing: set[asyncio.Task[None]] = set()
+        self._recent: dict[int, Committed] = {}  # by global position; read without the lock
+        self._recent_lock = threading.Lock()
 
     # Committed events, from whichever thread saved them.
 
@@ -117,10 +126,24 @@ class LiveEvents:
         except Exception as error:  # the save is done; a client will refill from the store
             log.warning("live.encode_failed", error=repr(error))
             return
+        self._remember(recordings, items)
         with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
             self._loop.call_soon_threadsafe(self._hand_on, items)
 
-    def _encoded(self, recording: Recording[UUID]) -> _Committed:
+    def _remember(self, recordings: Sequence[Recording[UUID]], items: list[Committed]) -> None:
+        with self._recent_lock:  # saving threads write; the loop only reads
+            recent = self._recent
+            for recording, item in zip(recordings, items, strict=True):
+                recent[recording.notification.id] = item
+            while len(recent) > RECENT_COMMITS:
+                del recent[next(iter(recent))]
+
+    def committed_at(self, global_position: int) -> Committed | None:
+        """The event committed here at that position, as encoded then (None: not recent,
+        or not committed by this process)."""
+        return self._recent.get(global_position)
+
+    def _encoded(self, recording: Recording[UUID]) -> Committed:
         event = cast(ConversationEvent, recording.domain_event)
         item = envelope(event, recording.notification.id)
         stored = encode_envelope(item)
@@ -132,9 +155,9 @@ class LiveEvents:
             )
             served_item = FeedEvent(item.position, item.type, payload)
         headers = event_headers(item)
-        return _Committed(event.originator_id, stored, headers, served_item)
+        return Committed(event.originator_id, item.type, stored, headers, served_item)
 
-    def _hand_on(self, items: list[_Committed]) -> None:
+    def _hand_on(self, items: list[Committed]) -> None:
         for item in items:
             followers = self._followers.get(item.conversation_id, ())
             if followers and item.served is not None:
@@ -148,7 +171,7 @@ class LiveEvents:
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
 
-    async def _publish(self, items: list[_Committed]) -> None:
+    async def _publish(self, items: list[Committed]) -> None:
         if not self._nc.is_connected:
             return  # other processes' followers refill from the store
         try:

@@ -13,7 +13,8 @@ order, so its acknowledgement means every earlier one of the batch was handled t
 acknowledgement per message cost more than building the messages). The envelopes are
 built straight from the stored rows, as a replay's are (infra/store/envelope.py). What
 it has not seen in a batch (its start, a batch it dropped while busy) it reads from the
-store itself.
+store itself. Events this process committed it does not encode again: the live path
+encoded them at the commit (`committed_at`).
 A failure stops the loop loudly; it restarts from the checkpoint.
 """
 
@@ -21,7 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from uuid import UUID
 
 import structlog
@@ -32,6 +33,7 @@ from threadlog.domain.application import ConversationService
 from threadlog.infra.store.envelope import encode_envelope, stored_envelopes
 from threadlog.infra.store.eventstore import StoredRow, open_tracking
 from threadlog.infra.store.follower import Follower
+from threadlog.infra.stream.live import Committed
 from threadlog.infra.stream.nats import (
     HEADER_EXPECTED_STREAM,
     StreamNames,
@@ -64,8 +66,12 @@ class Relay:
         ack_timeout: float = ACK_TIMEOUT_SECONDS,
         follower: Follower | None = None,
         checkpoint_seconds: float = CHECKPOINT_SECONDS,
+        committed_at: Callable[[int], Committed | None] | None = None,
     ) -> None:
-        """`follower`: the process's follower of the log (one of its own when None)."""
+        """`follower`: the process's follower of the log (one of its own when None);
+        `committed_at`: the live path's encoding of what this process committed, the
+        same bytes as the rows' (built from the rows when it has none)."""
+        self._committed_at = committed_at
         self._ack_timeout = ack_timeout
         self._checkpoint_seconds = checkpoint_seconds
         self._checkpointed = 0
@@ -224,6 +230,12 @@ class Relay:
             await ack
 
     def _message(self, notification: Notification) -> tuple[str, bytes, dict[str, str]]:
+        committed = self._committed_at(notification.id) if self._committed_at else None
+        if committed is not None:
+            headers = dict(committed.headers)
+            headers[HEADER_EXPECTED_STREAM] = self._names.stream
+            subject = self._names.conversation_subject(committed.conversation_id, committed.type)
+            return subject, committed.stored, headers
         conversation_id = UUID(str(notification.originator_id))
         row = StoredRow(
             notification.originator_version, notification.topic, notification.state, notification.id

@@ -11,10 +11,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import nats
 import pytest
-from eventsourcing.persistence import Tracking, TrackingRecorder
+from eventsourcing.persistence import Notification, Tracking, TrackingRecorder
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
@@ -23,8 +25,11 @@ from tests.servers import EmbeddedNatsFactory, NatsNames
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import Cause
 from threadlog.infra.settings import Settings
-from threadlog.infra.store.eventstore import EventLog, open_service, open_tracking
+from threadlog.infra.store.content import open_content_keys
+from threadlog.infra.store.envelope import encode_envelope, stored_envelopes
+from threadlog.infra.store.eventstore import EventLog, StoredRow, open_service, open_tracking
 from threadlog.infra.store.follower import Follower
+from threadlog.infra.stream.live import Committed, LiveEvents
 from threadlog.infra.stream.nats import (
     HEADER_CONVERSATION,
     HEADER_GLOBAL_POSITION,
@@ -319,3 +324,46 @@ class ForgetfulTracking(TrackingRecorder):
 
     def max_tracking_id(self, application_name: str) -> int | None:
         return None
+
+
+async def test_the_relay_publishes_what_this_process_committed_as_the_live_path_encoded_it(
+    service: ConversationService, nats_url: str, nats_names: NatsNames, tmp_path: Path
+) -> None:
+    names = names_of(nats_names)
+    keys = open_content_keys(Settings(data_dir=tmp_path))
+    live = await LiveEvents.connect(nats_url, names, keys)
+    service.on_commit(live.committed)
+    reused: list[int] = []
+
+    def committed_at(position: int) -> Committed | None:
+        found = live.committed_at(position)
+        if found is not None:
+            reused.append(position)
+        return found
+
+    nc = await nats.connect(nats_url)
+    try:
+        expected = write_events(service, conversations=3, tokens=20)
+        relay = Relay(service, nc.jetstream(), names, committed_at=committed_at)
+        await relay_until(relay, expected[-1][2])
+        payloads = await stream_payloads(nc, names, len(expected))
+    finally:
+        await nc.close()
+        await live.close()
+        keys.close()
+    assert reused == [position for _, _, position in expected]  # none encoded again
+    rows = service.recorder.select_notifications(start=1, limit=1000)
+    assert payloads == [row_payload(service, row) for row in rows]  # the same bytes
+
+
+async def stream_payloads(nc: NatsClient, names: StreamNames, count: int) -> list[bytes]:
+    subscription = await nc.jetstream().subscribe(
+        names.event_subjects, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+    )
+    return [(await subscription.next_msg(timeout=5)).data for _ in range(count)]
+
+
+def row_payload(service: ConversationService, row: Notification) -> bytes:
+    stored = StoredRow(row.originator_version, row.topic, row.state, row.id)
+    (item,) = stored_envelopes([stored], UUID(str(row.originator_id)), service.mapper)
+    return encode_envelope(item)
