@@ -18,6 +18,7 @@ from threadlog.http.agents import list_agents
 from threadlog.http.audit import AuditController
 from threadlog.http.auth import Authentication
 from threadlog.http.context import request_context
+from threadlog.http.contract import StrictParameters, finish_contract
 from threadlog.http.conversations import ConversationController
 from threadlog.http.erasure import erase_user_content
 from threadlog.http.errors import document_errors, exception_handlers
@@ -62,6 +63,7 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
             yield
 
     handlers: Any = exception_handlers()
+    strict = StrictParameters()
     app = Litestar(
         # READ_HANDLERS share ConversationController's paths: they must come after it.
         route_handlers=[
@@ -85,6 +87,7 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
         dependencies={"runtime": Provide(_runtime, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers=handlers,
+        before_request=strict,
         request_max_body_size=settings.max_request_bytes,
         openapi_config=OpenAPIConfig(
             title="threadlog",
@@ -97,6 +100,7 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
         debug=False,
     )
     document_errors(app)
+    finish_contract(app, settings, [registered.spec.name for registered in agents], strict)
     app.register(conversation_socket)
     # Outermost, not as route middleware: unrouted requests (404, 405) get a request id too.
     app.asgi_handler = request_context(app.asgi_handler, settings.max_header_bytes)

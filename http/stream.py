@@ -17,9 +17,9 @@ from litestar.openapi import ResponseSpec
 from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import Stream
 
-from threadlog.http.audit import parse_types
+from threadlog.http.audit import TYPE_LIST_SCHEMA, parse_types
 from threadlog.http.auth import ANALYST
-from threadlog.http.conversations import STREAM_INTERRUPTED, parse_cursor
+from threadlog.http.conversations import MAX_POSITION, STREAM_INTERRUPTED
 from threadlog.http.errors import error_response
 from threadlog.http.reads import reject_unknown_parameters
 from threadlog.http.schemas import ErrorBody
@@ -128,21 +128,24 @@ async def _follow(
 async def firehose(
     request: Request[Any, Any, Any],
     runtime: NamedDependency[Runtime],
-    types: Annotated[list[str] | None, QueryParameter(description="Only these event types")] = None,
+    types: Annotated[
+        list[str] | None,
+        QueryParameter(description="Only these event types", schema_extra=TYPE_LIST_SCHEMA),
+    ] = None,
     agents: Annotated[
         list[str] | None, QueryParameter(description="Only these agents' conversations")
     ] = None,
     after: Annotated[
-        str | None, QueryParameter(description="Global position to start after")
+        int | None,
+        QueryParameter(ge=0, le=MAX_POSITION, description="Global position to start after"),
     ] = None,
     last_event_id: Annotated[
-        str | None, HeaderParameter(name="Last-Event-ID", description="Resume after it")
+        int | None,
+        HeaderParameter(name="Last-Event-ID", ge=0, le=MAX_POSITION, description="Resume after it"),
     ] = None,
 ) -> Response[Any]:
     reject_unknown_parameters(request, _PARAMETERS)
-    start = parse_cursor("Last-Event-ID", last_event_id)
-    if start is None:
-        start = parse_cursor("after", after) or 0
+    start = last_event_id if last_event_id is not None else after or 0
     stream_filter = StreamFilter(topics=parse_types("types", types), agents=_names(agents))
     if not _accepts_sse(request):
         return error_response(
