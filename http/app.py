@@ -23,6 +23,7 @@ from threadlog.http.conversations import ConversationController
 from threadlog.http.erasure import erase_user_content
 from threadlog.http.errors import document_errors, exception_handlers
 from threadlog.http.health import HealthController
+from threadlog.http.metrics import HTTP_METRICS, metrics
 from threadlog.http.protection import RateLimits, cors_config
 from threadlog.http.reads import READ_HANDLERS
 from threadlog.http.runs import RunController
@@ -80,9 +81,15 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
             HealthController,
             list_agents,
             firehose,
+            metrics,
         ],
-        # Rate limits first: they must also meter requests that fail authentication.
-        middleware=[RateLimits(), DefineMiddleware(Authentication, exclude=["^/schema"])],
+        # Metrics outermost: they count every answer. Rate limits next: they must also meter
+        # requests that fail authentication.
+        middleware=[
+            HTTP_METRICS.middleware,
+            RateLimits(),
+            DefineMiddleware(Authentication, exclude=["^/schema"]),
+        ],
         cors_config=cors_config(settings),
         dependencies={"runtime": Provide(_runtime, sync_to_thread=False)},
         lifespan=[lifespan],

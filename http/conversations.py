@@ -29,6 +29,7 @@ from threadlog.http.schemas import (
     RunResult,
     UpdateConversation,
 )
+from threadlog.infra import metrics
 from threadlog.infra.runs import intake
 from threadlog.infra.runs.executor import RunRequest
 from threadlog.infra.runs.outcomes import run_outcome
@@ -363,6 +364,7 @@ class ConversationController(Controller):
     ) -> AsyncIterator[bytes]:
         """SSE frames from `after` on; with `until_run`, closes after that run's last event."""
         yield b"retry: 1000\n\n"
+        metrics.SSE_STREAMS.inc()
         try:
             async for page in runtime.feed.follow_pages(
                 conversation_id,
@@ -384,6 +386,8 @@ class ConversationController(Controller):
                 "sse.ended_by_error", error=repr(error), conversation_id=str(conversation_id)
             )
             yield STREAM_INTERRUPTED
+        finally:
+            metrics.SSE_STREAMS.dec()
 
 
 def _served_page(

@@ -23,6 +23,7 @@ from threadlog.http.conversations import MAX_POSITION, STREAM_INTERRUPTED
 from threadlog.http.errors import error_response
 from threadlog.http.reads import reject_unknown_parameters
 from threadlog.http.schemas import ErrorBody
+from threadlog.infra import metrics
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.stream.firehose import FellBehind, Firehose, Quiet, StreamFilter
 
@@ -74,11 +75,13 @@ async def _frames(
 ) -> AsyncIterator[bytes]:
     # Counted while the stream runs (a response never started holds nothing).
     clients.count += 1
+    metrics.FIREHOSE_STREAMS.inc()
     try:
         async for frame in _follow(runtime, stream_filter, after):
             yield frame
     finally:
         clients.count -= 1
+        metrics.FIREHOSE_STREAMS.dec()
 
 
 async def _follow(

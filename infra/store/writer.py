@@ -20,6 +20,7 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Recording
 
 from threadlog.domain.application import ConversationService
+from threadlog.infra import metrics
 from threadlog.infra.store.eventstore import while_store_recovers
 
 log = structlog.get_logger(__name__)
@@ -103,9 +104,11 @@ class EventWriter:
     def _commit(self, batch: list[_Pending]) -> None:
         try:
             events = [e for p in batch for e in p.events]
+            started = time.perf_counter()
             recordings = while_store_recovers(
                 lambda: self._service.append(events), seconds=self._outage_seconds, what="append"
             )
+            _count(events, time.perf_counter() - started)
         except Exception as error:
             if len(batch) == 1:
                 _settle(batch[0].done, error=error)
@@ -120,6 +123,12 @@ class EventWriter:
             size = len(pending.events)
             _settle(pending.done, result=recordings[offset : offset + size])
             offset += size
+
+
+def _count(events: list[DomainEventProtocol[UUID]], seconds: float) -> None:
+    """Metrics, once per transaction (never per event: the token path is hot)."""
+    metrics.WRITER_COMMIT.observe(seconds)
+    metrics.WRITER_BATCH.observe(len(events))
 
 
 def _settle(
