@@ -12,6 +12,8 @@ from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+from opentelemetry.trace import Span
 from pydantic_ai.models import Model
 
 from threadlog.http.agents import list_agents
@@ -35,6 +37,7 @@ from threadlog.http.ws import conversation_socket
 from threadlog.infra.agents.registry import AgentRegistry
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings
+from threadlog.infra.tracing import Tracing, install
 
 VERSION = "0.1.0"
 
@@ -51,8 +54,31 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
-    """The whole service: `model` replaces the configured one (tests pass fakes here)."""
+def _request_id_on_span(span: Span, scope: dict[str, Any]) -> None:
+    """The server span carries the request id: every event the request causes has it as
+    its `correlation_id`, and every log line of the request as its `request_id`."""
+    if span.is_recording():
+        span.set_attribute("threadlog.request_id", scope.get("state", {}).get("request_id", ""))
+
+
+def _traced(tracing: Tracing | None) -> list[OpenTelemetryPlugin]:
+    """Litestar's OpenTelemetry plugin when tracing is on (none at all when it is off)."""
+    if tracing is None:
+        return []
+    install(tracing)
+    config = OpenTelemetryConfig(
+        tracer_provider=tracing.provider,
+        server_request_hook_handler=_request_id_on_span,
+        exclude=["^/metrics", "^/health", "^/schema"],
+    )
+    return [OpenTelemetryPlugin(config)]
+
+
+def create_app(
+    settings: Settings, *, model: Model | None = None, tracing: Tracing | None = None
+) -> Litestar:
+    """The whole service: `model` replaces the configured one (tests pass fakes here);
+    `tracing` (infra/tracing.py) turns OpenTelemetry on."""
     # Built now, not at startup: a bad agents file is a SettingsError before serving.
     agents = AgentRegistry.build(settings, model)
 
@@ -104,6 +130,7 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
             render_plugins=[SwaggerRenderPlugin()],
         ),
         logging_config=None,
+        plugins=_traced(tracing),
         debug=False,
     )
     document_errors(app)

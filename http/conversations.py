@@ -29,7 +29,7 @@ from threadlog.http.schemas import (
     RunResult,
     UpdateConversation,
 )
-from threadlog.infra import metrics
+from threadlog.infra import metrics, tracing
 from threadlog.infra.runs import intake
 from threadlog.infra.runs.executor import RunRequest
 from threadlog.infra.runs.outcomes import run_outcome
@@ -158,6 +158,24 @@ async def accept_message(
     """Posts a user message under the busy policy and starts its run, in this process or
     a worker's (a queued message's run starts when the run before it ends)."""
     runtime.runs.check_available()
+    with tracing.span("command.post_message", conversation_id=str(conversation_id)):
+        return await _accept_message(
+            runtime,
+            conversation_id,
+            content=content,
+            client_message_id=client_message_id,
+            cause=cause,
+        )
+
+
+async def _accept_message(
+    runtime: Runtime,
+    conversation_id: UUID,
+    *,
+    content: str,
+    client_message_id: str | None,
+    cause: Cause,
+) -> Written[PostedMessage]:
     written = await intake.post_message(
         runtime.service,
         runtime.control,
@@ -196,15 +214,16 @@ class ConversationController(Controller):
             raise UnknownAgent(
                 f"unknown agent {agent!r}; GET /v1/agents lists them", extra={"field": "agent"}
             )
-        written = await asyncio.to_thread(
-            runtime.service.start_conversation,
-            owner=owner_of(request),
-            agent=agent,
-            title=data.title or "New conversation",
-            metadata=data.metadata,
-            cause=cause_of(request),
-            busy_policy=data.busy_policy,
-        )
+        with tracing.span("command.start_conversation"):
+            written = await asyncio.to_thread(
+                runtime.service.start_conversation,
+                owner=owner_of(request),
+                agent=agent,
+                title=data.title or "New conversation",
+                metadata=data.metadata,
+                cause=cause_of(request),
+                busy_policy=data.busy_policy,
+            )
         return conversation_out(written.value, written.global_position)
 
     @get("/{conversation_id:uuid}", summary="A conversation's current state", guards=USER)
@@ -376,7 +395,10 @@ class ConversationController(Controller):
                     continue
                 # One chunk per page: one write instead of one per event.
                 frames, ended = sse_frames(page, until_run)
+                delivery = tracing.start_span("sse.deliver", events=len(page))
                 yield frames
+                if delivery is not None:
+                    delivery.end()
                 if ended:
                     return
         except Exception as error:

@@ -27,6 +27,7 @@ from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings, SettingsError
 from threadlog.infra.store.audit import ChainAuditor, describe
 from threadlog.infra.store.eventstore import open_service, store_environment
+from threadlog.infra.tracing import Tracing, install, tracing_from_env
 from threadlog.projections.read_models import RateReport, ReadModels, read_model_classes
 
 log = structlog.get_logger(__name__)
@@ -100,8 +101,15 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings.replace(**changes)
 
 
+def _tracing() -> Tracing | None:
+    try:
+        return tracing_from_env(os.environ)
+    except ValueError as error:
+        raise SettingsError(str(error)) from None
+
+
 def serve(settings: Settings) -> None:
-    app = create_app(settings)
+    app = create_app(settings, tracing=_tracing())
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -124,6 +132,9 @@ async def _work(settings: Settings) -> None:
         raise SettingsError(
             "threadlog worker takes runs from a shared NATS: set THREADLOG_NATS_URL"
         )
+    traced = _tracing()
+    if traced is not None:
+        install(traced)
     # The API (or `threadlog projections run`) runs the relay and the projections.
     worker_settings = settings.replace(workers=True, relay=False, projections=False)
     # Workers serve no reads: no read models, no connections for them.

@@ -37,7 +37,7 @@ from threadlog.domain.events import (
     MessageCompleted,
     MessagePosted,
 )
-from threadlog.infra import metrics
+from threadlog.infra import metrics, tracing
 from threadlog.infra.agents.registry import AgentRegistry, RegisteredAgent
 from threadlog.infra.agents.tools import RunDeps
 from threadlog.infra.runs.recorder import RunRecorder
@@ -143,7 +143,8 @@ class _Flusher:
             if not events:
                 return
             try:
-                await self._writer.append(events)
+                with tracing.span("run.flush", events=len(events)):
+                    await self._writer.append(events)
             except IntegrityError:
                 await self._rebase(cast(Sequence[ConversationEvent], events))
 
@@ -304,7 +305,15 @@ class RunExecutor:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, request: RunRequest) -> None:
-        await self._execute(request)
+        # In the API process the run's span is the posting request's child (its task copied
+        # the request's context); a worker's is a root, with the same correlation id.
+        with tracing.span(
+            "run",
+            run_id=request.run_id,
+            conversation_id=str(request.conversation_id),
+            correlation_id=request.correlation_id,
+        ):
+            await self._execute(request)
         await self.start_next(request)
 
     async def start_next(self, ended: RunRequest) -> None:

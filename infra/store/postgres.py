@@ -22,6 +22,8 @@ from psycopg import Connection, Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composable, Identifier
 
+from threadlog.infra import tracing
+
 
 class ColumnArraysPostgresApplicationRecorder(PostgresApplicationRecorder):
     def __init__(
@@ -45,7 +47,11 @@ class ColumnArraysPostgresApplicationRecorder(PostgresApplicationRecorder):
     ) -> Sequence[int] | None:
         if not stored_events:
             return None
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+        with (
+            tracing.span("store.insert", events=len(stored_events)),
+            self.datastore.get_connection() as conn,
+            conn.cursor() as curs,
+        ):
             try:
                 curs.execute(self._begin_and_lock(conn))
                 self._insert_rows(curs, stored_events)

@@ -18,9 +18,10 @@ from uuid import UUID
 import structlog
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Recording
+from opentelemetry.trace import SpanContext
 
 from threadlog.domain.application import ConversationService
-from threadlog.infra import metrics
+from threadlog.infra import metrics, tracing
 from threadlog.infra.store.eventstore import while_store_recovers
 
 log = structlog.get_logger(__name__)
@@ -33,6 +34,8 @@ Recordings = list[Recording[UUID]]
 class _Pending:
     events: Events
     done: "concurrent.futures.Future[Recordings]"
+    # The span that waits for this append (tracing on): the group commit links to it.
+    caller: SpanContext | None = None
 
 
 # A run pauses this long for an unreachable store (a PostgreSQL restart) before failing.
@@ -72,7 +75,7 @@ class EventWriter:
         if not events:
             return []
         done: concurrent.futures.Future[Recordings] = concurrent.futures.Future()
-        self._queue.put(_Pending(events, done))
+        self._queue.put(_Pending(events, done, tracing.current_context()))
         return await asyncio.wrap_future(done)
 
     def _run(self) -> None:
@@ -105,9 +108,13 @@ class EventWriter:
         try:
             events = [e for p in batch for e in p.events]
             started = time.perf_counter()
-            recordings = while_store_recovers(
-                lambda: self._service.append(events), seconds=self._outage_seconds, what="append"
-            )
+            callers = [p.caller for p in batch if p.caller is not None]
+            with tracing.linked_span("store.commit", callers, events=len(events)):
+                recordings = while_store_recovers(
+                    lambda: self._service.append(events),
+                    seconds=self._outage_seconds,
+                    what="append",
+                )
             _count(events, time.perf_counter() - started)
         except Exception as error:
             if len(batch) == 1:

@@ -25,6 +25,7 @@ from eventsourcing.persistence import Notification, Tracking, TrackingRecorder
 from nats.js import JetStreamContext
 
 from threadlog.domain.application import ConversationService
+from threadlog.infra import tracing
 from threadlog.infra.store.envelope import encode_envelope, stored_envelopes
 from threadlog.infra.store.eventstore import StoredRow, open_tracking
 from threadlog.infra.store.follower import Follower
@@ -146,8 +147,9 @@ class Relay:
 
     async def _relay(self, notifications: Sequence[Notification]) -> None:
         """Publishes, awaits the acknowledgement, then records the checkpoint."""
-        await self._publish(notifications)
         last = notifications[-1].id
+        with tracing.span("relay.publish", events=len(notifications), last_position=last):
+            await self._publish(notifications)
         await asyncio.to_thread(self._tracking.insert_tracking, Tracking(self.name, last))
         self.published_position = last
 
