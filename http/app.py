@@ -12,16 +12,20 @@ from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+from opentelemetry.trace import Span
 from pydantic_ai.models import Model
 
 from threadlog.http.agents import list_agents
 from threadlog.http.audit import AuditController
 from threadlog.http.auth import Authentication
 from threadlog.http.context import request_context
+from threadlog.http.contract import StrictParameters, finish_contract
 from threadlog.http.conversations import ConversationController
 from threadlog.http.erasure import erase_user_content
 from threadlog.http.errors import document_errors, exception_handlers
 from threadlog.http.health import HealthController
+from threadlog.http.metrics import HTTP_METRICS, metrics
 from threadlog.http.protection import RateLimits, cors_config
 from threadlog.http.reads import READ_HANDLERS
 from threadlog.http.runs import RunController
@@ -33,6 +37,7 @@ from threadlog.http.ws import conversation_socket
 from threadlog.infra.agents.registry import AgentRegistry
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings
+from threadlog.infra.tracing import Tracing, install
 
 VERSION = "0.1.0"
 
@@ -49,8 +54,31 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
-    """The whole service: `model` replaces the configured one (tests pass fakes here)."""
+def _request_id_on_span(span: Span, scope: dict[str, Any]) -> None:
+    """The server span carries the request id: every event the request causes has it as
+    its `correlation_id`, and every log line of the request as its `request_id`."""
+    if span.is_recording():
+        span.set_attribute("threadlog.request_id", scope.get("state", {}).get("request_id", ""))
+
+
+def _traced(tracing: Tracing | None) -> list[OpenTelemetryPlugin]:
+    """Litestar's OpenTelemetry plugin when tracing is on (none at all when it is off)."""
+    if tracing is None:
+        return []
+    install(tracing)
+    config = OpenTelemetryConfig(
+        tracer_provider=tracing.provider,
+        server_request_hook_handler=_request_id_on_span,
+        exclude=["^/metrics", "^/health", "^/schema"],
+    )
+    return [OpenTelemetryPlugin(config)]
+
+
+def create_app(
+    settings: Settings, *, model: Model | None = None, tracing: Tracing | None = None
+) -> Litestar:
+    """The whole service: `model` replaces the configured one (tests pass fakes here);
+    `tracing` (infra/tracing.py) turns OpenTelemetry on."""
     # Built now, not at startup: a bad agents file is a SettingsError before serving.
     agents = AgentRegistry.build(settings, model)
 
@@ -62,6 +90,7 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
             yield
 
     handlers: Any = exception_handlers()
+    strict = StrictParameters()
     app = Litestar(
         # READ_HANDLERS share ConversationController's paths: they must come after it.
         route_handlers=[
@@ -78,13 +107,20 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
             HealthController,
             list_agents,
             firehose,
+            metrics,
         ],
-        # Rate limits first: they must also meter requests that fail authentication.
-        middleware=[RateLimits(), DefineMiddleware(Authentication, exclude=["^/schema"])],
+        # Metrics outermost: they count every answer. Rate limits next: they must also meter
+        # requests that fail authentication.
+        middleware=[
+            HTTP_METRICS.middleware,
+            RateLimits(),
+            DefineMiddleware(Authentication, exclude=["^/schema"]),
+        ],
         cors_config=cors_config(settings),
         dependencies={"runtime": Provide(_runtime, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers=handlers,
+        before_request=strict,
         request_max_body_size=settings.max_request_bytes,
         openapi_config=OpenAPIConfig(
             title="threadlog",
@@ -94,9 +130,11 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
             render_plugins=[SwaggerRenderPlugin()],
         ),
         logging_config=None,
+        plugins=_traced(tracing),
         debug=False,
     )
     document_errors(app)
+    finish_contract(app, settings, [registered.spec.name for registered in agents], strict)
     app.register(conversation_socket)
     # Outermost, not as route middleware: unrouted requests (404, 405) get a request id too.
     app.asgi_handler = request_context(app.asgi_handler, settings.max_header_bytes)

@@ -5,8 +5,8 @@ own (and read their own conversation's events at `/v1/conversations/{id}/events`
 """
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Iterable
-from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -14,14 +14,17 @@ import msgspec
 import structlog
 from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
 from threadlog.domain.errors import ConversationNotFound
 from threadlog.http.access import owned_conversation
 from threadlog.http.auth import AUDITOR, identity, requires
-from threadlog.http.conversations import parse_cursor
+from threadlog.http.conversations import MAX_POSITION
 from threadlog.http.errors import BadRequest, error_response
+from threadlog.http.params import DATE_TIME_SCHEMA, parse_instant
 from threadlog.http.reads import reject_unknown_parameters
 from threadlog.http.schemas import EventPage
 from threadlog.infra.runtime import Runtime
@@ -43,61 +46,47 @@ _LOG_PARAMETERS = frozenset(
 )
 
 
+def _type_list_pattern() -> str:
+    names = "|".join(sorted(event_types()))
+    return rf"^(?:{names})(?:,(?:{names}))*$"
+
+
+TYPE_LIST = re.compile(_type_list_pattern())
+TYPE_LIST_SCHEMA: dict[str, Any] = {
+    "items": Schema(type=OpenAPIType.STRING, pattern=TYPE_LIST.pattern)
+}
+"""Event type names, each value one or several separated by commas (no spaces)."""
+
+
 def parse_types(name: str, values: Iterable[str] | None) -> tuple[str, ...]:
     """Event type names, repeated and/or comma-separated, each one known."""
-    names = [part.strip() for value in values or () for part in value.split(",")]
-    names = [n for n in names if n]
-    known = event_types()
-    for type_name in names:
-        if type_name not in known:
+    for value in values or ():
+        if not TYPE_LIST.fullmatch(value):
             raise BadRequest(
-                f"{name}: unknown event type {type_name!r}; known: {', '.join(sorted(known))}",
+                f"{name}: {value!r} is not event type names separated by commas; known: "
+                f"{', '.join(sorted(event_types()))}",
                 extra={"field": name},
             )
-    return topics_for(names)
-
-
-def parse_instant(name: str, value: str | None) -> datetime | None:
-    """An ISO 8601 time; one without a UTC offset is taken as UTC."""
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadRequest(
-            f"{name} must be an ISO 8601 time, e.g. 2026-11-23T15:00:00Z", extra={"field": name}
-        ) from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def parse_uuid(name: str, value: str | None) -> UUID | None:
-    if value is None:
-        return None
-    try:
-        return UUID(value)
-    except ValueError:
-        raise BadRequest(f"{name} must be a UUID", extra={"field": name}) from None
+    return topics_for([part for value in values or () for part in value.split(",")])
 
 
 def audit_query(
-    conversation_id: str | None,
+    conversation_id: UUID | None,
     user: str | None,
     agent: str | None,
     types: list[str] | None,
     since: str | None,
     until: str | None,
 ) -> AuditQuery:
-    query = AuditQuery(
-        conversation_id=parse_uuid("conversation_id", conversation_id),
+    # A `from` after `to` is an empty window (JSON Schema cannot say "from <= to").
+    return AuditQuery(
+        conversation_id=conversation_id,
         owner=user,
         agent=agent,
         topics=parse_types("type", types),
-        since=parse_instant("from", since),
-        until=parse_instant("to", until),
+        since=parse_instant("from", since) if since is not None else None,
+        until=parse_instant("to", until) if until is not None else None,
     )
-    if query.since and query.until and query.since > query.until:
-        raise BadRequest("from must not be after to", extra={"field": "from"})
-    return query
 
 
 async def _ndjson(
@@ -188,12 +177,14 @@ class AuditController(Controller):
             "page's `next` as `after`), served as written (stored schema version and data) "
             "so each re-hashes to its `hash` (docs/audit.md). Filters: `conversation_id`, "
             "`user` (the owner's user id), `agent`, `type` (repeat it or separate with "
-            "commas), `from` (inclusive) and `to` (exclusive) as ISO 8601 times. A page "
+            "commas), `from` (inclusive) and `to` (exclusive) as RFC 3339 times (`from` "
+            "after `to`: nothing). A page "
             "examines a bounded span of global positions: filtered pages may be short or "
             "empty with a `next` to go on from; `next` is null at the end of the log. "
             "`Accept: application/x-ndjson` streams every matching event, one per line."
         ),
         response_description="An EventPage as JSON, or application/x-ndjson",
+        responses={200: ResponseSpec(data_container=EventPage, description="A page, or NDJSON")},
         guards=AUDITOR,
     )
     async def log(
@@ -201,28 +192,34 @@ class AuditController(Controller):
         request: Request[Any, Any, Any],
         runtime: NamedDependency[Runtime],
         after: Annotated[
-            str | None, QueryParameter(description="Global position to start after")
+            int | None,
+            QueryParameter(ge=0, le=MAX_POSITION, description="Global position to start after"),
         ] = None,
         limit: Annotated[int | None, QueryParameter(ge=1, description="JSON page size")] = None,
         conversation_id: Annotated[
-            str | None, QueryParameter(description="Only this conversation's events")
+            UUID | None, QueryParameter(description="Only this conversation's events")
         ] = None,
         user: Annotated[
             str | None, QueryParameter(description="Only conversations this user owns (user id)")
         ] = None,
         agent: Annotated[str | None, QueryParameter(description="Only this agent's")] = None,
         types: Annotated[
-            list[str] | None, QueryParameter(name="type", description="Only these event types")
+            list[str] | None,
+            QueryParameter(
+                name="type", description="Only these event types", schema_extra=TYPE_LIST_SCHEMA
+            ),
         ] = None,
         since: Annotated[
-            str | None, QueryParameter(name="from", description="At or after (ISO 8601)")
+            str | None,
+            QueryParameter(name="from", description="At or after", schema_extra=DATE_TIME_SCHEMA),
         ] = None,
         until: Annotated[
-            str | None, QueryParameter(name="to", description="Before (ISO 8601)")
+            str | None,
+            QueryParameter(name="to", description="Before", schema_extra=DATE_TIME_SCHEMA),
         ] = None,
     ) -> Response[Any]:
         reject_unknown_parameters(request, _LOG_PARAMETERS)
-        start = parse_cursor("after", after) or 0
+        start = after or 0
         query = audit_query(conversation_id, user, agent, types, since, until)
         audit_log = AuditLog(runtime.service, runtime.content)
         stop = await asyncio.to_thread(audit_log.last_position)

@@ -5,9 +5,11 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 from uuid import UUID
 
+import msgspec
 import structlog
-from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar import Controller, Request, Response, get, patch, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 
@@ -27,6 +29,7 @@ from threadlog.http.schemas import (
     RunResult,
     UpdateConversation,
 )
+from threadlog.infra import metrics, tracing
 from threadlog.infra.runs import intake
 from threadlog.infra.runs.executor import RunRequest
 from threadlog.infra.runs.outcomes import run_outcome
@@ -155,6 +158,24 @@ async def accept_message(
     """Posts a user message under the busy policy and starts its run, in this process or
     a worker's (a queued message's run starts when the run before it ends)."""
     runtime.runs.check_available()
+    with tracing.span("command.post_message", conversation_id=str(conversation_id)):
+        return await _accept_message(
+            runtime,
+            conversation_id,
+            content=content,
+            client_message_id=client_message_id,
+            cause=cause,
+        )
+
+
+async def _accept_message(
+    runtime: Runtime,
+    conversation_id: UUID,
+    *,
+    content: str,
+    client_message_id: str | None,
+    cause: Cause,
+) -> Written[PostedMessage]:
     written = await intake.post_message(
         runtime.service,
         runtime.control,
@@ -193,15 +214,16 @@ class ConversationController(Controller):
             raise UnknownAgent(
                 f"unknown agent {agent!r}; GET /v1/agents lists them", extra={"field": "agent"}
             )
-        written = await asyncio.to_thread(
-            runtime.service.start_conversation,
-            owner=owner_of(request),
-            agent=agent,
-            title=data.title or "New conversation",
-            metadata=data.metadata,
-            cause=cause_of(request),
-            busy_policy=data.busy_policy,
-        )
+        with tracing.span("command.start_conversation"):
+            written = await asyncio.to_thread(
+                runtime.service.start_conversation,
+                owner=owner_of(request),
+                agent=agent,
+                title=data.title or "New conversation",
+                metadata=data.metadata,
+                cause=cause_of(request),
+                busy_policy=data.busy_policy,
+            )
         return conversation_out(written.value, written.global_position)
 
     @get("/{conversation_id:uuid}", summary="A conversation's current state", guards=USER)
@@ -222,35 +244,17 @@ class ConversationController(Controller):
         data: JSONBody[UpdateConversation],
     ) -> ConversationOut:
         service, cause = runtime.service, cause_of(request)
-        if data.title is None and data.archived is None:
+        if data.title is msgspec.UNSET and data.archived is msgspec.UNSET:
             raise BadRequest("give `title` and/or `archived`", extra={"field": "body"})
         await owned_conversation(runtime, request, conversation_id)
         written = None
-        if data.title is not None:
+        if data.title is not msgspec.UNSET:
             written = await asyncio.to_thread(
                 service.rename, conversation_id, title=data.title, cause=cause
             )
-        if data.archived:
+        if data.archived is True:
             written = await asyncio.to_thread(service.archive, conversation_id, cause=cause)
         assert written is not None
-        return conversation_out(written.value, written.global_position)
-
-    @delete(
-        "/{conversation_id:uuid}",
-        status_code=200,
-        summary="Archive a conversation (its events stay)",
-        guards=USER,
-    )
-    async def archive(
-        self,
-        request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
-        conversation_id: FromPath[UUID],
-    ) -> ConversationOut:
-        await owned_conversation(runtime, request, conversation_id)
-        written = await asyncio.to_thread(
-            runtime.service.archive, conversation_id, cause=cause_of(request)
-        )
         return conversation_out(written.value, written.global_position)
 
     @post(
@@ -280,9 +284,12 @@ class ConversationController(Controller):
             "(watch `/events`). With `?wait=true` answers 200 with the run's result when it "
             "ends (202 with status `running` after `THREADLOG_RUN_WAIT_SECONDS`). With "
             "`Accept: text/event-stream` streams this run's events and closes after its "
-            "last one. `?background=true` answers the 202 with `Location: /v1/runs/{run_id}` "
-            "(read the run there, or wait for its `/result`)."
+            "last one. `?background=true` answers the 202 at once with "
+            "`Location: /v1/runs/{run_id}` (read the run there, or wait for its `/result`), "
+            "whatever `wait` and `Accept` ask for."
         ),
+        # Completed in http/contract.py: 200 is also text/event-stream, 202 also a RunResult.
+        responses={200: ResponseSpec(data_container=RunResult, description="The run's result")},
         guards=USER,
     )
     async def post_message(
@@ -299,13 +306,9 @@ class ConversationController(Controller):
         ] = False,
     ) -> Response[Any]:
         await owned_conversation(runtime, request, conversation_id)
-        streams = "text/event-stream" in request.headers.get("accept", "")
-        if background and (wait or streams):
-            conflict = "wait=true" if wait else "Accept: text/event-stream"
-            raise BadRequest(
-                f"background=true and {conflict} ask for two ways to answer; give one",
-                extra={"field": "background"},
-            )
+        # `background` wins over `wait` and an event-stream `Accept`: the 202 at once.
+        streams = not background and "text/event-stream" in request.headers.get("accept", "")
+        wait = wait and not background
         written = await accept_message(
             runtime,
             conversation_id,
@@ -343,6 +346,7 @@ class ConversationController(Controller):
             "`{items, next}`; pass `next` back as `after`."
         ),
         response_description="text/event-stream, or an EventPage as JSON",
+        responses={200: ResponseSpec(data_container=EventPage, description="A page, or SSE")},
         # The owner, or an auditor (who may read every conversation's events).
         guards=[requires("user", "auditor")],
     )
@@ -351,15 +355,18 @@ class ConversationController(Controller):
         request: Request[Any, Any, Any],
         runtime: NamedDependency[Runtime],
         conversation_id: FromPath[UUID],
-        after: Annotated[str | None, QueryParameter(description="Position to start after")] = None,
+        after: Annotated[
+            int | None, QueryParameter(ge=0, le=MAX_POSITION, description="Position to start after")
+        ] = None,
         limit: Annotated[int | None, QueryParameter(ge=1, description="JSON page size")] = None,
         last_event_id: Annotated[
-            str | None, HeaderParameter(name="Last-Event-ID", description="Resume after it")
+            int | None,
+            HeaderParameter(
+                name="Last-Event-ID", ge=0, le=MAX_POSITION, description="Resume after it"
+            ),
         ] = None,
     ) -> Response[Any]:
-        start = parse_cursor("Last-Event-ID", last_event_id)
-        if start is None:
-            start = parse_cursor("after", after) or 0
+        start = last_event_id if last_event_id is not None else after or 0
         event_log = runtime.event_log
         await owned_conversation(runtime, request, conversation_id, auditors=True)
         if wants_json(request):
@@ -376,6 +383,7 @@ class ConversationController(Controller):
     ) -> AsyncIterator[bytes]:
         """SSE frames from `after` on; with `until_run`, closes after that run's last event."""
         yield b"retry: 1000\n\n"
+        metrics.SSE_STREAMS.inc()
         try:
             async for page in runtime.feed.follow_pages(
                 conversation_id,
@@ -387,7 +395,10 @@ class ConversationController(Controller):
                     continue
                 # One chunk per page: one write instead of one per event.
                 frames, ended = sse_frames(page, until_run)
+                delivery = tracing.start_span("sse.deliver", events=len(page))
                 yield frames
+                if delivery is not None:
+                    delivery.end()
                 if ended:
                     return
         except Exception as error:
@@ -397,6 +408,8 @@ class ConversationController(Controller):
                 "sse.ended_by_error", error=repr(error), conversation_id=str(conversation_id)
             )
             yield STREAM_INTERRUPTED
+        finally:
+            metrics.SSE_STREAMS.dec()
 
 
 def _served_page(

@@ -13,6 +13,7 @@ from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
+from litestar.params import ParameterKwarg
 
 from threadlog.domain.errors import (
     ConcurrentWrite,
@@ -91,6 +92,14 @@ class BadRequest(HTTPException):
     code = "bad_request"
 
 
+class PositionConflict(HTTPException):
+    """A position the conversation or the store has not reached (yet): a valid number that
+    conflicts with the current state, so 409, not 400."""
+
+    status_code = 409
+    code = "position_not_reached"
+
+
 class UnknownAgent(BadRequest):
     """A conversation names an agent this server does not define."""
 
@@ -119,7 +128,10 @@ def _domain(request: RequestAny, error: Exception) -> Response[ErrorBody]:
 
 def _validation(request: RequestAny, error: Exception) -> Response[ErrorBody]:
     assert isinstance(error, ValidationException)
-    details = _field_details(error.extra)
+    details = [
+        {**detail, "field": _wire_name(request, detail["field"])}
+        for detail in _field_details(error.extra)
+    ]
     fields = ", ".join(d["field"] for d in details if d.get("field")) or "request"
     message = "; ".join(d["message"] for d in details) or (error.detail or "invalid request")
     return error_response(request, 400, "validation_error", f"invalid {fields}: {message}", details)
@@ -141,6 +153,15 @@ def _field_details(extra: Any) -> list[dict[str, Any]]:
     return details
 
 
+def _wire_name(request: RequestAny, field: str | None) -> str | None:
+    """A parameter as the client spells it (`Last-Event-ID`, `timeout`), not as the handler
+    names its argument."""
+    parameters = request.route_handler.parsed_fn_signature.parameters
+    definition = parameters.get(field) if field is not None else None
+    kwarg = definition.kwarg_definition if definition is not None else None
+    return (kwarg.name if isinstance(kwarg, ParameterKwarg) else None) or field
+
+
 def _path_field(message: str) -> str | None:
     # msgspec names the location as "… - at `$.content`".
     marker = "at `$."
@@ -153,7 +174,7 @@ def _http(request: RequestAny, error: Exception) -> Response[ErrorBody]:
     assert isinstance(error, HTTPException)
     status = error.status_code
     code = HTTP_CODES.get(status, "error" if status < 500 else "internal_error")
-    if isinstance(error, BadRequest):
+    if isinstance(error, BadRequest | PositionConflict):
         code = error.code
     if error.detail == CLIENT_DISCONNECTED:
         # Not a server fault: the client went away while sending its body; no one reads this.
@@ -194,8 +215,8 @@ def _not_reached(request: RequestAny, error: Exception) -> Response[ErrorBody]:
     assert isinstance(error, PositionNotReached)
     return error_response(
         request,
-        400,
-        "bad_request",
+        409,
+        PositionConflict.code,
         str(error),
         {"field": "min_position", "store_position": error.store_position},
     )

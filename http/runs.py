@@ -6,12 +6,10 @@ up to the store's current position, so a GET right after the POST finds the run.
 """
 
 import asyncio
-import base64
-import math
 import time
 from dataclasses import replace
 from datetime import datetime
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
@@ -25,17 +23,19 @@ from threadlog.domain.events import Cause
 from threadlog.http.access import owner_of
 from threadlog.http.auth import USER
 from threadlog.http.conversations import cause_of
-from threadlog.http.errors import BadRequest, error_response
+from threadlog.http.errors import error_response
 from threadlog.http.reads import (
+    Cursor,
     Limit,
     MinPosition,
     decode_cursor,
+    encode_cursor,
     read_view,
     reject_unknown_parameters,
 )
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.store.content import ContentKeys
-from threadlog.projections.runs import RUN_STATUSES, Run, RunQuery, Runs, RunStatus, get_run
+from threadlog.projections.runs import Run, RunQuery, Runs, RunStatus, get_run
 from threadlog.projections.runs import list_runs as list_run_rows
 from threadlog.projections.views import to_micros
 
@@ -155,34 +155,8 @@ def result_out(run: Run) -> RunResultOut:
     )
 
 
-def parse_timeout(value: str | None) -> float:
-    if value is None:
-        return RESULT_WAIT_DEFAULT_SECONDS
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not 0 <= seconds <= RESULT_WAIT_MAX_SECONDS:  # NaN and infinities fail this too
-        raise BadRequest(
-            f"timeout must be a number of seconds from 0 to {RESULT_WAIT_MAX_SECONDS:g}",
-            extra={"field": "timeout"},
-        )
-    return seconds
-
-
-def parse_run_status(status: str | None) -> RunStatus | None:
-    if status is None:
-        return None
-    if status not in RUN_STATUSES:
-        raise BadRequest(
-            f"status must be one of {', '.join(RUN_STATUSES)}", extra={"field": "status"}
-        )
-    return cast(RunStatus, status)
-
-
 def encode_run_cursor(run: Run) -> str:
-    raw = msgspec.json.encode([to_micros(run.created_at), run.run_id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_cursor(to_micros(run.created_at), run.run_id)
 
 
 async def _read(runtime: Runtime, run_id: str) -> Run | None:
@@ -279,12 +253,12 @@ class RunController(Controller):
         runtime: NamedDependency[Runtime],
         owner: NamedDependency[str],
         status: Annotated[
-            str | None, QueryParameter(description=f"One of {', '.join(RUN_STATUSES)}")
+            RunStatus | None, QueryParameter(description="Only runs in this status")
         ] = None,
         conversation_id: Annotated[
             UUID | None, QueryParameter(description="Only this conversation's")
         ] = None,
-        cursor: Annotated[str | None, QueryParameter(description="`next` of a page")] = None,
+        cursor: Cursor = None,
         limit: Limit = None,
         min_position: MinPosition = None,
     ) -> RunPage:
@@ -294,7 +268,7 @@ class RunController(Controller):
         query = RunQuery(
             owner=owner,
             limit=page_size + 1,
-            status=parse_run_status(status),
+            status=status,
             conversation_id=str(conversation_id) if conversation_id is not None else None,
             after=decode_cursor(cursor) if cursor is not None else None,
         )
@@ -347,12 +321,14 @@ class RunController(Controller):
         runtime: NamedDependency[Runtime],
         owner: NamedDependency[str],
         run_id: RunId,
-        wait_seconds: Annotated[
-            str | None, QueryParameter(name="timeout", description="Seconds to wait")
-        ] = None,
+        seconds: Annotated[
+            float,
+            QueryParameter(
+                name="timeout", ge=0, le=RESULT_WAIT_MAX_SECONDS, description="Seconds to wait"
+            ),
+        ] = RESULT_WAIT_DEFAULT_SECONDS,
     ) -> Response[Any]:
         reject_unknown_parameters(request, _RESULT_PARAMETERS)
-        seconds = parse_timeout(wait_seconds)
         deadline = time.monotonic() + seconds
         run = await find_run(runtime, run_id, owner, None)
         run = await _until_ended(runtime, run, deadline)

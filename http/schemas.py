@@ -6,9 +6,14 @@ import msgspec
 
 from threadlog.infra.store.envelope import EventEnvelope
 
-Title = Annotated[str, msgspec.Meta(max_length=200)]
+# Not only white space (the domain refuses a blank title).
+Title = Annotated[str, msgspec.Meta(max_length=200, pattern=r"\S")]
 AgentName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
 ClientMessageId = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+# At least one character that is not white space (the domain refuses a blank message);
+# its size in bytes is limited by THREADLOG_MAX_MESSAGE_BYTES (413), which JSON Schema
+# cannot state.
+Content = Annotated[str, msgspec.Meta(pattern=r"\S")]
 
 
 class CreateConversation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -21,9 +26,11 @@ class CreateConversation(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
 
 
 class UpdateConversation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    title: Title | None = None
+    """At least one of the two (the OpenAPI schema says `minProperties: 1`)."""
+
+    title: Title | msgspec.UnsetType = msgspec.UNSET
     # Archiving is one-way: the events stay, the conversation leaves the owner's list.
-    archived: Literal[True] | None = None
+    archived: Literal[True] | msgspec.UnsetType = msgspec.UNSET
 
 
 class ConversationOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,7 +51,7 @@ class ConversationOut(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PostMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    content: str
+    content: Content
     client_message_id: ClientMessageId | None = None
 
 

@@ -12,7 +12,7 @@ from litestar.params import FromPath, QueryParameter
 from threadlog.http.access import owned_conversation
 from threadlog.http.auth import requires
 from threadlog.http.conversations import MAX_POSITION
-from threadlog.http.errors import BadRequest
+from threadlog.http.errors import PositionConflict
 from threadlog.http.reads import reject_unknown_parameters
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.store.content import ContentKeys, opened_event
@@ -138,7 +138,7 @@ def replay(
         "Replays the conversation's events up to position `at` (default: its last): "
         "title, archived, the messages so far (tool calls in brief), the run active at "
         "that moment with the text it had streamed, queued messages and the chain's "
-        "last hash. `at` beyond the last position is 400."
+        "last hash. `at` beyond the last position is 409 (`position_not_reached`)."
     ),
     tags=["conversations"],
     # The owner, or an auditor (who may read every conversation's events).
@@ -156,7 +156,7 @@ async def conversation_state(
     conversation = await owned_conversation(runtime, request, conversation_id, auditors=True)
     last = conversation.version
     if at is not None and at > last:
-        raise BadRequest(
+        raise PositionConflict(
             f"at={at} is past the conversation's last position, {last}",
             extra={"field": "at", "last_position": last},
         )

@@ -3,7 +3,7 @@ and the most used agents. Each takes `min_position` like the other reads."""
 
 import asyncio
 from datetime import UTC, datetime, time, timedelta
-from typing import Annotated, Any, TypeVar, cast
+from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -14,11 +14,10 @@ from litestar.params import FromPath, QueryParameter
 from threadlog.domain.errors import ConversationNotFound
 from threadlog.http.access import owned_conversation
 from threadlog.http.auth import identity, requires
-from threadlog.http.errors import BadRequest
+from threadlog.http.params import DATE_OR_DATE_TIME_SCHEMA, parse_instant
 from threadlog.http.reads import MinPosition, read_view, reject_unknown_parameters
 from threadlog.infra.runtime import Runtime
 from threadlog.projections.run_stats import (
-    GROUP_BYS,
     AgentPopularity,
     ConversationStats,
     GroupBy,
@@ -139,42 +138,17 @@ def stats_out(conversation_id: UUID, stats: ConversationStats | None) -> Convers
     )
 
 
-def parse_moment(name: str, value: str) -> datetime:
-    """An ISO 8601 date (midnight) or date-time; without an offset it is UTC."""
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadRequest(
-            f"{name} must be an ISO 8601 date or date-time (e.g. 2026-11-01 or "
-            "2026-11-01T12:00:00Z)",
-            extra={"field": name},
-        ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def usage_window(start: str | None, end: str | None, now: datetime) -> tuple[datetime, datetime]:
-    """[from, to): by default the last DEFAULT_USAGE_DAYS whole days, today included."""
+    """[from, to): by default the last DEFAULT_USAGE_DAYS whole days, today included.
+    A window whose `from` is after its `to` is empty."""
     tomorrow = datetime.combine(now.astimezone(UTC).date() + timedelta(days=1), time(), UTC)
-    until = parse_moment("to", end) if end is not None else tomorrow
+    until = parse_instant("to", end, dates=True) if end is not None else tomorrow
     since = (
-        parse_moment("from", start)
+        parse_instant("from", start, dates=True)
         if start is not None
         else until - timedelta(days=DEFAULT_USAGE_DAYS)
     )
-    if since > until:
-        raise BadRequest(
-            f"from ({since.isoformat()}) is after to ({until.isoformat()})",
-            extra={"field": "from"},
-        )
     return since, until
-
-
-def parse_group_by(value: str) -> GroupBy:
-    if value not in GROUP_BYS:
-        raise BadRequest(
-            f"group_by must be one of {', '.join(GROUP_BYS)}", extra={"field": "group_by"}
-        )
-    return cast(GroupBy, value)
 
 
 def usage_group_out(group: Usage) -> UsageGroupOut:
@@ -234,8 +208,9 @@ async def conversation_stats_of(
     summary="Tokens, runs, conversations and cost per day, agent or user",
     description="Runs started in [from, to) of the caller's conversations (every user's "
     "for analysts and admins), one group per "
-    "day (UTC), agent or user that has any. `from` and `to` are ISO 8601 dates or "
-    "date-times; by default the last 30 days, today included.",
+    "day (UTC), agent or user that has any. `from` and `to` are RFC 3339 dates or "
+    "date-times; by default the last 30 days, today included. A `from` after `to` is an "
+    "empty window.",
     tags=["stats"],
     dependencies=_OWNER,
     guards=_READERS,
@@ -245,17 +220,23 @@ async def usage_report(
     runtime: NamedDependency[Runtime],
     owner: NamedDependency[str | None],
     start: Annotated[
-        str | None, QueryParameter(name="from", description="Start (included), ISO 8601")
+        str | None,
+        QueryParameter(
+            name="from", description="Start (included)", schema_extra=DATE_OR_DATE_TIME_SCHEMA
+        ),
     ] = None,
     end: Annotated[
-        str | None, QueryParameter(name="to", description="End (excluded), ISO 8601")
+        str | None,
+        QueryParameter(
+            name="to", description="End (excluded)", schema_extra=DATE_OR_DATE_TIME_SCHEMA
+        ),
     ] = None,
-    group_by: Annotated[str, QueryParameter(description="day, agent or user")] = "day",
+    group_by: Annotated[GroupBy, QueryParameter(description="One group per")] = "day",
     min_position: MinPosition = None,
 ) -> UsageOut:
     reject_unknown_parameters(request, frozenset({"from", "to", "group_by", "min_position"}))
     since, until = usage_window(start, end, datetime.now(UTC))
-    query = UsageQuery(owner=owner, start=since, end=until, group_by=parse_group_by(group_by))
+    query = UsageQuery(owner=owner, start=since, end=until, group_by=group_by)
 
     def read(sql: Sql) -> list[Usage]:
         return usage(sql, query)

@@ -17,12 +17,13 @@ from litestar.openapi import ResponseSpec
 from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import Stream
 
-from threadlog.http.audit import parse_types
+from threadlog.http.audit import TYPE_LIST_SCHEMA, parse_types
 from threadlog.http.auth import ANALYST
-from threadlog.http.conversations import STREAM_INTERRUPTED, parse_cursor
+from threadlog.http.conversations import MAX_POSITION, STREAM_INTERRUPTED
 from threadlog.http.errors import error_response
 from threadlog.http.reads import reject_unknown_parameters
 from threadlog.http.schemas import ErrorBody
+from threadlog.infra import metrics
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.stream.firehose import FellBehind, Firehose, Quiet, StreamFilter
 
@@ -74,11 +75,13 @@ async def _frames(
 ) -> AsyncIterator[bytes]:
     # Counted while the stream runs (a response never started holds nothing).
     clients.count += 1
+    metrics.FIREHOSE_STREAMS.inc()
     try:
         async for frame in _follow(runtime, stream_filter, after):
             yield frame
     finally:
         clients.count -= 1
+        metrics.FIREHOSE_STREAMS.dec()
 
 
 async def _follow(
@@ -128,21 +131,24 @@ async def _follow(
 async def firehose(
     request: Request[Any, Any, Any],
     runtime: NamedDependency[Runtime],
-    types: Annotated[list[str] | None, QueryParameter(description="Only these event types")] = None,
+    types: Annotated[
+        list[str] | None,
+        QueryParameter(description="Only these event types", schema_extra=TYPE_LIST_SCHEMA),
+    ] = None,
     agents: Annotated[
         list[str] | None, QueryParameter(description="Only these agents' conversations")
     ] = None,
     after: Annotated[
-        str | None, QueryParameter(description="Global position to start after")
+        int | None,
+        QueryParameter(ge=0, le=MAX_POSITION, description="Global position to start after"),
     ] = None,
     last_event_id: Annotated[
-        str | None, HeaderParameter(name="Last-Event-ID", description="Resume after it")
+        int | None,
+        HeaderParameter(name="Last-Event-ID", ge=0, le=MAX_POSITION, description="Resume after it"),
     ] = None,
 ) -> Response[Any]:
     reject_unknown_parameters(request, _PARAMETERS)
-    start = parse_cursor("Last-Event-ID", last_event_id)
-    if start is None:
-        start = parse_cursor("after", after) or 0
+    start = last_event_id if last_event_id is not None else after or 0
     stream_filter = StreamFilter(topics=parse_types("types", types), agents=_names(agents))
     if not _accepts_sse(request):
         return error_response(

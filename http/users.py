@@ -1,7 +1,7 @@
 """Users, logins and API keys; the admins' user management."""
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
@@ -17,9 +17,13 @@ from threadlog.http.context import request_id_of
 from threadlog.http.errors import BadRequest
 from threadlog.infra.runtime import Runtime
 
-Username = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+# Not only white space (the domain refuses a blank name).
+Username = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"\S")]
+# At least THREADLOG_MIN_PASSWORD_LENGTH characters: the OpenAPI schema states the
+# configured minimum (http/contract.py).
 Password = Annotated[str, msgspec.Meta(max_length=1024)]
 KeyName = Annotated[str, msgspec.Meta(max_length=100)]
+Role = Literal["user", "auditor", "analyst", "admin"]
 
 
 class Registration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -34,7 +38,7 @@ class Login(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
 class NewUser(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     username: Username
-    roles: list[str] = msgspec.field(default_factory=lambda: ["user"])
+    roles: list[Role] = msgspec.field(default_factory=lambda: ["user"])
     password: Password | None = None
 
 
@@ -161,13 +165,13 @@ class KeyController(Controller):
         self,
         request: Request[Any, Any, Any],
         runtime: NamedDependency[Runtime],
-        data: JSONBody[NewKey | None] = None,
+        data: JSONBody[NewKey],
     ) -> KeyOut:
         caller = identity(request)
         issued = await asyncio.to_thread(
             runtime.identities.issue_key,
             UUID(caller.user_id),
-            name=(data or NewKey()).name,
+            name=data.name,
             by=actor_of(request),
         )
         return key_out(issued)
@@ -209,7 +213,7 @@ class AdminController(Controller):
             runtime.identities.register,
             username=data.username,
             password_hash=password_hash,
-            roles=data.roles,
+            roles=[str(role) for role in data.roles],
             by=actor_of(request),
         )
         return user_out(user)
@@ -220,12 +224,12 @@ class AdminController(Controller):
         request: Request[Any, Any, Any],
         runtime: NamedDependency[Runtime],
         user_id: FromPath[UUID],
-        data: JSONBody[NewKey | None] = None,
+        data: JSONBody[NewKey],
     ) -> KeyOut:
         issued = await asyncio.to_thread(
             runtime.identities.issue_key,
             user_id,
-            name=(data or NewKey()).name,
+            name=data.name,
             by=actor_of(request),
         )
         return key_out(issued)

@@ -29,6 +29,7 @@ from threadlog.http.auth import identity, requires
 from threadlog.http.conversations import accept_message, parse_cursor
 from threadlog.http.errors import DOMAIN_STATUS, HTTP_CODES, UNAVAILABLE
 from threadlog.http.schemas import ClientMessageId
+from threadlog.infra import metrics
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.stream.feed import FeedEvent
 
@@ -153,11 +154,13 @@ class ConversationSocket:
 
     async def serve(self, after: int) -> None:
         events = asyncio.create_task(self._forward_events(after))
+        metrics.WEBSOCKETS.inc()
         try:
             await self._serve_commands()
         except OSError:
             pass  # the client went away during a reply (the server's ClientDisconnected)
         finally:
+            metrics.WEBSOCKETS.dec()
             events.cancel()
             await asyncio.gather(events, return_exceptions=True)
 

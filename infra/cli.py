@@ -9,6 +9,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from uuid import UUID
+from wsgiref.simple_server import WSGIServer
 
 import structlog
 import uvicorn
@@ -17,13 +18,16 @@ from threadlog.domain.errors import DomainError
 from threadlog.domain.identity import ROLES
 from threadlog.domain.identity_service import Actor
 from threadlog.http.app import create_app
+from threadlog.infra import metrics
 from threadlog.infra.auth import Passwords, open_identities
 from threadlog.infra.logging import configure_logging
+from threadlog.infra.metrics import serve_metrics
 from threadlog.infra.runs.worker import RunWorker
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings, SettingsError
 from threadlog.infra.store.audit import ChainAuditor, describe
 from threadlog.infra.store.eventstore import open_service, store_environment
+from threadlog.infra.tracing import Tracing, install, tracing_from_env
 from threadlog.projections.read_models import RateReport, ReadModels, read_model_classes
 
 log = structlog.get_logger(__name__)
@@ -97,8 +101,15 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings.replace(**changes)
 
 
+def _tracing() -> Tracing | None:
+    try:
+        return tracing_from_env(os.environ)
+    except ValueError as error:
+        raise SettingsError(str(error)) from None
+
+
 def serve(settings: Settings) -> None:
-    app = create_app(settings)
+    app = create_app(settings, tracing=_tracing())
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -121,6 +132,9 @@ async def _work(settings: Settings) -> None:
         raise SettingsError(
             "threadlog worker takes runs from a shared NATS: set THREADLOG_NATS_URL"
         )
+    traced = _tracing()
+    if traced is not None:
+        install(traced)
     # The API (or `threadlog projections run`) runs the relay and the projections.
     worker_settings = settings.replace(workers=True, relay=False, projections=False)
     # Workers serve no reads: no read models, no connections for them.
@@ -136,7 +150,10 @@ async def _work(settings: Settings) -> None:
         )
         await worker.start()
         log.info("worker.running", lease_seconds=settings.worker_lease_seconds)
+        metrics_server = _serve_metrics(settings)
         await stop.wait()
+        if metrics_server is not None:
+            metrics_server.shutdown()
         await worker.stop(drain_seconds=settings.worker_drain_seconds)
     log.info("worker.stopped")
 
@@ -164,7 +181,7 @@ def projections(settings: Settings, action: str, name: str | None) -> None:
                     runner.rebuild(progress=report)
                     report.finish()
             else:
-                _follow_until_signalled(read_models)
+                _follow_until_signalled(settings, read_models)
         finally:
             read_models.close()
     finally:
@@ -231,13 +248,31 @@ def audit_verify(settings: Settings, conversation_id: UUID | None) -> int:
         service.close()
 
 
-def _follow_until_signalled(read_models: ReadModels) -> None:
+def _serve_metrics(settings: Settings) -> WSGIServer | None:
+    """A process without the HTTP API serves its metrics on a port of its own, if set."""
+    if not settings.metrics_port:
+        return None
+    return serve_metrics(settings.metrics_host, settings.metrics_port, settings.metrics_token)
+
+
+def _follow_until_signalled(settings: Settings, read_models: ReadModels) -> None:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     read_models.start()
     log.info("projections.running", names=list(read_models.runners))
+    metrics_server = _serve_metrics(settings)
+    if metrics_server is not None:
+        # Lags are read when scraped: the store's head against each read model.
+        metrics.RUNTIME.sources = metrics.RuntimeSources(
+            store_head=lambda: read_models.service.recorder.max_notification_id() or 0,
+            relay_position=None,
+            projection_positions=lambda: [(s.name, s.position) for s in read_models.status()],
+            runs_by_status=None,
+        )
     stop.wait()
+    if metrics_server is not None:
+        metrics_server.shutdown()
     log.info("projections.stopped")
 
 

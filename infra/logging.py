@@ -9,6 +9,7 @@ import sys
 
 import structlog
 
+from threadlog.infra import tracing
 from threadlog.infra.settings import Settings
 
 
@@ -27,6 +28,7 @@ def configure_logging(settings: Settings) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            tracing.add_trace_ids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -20,6 +20,7 @@ from pydantic_ai.models import Model
 
 from threadlog.domain.application import ConversationService
 from threadlog.domain.identity_service import IdentityService
+from threadlog.infra import metrics
 from threadlog.infra.agents.registry import AgentRegistry
 from threadlog.infra.auth import (
     Authenticator,
@@ -52,6 +53,7 @@ from threadlog.infra.stream.ratelimit import RateLimiter, open_bucket
 from threadlog.infra.stream.relay import Relay
 from threadlog.projections.read_models import ReadModels
 from threadlog.projections.runs import Runs as RunsReadModel
+from threadlog.projections.runs import count_by_status
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -150,6 +152,7 @@ class Runtime:
             live = await LiveEvents.connect(nats_url, names, content)
             stack.push_async_callback(live.close)
             service.on_commit(live.committed)
+            service.on_commit(metrics.count_committed)
             feed = ConversationFeed(event_log, live, content)
             runs = await _runs(settings, nc, names, service, feed, executor)
             runtime = cls(
@@ -213,6 +216,8 @@ class Runtime:
                 runtime.background.append(asyncio.create_task(runtime.relay.run_forever()))
             if follower is not None:
                 follower.start()
+            metrics.RUNTIME.sources = runtime.metric_sources()
+            stack.callback(setattr, metrics.RUNTIME, "sources", None)
             stack.push_async_callback(runtime._stop_background)
             stack.push_async_callback(runtime.executor.stop)
             log.info(
@@ -222,6 +227,24 @@ class Runtime:
                 model=runtime.model_name,
             )
             yield runtime
+
+    def metric_sources(self) -> metrics.RuntimeSources:
+        """What /metrics reads when scraped: the store's head, the relay's and every read
+        model's position, and the runs read model's counts (blocking calls)."""
+        relay, read_models = self.relay, self.read_models
+        runs = read_models.runners.get(RunsReadModel.name)
+
+        def runs_by_status() -> dict[str, int]:
+            assert runs is not None
+            with runs.view.read() as sql:
+                return count_by_status(sql)
+
+        return metrics.RuntimeSources(
+            store_head=lambda: self.service.recorder.max_notification_id() or 0,
+            relay_position=(lambda: relay.published_position) if relay is not None else None,
+            projection_positions=lambda: [(s.name, s.position) for s in read_models.status()],
+            runs_by_status=runs_by_status if runs is not None else None,
+        )
 
     async def _stop_background(self) -> None:
         for task in self.background:

@@ -114,6 +114,12 @@ class Settings:
     rate_limit_window_seconds: float = 60.0
     # Origins allowed by CORS, comma-separated; empty: no CORS headers at all.
     cors_origins: str = ""
+    # /metrics (Prometheus): admins may read it, and so may `Authorization: Bearer <token>`
+    # with this token (a scraper). A worker or `projections run` process serves its own on
+    # metrics_host:metrics_port (0: none), guarded by the token when it is set.
+    metrics_token: str | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
 
     @property
     def sqlite_path(self) -> Path:

@@ -316,3 +316,9 @@ def _run(row: Row) -> Run:
         cancel_reason=row["cancel_reason"],
         position=row["position"],
     )
+
+
+def count_by_status(sql: Sql) -> dict[str, int]:
+    """How many runs are in each status (for /metrics)."""
+    sql.execute("SELECT status, COUNT(*) AS runs FROM runs GROUP BY status")
+    return {str(row["status"]): int(row["runs"]) for row in sql.fetchall()}

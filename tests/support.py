@@ -21,6 +21,7 @@ from tests.servers import NatsNames
 from threadlog.http.app import create_app
 from threadlog.infra.settings import Settings
 from threadlog.infra.stream.embedded import free_port
+from threadlog.infra.tracing import Tracing
 
 TERMINAL = {"RunCompleted", "RunFailed", "RunCancelled"}
 # Every test server bootstraps its admin (roles admin and user) with this key.
@@ -72,11 +73,13 @@ def scripted_model(
 class LiveServer:
     """The real app under uvicorn on a free port, in a background thread."""
 
-    def __init__(self, settings: Settings, model: Model | None = None) -> None:
+    def __init__(
+        self, settings: Settings, model: Model | None = None, tracing: Tracing | None = None
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            create_app(settings, model=model),
+            create_app(settings, model=model, tracing=tracing),
             host="127.0.0.1",
             port=self.port,
             log_config=None,

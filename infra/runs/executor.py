@@ -34,6 +34,7 @@ from threadlog.domain.events import (
     MessageCompleted,
     MessagePosted,
 )
+from threadlog.infra import metrics, tracing
 from threadlog.infra.agents.registry import AgentRegistry, RegisteredAgent
 from threadlog.infra.agents.tools import RunDeps
 from threadlog.infra.runs.flusher import Flusher, FlushPolicy, FlushTick
@@ -209,7 +210,15 @@ class RunExecutor:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, request: RunRequest) -> None:
-        await self._execute(request)
+        # In the API process the run's span is the posting request's child (its task copied
+        # the request's context); a worker's is a root, with the same correlation id.
+        with tracing.span(
+            "run",
+            run_id=request.run_id,
+            conversation_id=str(request.conversation_id),
+            correlation_id=request.correlation_id,
+        ):
+            await self._execute(request)
         await self.start_next(request)
 
     async def start_next(self, ended: RunRequest) -> None:
@@ -259,6 +268,7 @@ class RunExecutor:
         seal = service.seal_for(conversation.owner)
         bound = log.bind(run_id=request.run_id, conversation_id=str(request.conversation_id))
         text: list[str] = []
+        metrics.RUNS_ACTIVE.inc()
         try:
             registered = self._agents.get(conversation.agent)
             if registered is None:
@@ -269,18 +279,24 @@ class RunExecutor:
             run = _Run(flusher, request, cause, seal)
             await self._stream(run, registered, prompt, history, text)
             bound.info("run.completed", events=flusher.conversation.version - first_version)
+            metrics.RUNS_COMPLETED.inc()
         except asyncio.CancelledError:
             requested = self._cancel_requests.pop(request.run_id, None)
             if requested is not None:
                 partial = seal("".join(text))
                 await self._finish(flusher, request, _cancel_end(requested, partial))
                 bound.info("run.cancelled", events=flusher.conversation.version - first_version)
+                metrics.RUNS_CANCELLED.inc()
                 return
             await self._finish(flusher, request, _interrupted_end(cause))
+            metrics.RUNS_INTERRUPTED.inc()
             raise
         except Exception as error:
             bound.warning("run.failed", error=repr(error))
             await self._finish(flusher, request, _failure_end(cause, *safe_failure(error)))
+            metrics.RUNS_FAILED.inc()
+        finally:
+            metrics.RUNS_ACTIVE.dec()
         conversation = flusher.conversation
         if not conversation.pending_events and (
             conversation.version // self._snapshot_interval
@@ -312,9 +328,11 @@ class RunExecutor:
         ) as run:
             async for node in run:
                 if Agent.is_model_request_node(node):
+                    asked = time.perf_counter()
                     async with node.stream(run.ctx) as model_stream:
                         async for event in model_stream:
                             await recorder.model_event(event, model_stream)
+                    metrics.MODEL_REQUEST.observe(time.perf_counter() - asked)
                 elif Agent.is_call_tools_node(node):
                     async with node.stream(run.ctx) as tool_events:
                         async for tool_event in tool_events:
@@ -335,6 +353,8 @@ class RunExecutor:
         )
         finished = time.perf_counter()
         first_token = recorder.first_token
+        if first_token is not None:
+            metrics.MODEL_FIRST_TOKEN.observe(first_token - started)
         conversation.complete_run(
             run_id=request.run_id,
             usage=usage_of(result),

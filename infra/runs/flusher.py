@@ -20,6 +20,7 @@ from threadlog.domain.application import ConversationService
 from threadlog.domain.conversation import Conversation
 from threadlog.domain.errors import RunNotActive
 from threadlog.domain.events import ConversationEvent
+from threadlog.infra import tracing
 from threadlog.infra.store.writer import EventWriter, Recordings
 
 REBASE_ATTEMPTS = 3
@@ -84,6 +85,8 @@ class Flusher:
         self._conflicted: list[ConversationEvent] = []  # the tick's, refused: to rebase
         self._background: set[asyncio.Task[None]] = set()
         self._error: BaseException | None = None
+        # The run's span (tracing on): the tick's flushes, outside it, link to it.
+        self._trace = tracing.current_context()
 
     async def added(self) -> None:
         if self._error is not None:
@@ -99,7 +102,7 @@ class Flusher:
             return False
         events = self.conversation.collect_events()
         if events:
-            flushed = self._writer.submit(events)
+            flushed = self._writer.submit(events, self._trace)
             self._in_flight = flushed
             flushed.add_done_callback(functools.partial(self._landed, events))
         return True
@@ -138,7 +141,8 @@ class Flusher:
                 await self._rebase(events)
                 return
             try:
-                await self._writer.append(events)
+                with tracing.span("run.flush", events=len(events)):
+                    await self._writer.append(events)
             except IntegrityError:
                 await self._rebase(events)
 

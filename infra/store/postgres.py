@@ -26,6 +26,8 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier, Literal
 
+from threadlog.infra import tracing
+
 
 class ColumnArraysPostgresApplicationRecorder(PostgresApplicationRecorder):
     def __init__(
@@ -75,7 +77,11 @@ class ColumnArraysPostgresApplicationRecorder(PostgresApplicationRecorder):
         if not stored_events:
             return None
         as_id = _uuid if self.datastore.originator_id_type == "uuid" else str
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+        with (
+            tracing.span("store.insert", events=len(stored_events)),
+            self.datastore.get_connection() as conn,
+            conn.cursor() as curs,
+        ):
             curs.execute(
                 self._append,
                 (

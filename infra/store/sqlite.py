@@ -17,6 +17,8 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 
+from threadlog.infra import tracing
+
 CROSS_PROCESS_POLL_SECONDS = 0.5
 
 
@@ -29,7 +31,8 @@ class NotifyingSQLiteApplicationRecorder(SQLiteApplicationRecorder):
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        notification_ids = super().insert_events(stored_events, **kwargs)
+        with tracing.span("store.insert", events=len(stored_events)):
+            notification_ids = super().insert_events(stored_events, **kwargs)
         with self._waiters_lock:
             for waiter in self._waiters:
                 waiter.set()

@@ -18,8 +18,10 @@ from uuid import UUID
 import structlog
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Recording
+from opentelemetry.trace import SpanContext
 
 from threadlog.domain.application import ConversationService
+from threadlog.infra import metrics, tracing
 from threadlog.infra.store.eventstore import while_store_recovers
 
 log = structlog.get_logger(__name__)
@@ -32,6 +34,8 @@ Recordings = list[Recording[UUID]]
 class _Pending:
     events: Events
     done: "asyncio.Future[Recordings]"  # settled in its loop, a commit's all at once
+    # The span that waits for this append (tracing on): the group commit links to it.
+    caller: SpanContext | None = None
 
 
 # A run pauses this long for an unreachable store (a PostgreSQL restart) before failing.
@@ -70,12 +74,15 @@ class EventWriter:
         """Stores the events in one transaction (maybe shared with others' events)."""
         if not events:
             return []
-        return await self.submit(events)
+        return await self.submit(events, tracing.current_context())
 
-    def submit(self, events: Events) -> "asyncio.Future[Recordings]":
-        """`append` without awaiting: the future is settled once the events are stored."""
+    def submit(
+        self, events: Events, caller: SpanContext | None = None
+    ) -> "asyncio.Future[Recordings]":
+        """`append` without awaiting: the future is settled once the events are stored.
+        `caller`: the span the events were decided in (tracing on)."""
         done: asyncio.Future[Recordings] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Pending(events, done))
+        self._queue.put(_Pending(events, done, caller))
         return done
 
     def _run(self) -> None:
@@ -118,9 +125,15 @@ class EventWriter:
     def _store(self, batch: list[_Pending], outcomes: "list[_Outcome]") -> None:
         try:
             events = [e for p in batch for e in p.events]
-            recordings = while_store_recovers(
-                lambda: self._service.append(events), seconds=self._outage_seconds, what="append"
-            )
+            started = time.perf_counter()
+            callers = [p.caller for p in batch if p.caller is not None]
+            with tracing.linked_span("store.commit", callers, events=len(events)):
+                recordings = while_store_recovers(
+                    lambda: self._service.append(events),
+                    seconds=self._outage_seconds,
+                    what="append",
+                )
+            _count(events, time.perf_counter() - started)
         except Exception as error:
             if len(batch) == 1:
                 outcomes.append((batch[0].done, None, error))
@@ -135,6 +148,12 @@ class EventWriter:
             size = len(pending.events)
             outcomes.append((pending.done, recordings[offset : offset + size], None))
             offset += size
+
+
+def _count(events: list[DomainEventProtocol[UUID]], seconds: float) -> None:
+    """Metrics, once per transaction (never per event: the token path is hot)."""
+    metrics.WRITER_COMMIT.observe(seconds)
+    metrics.WRITER_BATCH.observe(len(events))
 
 
 _Outcome = tuple["asyncio.Future[Recordings]", Recordings | None, BaseException | None]

@@ -115,8 +115,10 @@ async def connect(
         if on_gap is not None:
             on_gap()
 
+    # A cluster: `nats://a:4222,nats://b:4222,…`, any node of which may be down at start.
+    servers = [server.strip() for server in url.split(",") if server.strip()]
     client: NatsClient = await nats.connect(
-        url,
+        servers,
         name=name,
         no_echo=no_echo,
         max_reconnect_attempts=-1,

@@ -30,6 +30,7 @@ from eventsourcing.persistence import Notification, Tracking, TrackingRecorder
 from nats.js import JetStreamContext
 
 from threadlog.domain.application import ConversationService
+from threadlog.infra import tracing
 from threadlog.infra.store.envelope import encode_envelope, stored_envelopes
 from threadlog.infra.store.eventstore import StoredRow, open_tracking
 from threadlog.infra.store.follower import Follower
@@ -204,8 +205,10 @@ class Relay:
 
     async def _relay(self, notifications: Sequence[Notification]) -> None:
         """Publishes, awaits the acknowledgement, then records the checkpoint if due."""
-        await self._publish(notifications)
-        self.published_position = notifications[-1].id
+        last = notifications[-1].id
+        with tracing.span("relay.publish", events=len(notifications), last_position=last):
+            await self._publish(notifications)
+        self.published_position = last
         if time.monotonic() - self._checkpointed_at >= self._checkpoint_seconds:
             await self._checkpoint()
 

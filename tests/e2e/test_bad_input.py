@@ -108,7 +108,7 @@ def test_empty_or_blank_content_is_400(
     client: httpx.Client, conversation: str, content: str
 ) -> None:
     assert_error(
-        client.post(messages_path(conversation), json={"content": content}), 400, "invalid_message"
+        client.post(messages_path(conversation), json={"content": content}), 400, "validation_error"
     )
 
 

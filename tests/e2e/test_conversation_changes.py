@@ -44,7 +44,8 @@ def test_archiving_hides_the_conversation_and_refuses_messages_but_keeps_events(
         conversation_id = create_conversation(client, title="Old")
         post_message(client, conversation_id, "hi")
         wait_for_run_end(client, conversation_id)
-        archived = client.delete(f"/v1/conversations/{conversation_id}")
+        path = f"/v1/conversations/{conversation_id}"
+        archived = client.patch(path, json={"archived": True})
         assert archived.status_code == 200 and archived.json()["archived"] is True
         at = archived.json()["global_position"]
         assert listed(client, min_position=at) == []
@@ -55,6 +56,18 @@ def test_archiving_hides_the_conversation_and_refuses_messages_but_keeps_events(
         assert refused.status_code == 409 and refused.json()["error"] == "conversation_archived"
         types = [e["type"] for e in stored_events(client, conversation_id)]
         assert types[-1] == "ConversationArchived" and "MessageCompleted" in types
+        assert client.get(path).json()["archived"] is True  # still there, flagged
+
+
+def test_delete_is_not_an_operation_on_a_conversation(make_settings: SettingsFactory) -> None:
+    # Archiving keeps the conversation readable, so it is PATCH {"archived": true}: a DELETE
+    # that answered 2xx while the conversation stayed readable broke HTTP's DELETE.
+    with LiveServer(make_settings(), scripted_model(["ok"])) as server, server.client() as client:
+        path = f"/v1/conversations/{create_conversation(client)}"
+        refused = client.delete(path)
+        assert refused.status_code == 405
+        assert set(refused.headers["allow"].split(", ")) == {"GET", "OPTIONS", "PATCH"}
+        assert client.get(path).json()["archived"] is False
 
 
 def test_clearing_restarts_the_history_and_the_agents_context(
