@@ -17,6 +17,7 @@ from pydantic_ai.models import Model
 from threadlog.http.agents import list_agents
 from threadlog.http.audit import AuditController
 from threadlog.http.auth import Authentication
+from threadlog.http.console import CONSOLE_HANDLERS
 from threadlog.http.context import request_context
 from threadlog.http.conversations import ConversationController
 from threadlog.http.erasure import erase_user_content
@@ -78,6 +79,7 @@ def create_app(settings: Settings, *, model: Model | None = None) -> Litestar:
             HealthController,
             list_agents,
             firehose,
+            *CONSOLE_HANDLERS,
         ],
         # Rate limits first: they must also meter requests that fail authentication.
         middleware=[RateLimits(), DefineMiddleware(Authentication, exclude=["^/schema"])],

@@ -92,6 +92,7 @@ class MessageOut(msgspec.Struct, frozen=True, kw_only=True):
 
 class MessagePage(msgspec.Struct, frozen=True, kw_only=True):
     items: list[MessageOut]
+    # Pass it back as `after` (order=asc) or as `before` (order=desc); null at the end.
     next: int | None
 
 
@@ -215,7 +216,8 @@ def opened_message(message: Message, keys: ContentKeys) -> Message:
 _LIST_PARAMETERS = frozenset(
     {"agent", "status", "q", "archived", "cursor", "limit", "min_position"}
 )
-_MESSAGE_PARAMETERS = frozenset({"after", "limit", "min_position"})
+_MESSAGE_PARAMETERS = frozenset({"after", "before", "order", "limit", "min_position"})
+_ORDERS = ("asc", "desc")
 
 
 @get(
@@ -264,7 +266,14 @@ async def list_conversations_page(
 
 @get(
     "/v1/conversations/{conversation_id:uuid}/messages",
-    summary="A conversation's messages, in order",
+    summary="A conversation's messages, oldest first or newest first",
+    description=(
+        "`order=asc` (the default) pages from the oldest message on: pass `next` back as "
+        "`after`. `order=desc` pages from the newest back (a transcript that opens on its "
+        "latest messages and loads older ones on demand): pass `next` back as `before`. "
+        "Either reads one range of the read model's (conversation, position) index, so "
+        "the newest page of a long conversation is as quick as that of a short one."
+    ),
     tags=["conversations"],
     guards=USER,
 )
@@ -273,12 +282,20 @@ async def messages_page(
     runtime: NamedDependency[Runtime],
     conversation_id: FromPath[UUID],
     after: Annotated[
-        int | None, QueryParameter(ge=0, le=MAX_POSITION, description="Position to start after")
+        int | None, QueryParameter(ge=0, le=MAX_POSITION, description="Only positions after it")
     ] = None,
+    before: Annotated[
+        int | None, QueryParameter(ge=1, le=MAX_POSITION, description="Only positions before it")
+    ] = None,
+    order: Annotated[
+        str, QueryParameter(description="asc (oldest first, the default) or desc")
+    ] = "asc",
     limit: Limit = None,
     min_position: MinPosition = None,
 ) -> MessagePage:
     reject_unknown_parameters(request, _MESSAGE_PARAMETERS)
+    if order not in _ORDERS:
+        raise BadRequest("order must be asc or desc", extra={"field": "order"})
     settings = runtime.settings
     page_size = min(limit or settings.page_size, settings.max_page_size)
     await owned_conversation(runtime, request, conversation_id)
@@ -289,7 +306,12 @@ async def messages_page(
         lambda sql: [
             opened_message(message, runtime.content)
             for message in read_messages(
-                sql, str(conversation_id), after=after or 0, limit=page_size + 1
+                sql,
+                str(conversation_id),
+                after=after or 0,
+                before=before,
+                limit=page_size + 1,
+                newest_first=order == "desc",
             )
         ],
     )

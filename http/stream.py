@@ -6,6 +6,7 @@ than `THREADLOG_STREAM_QUEUE_SIZE` events gets a final `event: error` saying so 
 is disconnected (docs/audit.md).
 """
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -24,11 +25,14 @@ from threadlog.http.errors import error_response
 from threadlog.http.reads import reject_unknown_parameters
 from threadlog.http.schemas import ErrorBody
 from threadlog.infra.runtime import Runtime
+from threadlog.infra.store.auditlog import AuditLog
 from threadlog.infra.stream.firehose import FellBehind, Firehose, Quiet, StreamFilter
 
 log = structlog.get_logger(__name__)
 
 _PARAMETERS = frozenset({"types", "agents", "after"})
+LATEST = "latest"
+"""`after=latest`: start after the newest stored event (only what happens from now on)."""
 
 
 class StreamClients:
@@ -133,7 +137,8 @@ async def firehose(
         list[str] | None, QueryParameter(description="Only these agents' conversations")
     ] = None,
     after: Annotated[
-        str | None, QueryParameter(description="Global position to start after")
+        str | None,
+        QueryParameter(description="Global position to start after, or `latest`: live only"),
     ] = None,
     last_event_id: Annotated[
         str | None, HeaderParameter(name="Last-Event-ID", description="Resume after it")
@@ -141,6 +146,8 @@ async def firehose(
 ) -> Response[Any]:
     reject_unknown_parameters(request, _PARAMETERS)
     start = parse_cursor("Last-Event-ID", last_event_id)
+    if start is None and after == LATEST:
+        start = await asyncio.to_thread(AuditLog(runtime.service).last_position)
     if start is None:
         start = parse_cursor("after", after) or 0
     stream_filter = StreamFilter(topics=parse_types("types", types), agents=_names(agents))
