@@ -24,7 +24,7 @@ def console_page() -> Response[bytes]:
     """The console's one page (its views are client-side: `/#/chat`, `/#/timeline` …)."""
     return Response(
         (STATIC / "index.html").read_bytes(),
-        media_type="text/html; charset=utf-8",
+        media_type="text/html",
         headers={"Cache-Control": "no-cache"},
     )
 
