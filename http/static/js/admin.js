@@ -36,7 +36,7 @@ function createUserForm() {
   const status = h("div", { role: "status", "aria-live": "polite" });
   const form = h("form", { class: "stack", "aria-labelledby": "create-user" },
     h("h2", { id: "create-user" }, "Create a user"),
-    field("Username", username),
+    field("New user's name", username),
     field("Password (optional: without one the user signs in with a key)", password),
     h("fieldset", {}, h("legend", {}, "Roles"),
       ...roles.map((box, i) => h("label", { class: "check" }, box, ` ${ROLES[i]}`))),
@@ -110,7 +110,7 @@ function findUserPanel() {
   const status = h("div", { role: "status", "aria-live": "polite" });
   const form = h("form", { class: "stack", "aria-labelledby": "find-user" },
     h("h2", { id: "find-user" }, "A user: keys and erasure"),
-    field("Username", username), h("button", { type: "submit" }, "Find user"), status);
+    field("User to find", username), h("button", { type: "submit" }, "Find user"), status);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     status.textContent = "Looking…";

@@ -3,7 +3,7 @@
 // from the firehose (/v1/stream, from its newest event on).
 import uPlot from "/console/vendor/uPlot.esm.js";
 import { api, followEvents, query } from "/console/js/api.js";
-import { errorBox, h } from "/console/js/dom.js";
+import { errorBox, field, h } from "/console/js/dom.js";
 
 const COLORS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#db2777", "#0891b2", "#65a30d", "#475569"];
 const LIVE_SECONDS = 60;
@@ -23,7 +23,7 @@ export function renderAnalytics(main) {
   const charts = h("div", { class: "charts" });
   const live = h("div", { class: "chart-card live" });
   section.append(
-    h("div", { class: "toolbar" }, h("label", { class: "field inline" }, h("span", {}, "Window"), days), refresh),
+    h("div", { class: "toolbar" }, h("div", { class: "inline" }, field("Window", days)), refresh),
     charts,
     live,
   );
@@ -121,17 +121,26 @@ export function renderAnalytics(main) {
   const seconds = Array.from({ length: LIVE_SECONDS }, (_, i) => start - LIVE_SECONDS + 1 + i);
   const counts = new Map(); // type -> array aligned with seconds
   let total = 0;
-  const livePlot = new uPlot({
-    width: width(section), height: 220,
-    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
-    axes: [{}, { label: "events/s" }],
-    series: [{}],
-  }, [seconds], liveChart);
+  let livePlot = null;
+
+  // A new event type is a new series: the chart is drawn again with it.
+  function drawLive() {
+    if (livePlot) livePlot.destroy();
+    livePlot = new uPlot({
+      width: width(section), height: 220,
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
+      axes: [{}, { label: "events/s" }],
+      series: [{}, ...[...counts.keys()].map((type, i) => ({
+        label: type, stroke: COLORS[i % COLORS.length], width: 2, points: { show: false },
+      }))],
+    }, [seconds, ...counts.values()], liveChart);
+  }
+  drawLive();
 
   function bucketFor(type) {
     if (!counts.has(type)) {
       counts.set(type, seconds.map(() => 0));
-      livePlot.addSeries({ label: type, stroke: COLORS[(counts.size - 1) % COLORS.length], width: 2, points: { show: false } });
+      drawLive();
     }
     return counts.get(type);
   }
@@ -174,7 +183,7 @@ export function renderAnalytics(main) {
   return () => {
     clearInterval(timer);
     stream.close();
-    livePlot.destroy();
+    if (livePlot) livePlot.destroy();
     for (const p of plots) p.destroy();
   };
 }

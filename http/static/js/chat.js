@@ -180,7 +180,8 @@ function renderConversation(pane, id, showBanner) {
   function setActiveRun(runId) {
     activeRun = runId;
     cancel.hidden = !runId;
-    if (!runId) progress.hidden = true;
+    // The bar stays at its last value after the run; a new run starts without one.
+    if (runId && progress.dataset.runId !== runId) progress.hidden = true;
   }
 
   // ---- bubbles
@@ -328,6 +329,7 @@ function renderConversation(pane, id, showBanner) {
       }
       case "RunProgressReported": {
         progress.hidden = false;
+        progress.dataset.runId = d.run_id;
         progress.querySelector("progress").value = d.percent || 0;
         progress.querySelector(".note").textContent = `${Math.round(d.percent || 0)}% ${d.note || ""}`;
         break;

@@ -38,9 +38,16 @@ export function clear(el) {
   return el;
 }
 
-/** A labelled control: <label>Text <input ...></label>. */
+let fieldCount = 0;
+
+/** A labelled control: <label for=…>Text</label> <control id=…>. (Not a wrapping
+ * label: a select inside one would add its chosen option to the control's name.) */
 export function field(labelText, control) {
-  return h("label", { class: "field" }, h("span", {}, labelText), control);
+  if (!control.id) {
+    fieldCount += 1;
+    control.id = `field-${fieldCount}`;
+  }
+  return h("div", { class: "field" }, h("label", { for: control.id }, labelText), control);
 }
 
 export function formatTime(iso) {

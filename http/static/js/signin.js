@@ -8,7 +8,7 @@ export function renderSignIn(main, { notice, onSignedIn }) {
 
   const username = h("input", { name: "username", autocomplete: "username", required: true });
   const password = h("input", { name: "password", type: "password", autocomplete: "current-password", required: true });
-  const passwordForm = h("form", { class: "stack", "aria-label": "Sign in with a password" },
+  const passwordForm = h("form", { class: "stack" },
     h("h2", {}, "Username and password"),
     field("Username", username),
     field("Password", password),
@@ -30,7 +30,7 @@ export function renderSignIn(main, { notice, onSignedIn }) {
   });
 
   const key = h("input", { name: "api-key", type: "password", autocomplete: "off", required: true });
-  const keyForm = h("form", { class: "stack", "aria-label": "Sign in with an API key" },
+  const keyForm = h("form", { class: "stack" },
     h("h2", {}, "API key"),
     field("API key", key),
     h("button", { type: "submit" }, "Sign in with key"));
