@@ -12,6 +12,7 @@ from pathlib import Path
 from litestar import Response, get
 from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
+from litestar.types import ControllerRouterHandler
 
 from threadlog.http.auth import PUBLIC
 
@@ -38,4 +39,4 @@ console_assets = create_static_files_router(
     cache_control=CacheControlHeader(no_cache=True),
 )
 
-CONSOLE_HANDLERS = [console_page, console_assets]
+CONSOLE_HANDLERS: list[ControllerRouterHandler] = [console_page, console_assets]

@@ -139,9 +139,9 @@ class ConsoleServer:
         return httpx.Client(base_url=self.base_url, timeout=30, headers={"X-API-Key": key})
 
 
-def serve(tmp_path_factory: pytest.TempPathFactory, database_url: str, nats_url: str) -> Iterator[
-    ConsoleServer
-]:
+def serve(
+    tmp_path_factory: pytest.TempPathFactory, database_url: str, nats_url: str
+) -> Iterator[ConsoleServer]:
     server = ConsoleServer(tmp_path_factory.mktemp("console"), database_url, nats_url)
     try:
         yield server

@@ -18,7 +18,7 @@ from tests.browser.console import (
 )
 from tests.support import create_conversation
 
-XSS = '<img src=x onerror=alert(1)> <script>window.__xss = 1</script> **bold**'
+XSS = "<img src=x onerror=alert(1)> <script>window.__xss = 1</script> **bold**"
 
 
 def open_new_conversation(page: Page, title: str, agent: str, policy: str = "reject") -> str:
@@ -151,9 +151,7 @@ def test_a_message_during_a_run_shows_the_busy_policys_answer(
     expect(page.get_by_role("button", name="Cancel run")).to_be_visible()
     send(page, "two")
     expect(answer).to_have_text("Queued: it runs after the active run.")
-    expect(page.locator(".message.user .state")).to_have_text(
-        "queued: runs after the active run"
-    )
+    expect(page.locator(".message.user .state")).to_have_text("queued: runs after the active run")
     page.get_by_role("button", name="Cancel run").click()
 
 
@@ -200,9 +198,7 @@ def test_the_console_fits_a_375px_wide_screen(
         sign_in_with_key(page, server)
         open_new_conversation(page, "On a phone", "assistant")
         send(page, "hello from a small screen")
-        expect(page.locator(".message.assistant").last).to_have_class(
-            re.compile(r"\bcompleted\b")
-        )
+        expect(page.locator(".message.assistant").last).to_have_class(re.compile(r"\bcompleted\b"))
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
         expect(page.get_by_label("Message", exact=True)).to_be_in_viewport()
         screenshot(page, shots, "mobile")
