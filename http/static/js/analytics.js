@@ -9,7 +9,7 @@ const COLORS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#db2777"
 const LIVE_SECONDS = 60;
 
 function width(el) {
-  return Math.max(280, Math.min(900, (el.clientWidth || 600) - 8));
+  return Math.max(260, Math.min(900, (el.clientWidth || 600) - 24));
 }
 
 export function renderAnalytics(main) {
@@ -76,8 +76,11 @@ export function renderAnalytics(main) {
     const keys = groups.map((g) => g.key);
     const bars = uPlot.paths.bars({ size: [0.6, 60] });
     const opts = {
-      width: width(parent), height: 240,
-      scales: { x: { time: byTime, ...(byTime ? {} : { range: [-0.5, groups.length - 0.5] }) }, runs: {}, usd: {} },
+      width: width(c), height: 240,
+      scales: {
+        x: { time: byTime, range: byTime ? (u, min, max) => [min - 86400, max + 86400] : [-0.5, groups.length - 0.5] },
+        y: { range: fromZero }, runs: { range: fromZero }, usd: { range: fromZero },
+      },
       axes: [
         byTime ? {} : { values: (u, splits) => splits.map((s) => (Number.isInteger(s) ? short(keys[s] ?? "") : "")), splits: () => keys.map((_, i) => i) },
         { label: "tokens", size: 60 },
@@ -104,8 +107,8 @@ export function renderAnalytics(main) {
     }
     const names = items.map((i) => i.agent);
     const opts = {
-      width: width(parent), height: 200,
-      scales: { x: { time: false, range: [-0.5, items.length - 0.5] } },
+      width: width(c), height: 200,
+      scales: { x: { time: false, range: [-0.5, items.length - 0.5] }, y: { range: fromZero } },
       axes: [{ values: (u, splits) => splits.map((s) => (Number.isInteger(s) ? short(names[s] ?? "") : "")), splits: () => names.map((_, i) => i) }, { label: "conversations" }],
       series: [{}, { label: "conversations", stroke: COLORS[4], fill: "rgba(124,58,237,0.35)", paths: uPlot.paths.bars({ size: [0.6, 80] }), points: { show: false } }],
     };
@@ -186,6 +189,10 @@ export function renderAnalytics(main) {
     if (livePlot) livePlot.destroy();
     for (const p of plots) p.destroy();
   };
+}
+
+function fromZero(u, min, max) {
+  return [0, max > 0 ? max * 1.1 : 1];
 }
 
 function short(text) {

@@ -353,7 +353,7 @@ function renderConversation(pane, id, showBanner) {
           bubble.el.classList.remove("running");
           bubble.el.classList.add(event.type.slice(3).toLowerCase());
           bubble.state.textContent = {
-            RunCompleted: d.usage ? `done · ${d.usage.total_tokens ?? ""} tokens` : "done",
+            RunCompleted: d.usage ? `done · ${tokenCount(d.usage)} tokens` : "done",
             RunFailed: `failed: ${d.message || d.error}`,
             RunCancelled: "cancelled",
             RunInterrupted: `interrupted: ${d.reason}${d.retry ? " (it will be retried)" : ""}`,
@@ -463,4 +463,9 @@ function renderConversation(pane, id, showBanner) {
     if (stream) stream.close();
     showBanner("");
   };
+}
+
+function tokenCount(usage) {
+  if (typeof usage.total_tokens === "number") return usage.total_tokens;
+  return (usage.input_tokens || 0) + (usage.output_tokens || 0);
 }
