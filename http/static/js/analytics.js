@@ -78,7 +78,7 @@ export function renderAnalytics(main) {
     const opts = {
       width: width(c), height: 240,
       scales: {
-        x: { time: byTime, range: byTime ? (u, min, max) => [min - 86400, max + 86400] : [-0.5, groups.length - 0.5] },
+        x: { time: byTime, range: byTime ? [xs[0] - 86400, xs[xs.length - 1] + 86400] : [-0.5, groups.length - 0.5] },
         y: { range: fromZero }, runs: { range: fromZero }, usd: { range: fromZero },
       },
       axes: [
