@@ -33,12 +33,22 @@ ADMIN_KEY = "tlk_console-admin-key-0123456789"
 SCREENSHOTS_ENV = "THREADLOG_CONSOLE_SCREENSHOTS"
 """A folder to copy each page's screenshot into as well (docs/console/ was made so)."""
 
-# `slow`: 20 tokens a second for 8 s, time to cancel a run or restart the server in it.
+# `slow`: 20 tokens a second for 8 s, time to cancel a run or restart the server in it;
+# `extractor`: structured output (the demo model fills in the schema).
 AGENTS_TOML = """
 [[agents]]
 name = "slow"
 description = "Streams 160 numbered tokens, 20 a second"
 model = "paced:20:160"
+
+[[agents]]
+name = "extractor"
+description = "Answers with a person as a JSON object"
+
+[agents.output_schema]
+type = "object"
+required = ["name", "age"]
+properties = { name = { type = "string" }, age = { type = "integer" } }
 """
 
 
@@ -94,7 +104,7 @@ class ConsoleServer:
             THREADLOG_NATS_SUBJECT_PREFIX=names.subject_prefix,
             THREADLOG_BOOTSTRAP_ADMIN_KEY=ADMIN_KEY,
             THREADLOG_AGENTS_FILE=str(agents),
-            THREADLOG_DEMO_TOKEN_DELAY_MS="15",
+            THREADLOG_DEMO_TOKEN_DELAY_MS="8",
             THREADLOG_RATE_LIMIT_PER_KEY="0",
             THREADLOG_RATE_LIMIT_PER_IP="0",
             THREADLOG_LOG_FORMAT="json",

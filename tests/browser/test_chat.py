@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -121,6 +122,19 @@ def test_tool_calls_show_as_cards_with_arguments_and_results(
     assert float(page.locator(".run-progress progress").get_attribute("value") or 0) > 0
 
 
+def test_structured_output_shows_as_formatted_json(page: Page, server: ConsoleServer) -> None:
+    sign_in_with_key(page, server)
+    open_new_conversation(page, "Structured", "extractor")
+    send(page, "Ada Lovelace")
+    reply = page.locator(".message.assistant").last
+    expect(reply).to_have_class(re.compile(r"\bcompleted\b"))
+    shown = reply.locator(".output pre.json")
+    expect(shown).to_contain_text('"age": ')
+    output = json.loads(shown.inner_text())
+    assert set(output) == {"name", "age"} and isinstance(output["age"], int)
+    assert "\n  " in shown.inner_text()  # indented, one field a line
+
+
 def test_cancelling_a_run_keeps_its_text_and_ends_it(page: Page, server: ConsoleServer) -> None:
     sign_in_with_key(page, server)
     open_new_conversation(page, "Cancel me", "slow")
@@ -159,21 +173,23 @@ def test_the_transcript_opens_on_the_newest_messages_and_loads_older_ones(
     page: Page, server: ConsoleServer
 ) -> None:
     with server.client() as admin:
-        conversation_id = create_conversation(admin, title="Long", busy_policy="enqueue")
-        for n in range(17):  # 34 messages: more than the first page of 30
-            posted = admin.post(
-                f"/v1/conversations/{conversation_id}/messages", json={"content": f"message {n}"}
+        conversation_id = create_conversation(admin, title="Long")
+        for n in range(16):  # 32 messages: more than the first page of 30
+            answered = admin.post(
+                f"/v1/conversations/{conversation_id}/messages",
+                params={"wait": "true"},
+                json={"content": f"message {n}"},
             )
-            assert posted.status_code == 202, posted.text
-        wait_for_messages(admin, conversation_id, 34)
+            assert answered.status_code == 200, answered.text
+        wait_for_messages(admin, conversation_id, 32)
     sign_in_with_key(page, server)
     page.goto(f"{server.base_url}/#/chat/{conversation_id}")
     messages = page.locator(".messages .message")
     expect(messages).to_have_count(30)
-    expect(messages.last).to_contain_text("message 16")
+    expect(messages.last).to_contain_text("message 15")
     expect(messages.first).not_to_contain_text("message 0")
     page.locator(".transcript").evaluate("el => { el.scrollTop = 0; }")
-    expect(messages).to_have_count(34)
+    expect(messages).to_have_count(32)
     expect(messages.first).to_have_text(re.compile("message 0$"))
     expect(page.locator(".older")).to_have_text("The beginning of the conversation.")
 
