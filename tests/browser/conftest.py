@@ -1,5 +1,5 @@
-"""Browser fixtures: one chromium per test process, one `threadlog serve` per module,
-a fresh browser context per test."""
+"""Browser fixtures: one chromium and one `threadlog serve` per module, a fresh browser
+context per test."""
 
 from __future__ import annotations
 
@@ -19,8 +19,11 @@ from tests.browser.console import (
 from tests.servers import ScratchDatabases
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Per module, not per session: while Playwright's sync API is open its event loop
+    counts as this thread's running loop, and pytest-asyncio cannot run the async tests
+    a worker takes after a browser module (xdist's loadfile hands out whole modules)."""
     executable = ensure_chromium()
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
