@@ -19,6 +19,7 @@ from pydantic_ai.models import Model
 from threadlog.http.agents import list_agents
 from threadlog.http.audit import AuditController
 from threadlog.http.auth import Authentication
+from threadlog.http.console import CONSOLE_HANDLERS
 from threadlog.http.context import request_context
 from threadlog.http.contract import StrictParameters, finish_contract
 from threadlog.http.conversations import ConversationController
@@ -108,6 +109,7 @@ def create_app(
             list_agents,
             firehose,
             metrics,
+            *CONSOLE_HANDLERS,
         ],
         # Metrics outermost: they count every answer. Rate limits next: they must also meter
         # requests that fail authentication.

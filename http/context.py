@@ -28,6 +28,27 @@ SECURITY_HEADERS = [
 # An API answers data, never pages: nothing may load or frame it. The OpenAPI pages
 # (/schema) load Swagger UI's scripts and keep the browser default.
 API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+# The console (`/` and its assets under `/console/`, http/console.py) is a page: its own
+# scripts, styles, images and API calls from this origin only; no inline script or style
+# attribute, no plugin, no framing, no form posting elsewhere.
+CONSOLE_CSP = (
+    b"content-security-policy",
+    b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    b"connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+)
+CONSOLE_ASSETS = "/console/"
+
+
+def csp_for(path: str) -> tuple[bytes, bytes] | None:
+    """The CSP header of a response to `path`: the API's, the console's, or none (the
+    OpenAPI pages keep the browser default: Swagger UI loads its scripts)."""
+    if path.startswith("/schema"):
+        return None
+    if path == "/" or path.startswith(CONSOLE_ASSETS):
+        return CONSOLE_CSP
+    return API_CSP
+
+
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 log = structlog.get_logger("threadlog.http")
@@ -99,8 +120,9 @@ def request_context(app: ASGIApp, max_header_bytes: int = 16 * 1024) -> ASGIApp:
                 headers = list(message.get("headers", []))
                 headers.append((REQUEST_ID_HEADER, request_id.encode("latin-1")))
                 headers.extend(SECURITY_HEADERS)
-                if not str(scope.get("path", "")).startswith("/schema"):
-                    headers.append(API_CSP)
+                csp = csp_for(str(scope.get("path", "")))
+                if csp is not None:
+                    headers.append(csp)
                 message["headers"] = headers
                 log.info(
                     "http.request",

@@ -2,7 +2,7 @@
 
 Counted across every API process (infra/stream/ratelimit.py). A credential is limited
 whether or not it turns out valid, so guessing keys costs the guesser's address its
-budget too. Health probes and the OpenAPI pages are not limited.
+budget too. Health probes, the OpenAPI pages and the console's assets are not limited.
 """
 
 from typing import Any, cast
@@ -17,7 +17,8 @@ from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings
 from threadlog.infra.stream.ratelimit import Decision, subject_for
 
-_UNLIMITED = ("/health", "/schema")
+_UNLIMITED = ("/health", "/schema", "/console/")
+"""Not metered: probes, the OpenAPI pages and the console's static assets."""
 
 
 def _credential(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -89,6 +89,7 @@ class MessageOut(msgspec.Struct, frozen=True, kw_only=True):
 
 class MessagePage(msgspec.Struct, frozen=True, kw_only=True):
     items: list[MessageOut]
+    # Pass it back as `after` (order=asc) or as `before` (order=desc); null at the end.
     next: int | None
 
 
@@ -206,7 +207,7 @@ def opened_message(message: Message, keys: ContentKeys) -> Message:
 _LIST_PARAMETERS = frozenset(
     {"agent", "status", "q", "archived", "cursor", "limit", "min_position"}
 )
-_MESSAGE_PARAMETERS = frozenset({"after", "limit", "min_position"})
+_MESSAGE_PARAMETERS = frozenset({"after", "before", "order", "limit", "min_position"})
 
 
 @get(
@@ -257,7 +258,14 @@ async def list_conversations_page(
 
 @get(
     "/v1/conversations/{conversation_id:uuid}/messages",
-    summary="A conversation's messages, in order",
+    summary="A conversation's messages, oldest first or newest first",
+    description=(
+        "`order=asc` (the default) pages from the oldest message on: pass `next` back as "
+        "`after`. `order=desc` pages from the newest back (a transcript that opens on its "
+        "latest messages and loads older ones on demand): pass `next` back as `before`. "
+        "Either reads one range of the read model's (conversation, position) index, so "
+        "the newest page of a long conversation is as quick as that of a short one."
+    ),
     tags=["conversations"],
     guards=USER,
 )
@@ -266,8 +274,15 @@ async def messages_page(
     runtime: NamedDependency[Runtime],
     conversation_id: FromPath[UUID],
     after: Annotated[
-        int | None, QueryParameter(ge=0, le=MAX_POSITION, description="Position to start after")
+        int | None, QueryParameter(ge=0, le=MAX_POSITION, description="Only positions after it")
     ] = None,
+    before: Annotated[
+        int | None, QueryParameter(ge=1, le=MAX_POSITION, description="Only positions before it")
+    ] = None,
+    order: Annotated[
+        Literal["asc", "desc"],
+        QueryParameter(description="asc (oldest first, the default) or desc"),
+    ] = "asc",
     limit: Limit = None,
     min_position: MinPosition = None,
 ) -> MessagePage:
@@ -282,7 +297,12 @@ async def messages_page(
         lambda sql: [
             opened_message(message, runtime.content)
             for message in read_messages(
-                sql, str(conversation_id), after=after or 0, limit=page_size + 1
+                sql,
+                str(conversation_id),
+                after=after or 0,
+                before=before,
+                limit=page_size + 1,
+                newest_first=order == "desc",
             )
         ],
     )

@@ -6,6 +6,7 @@ than `THREADLOG_STREAM_QUEUE_SIZE` events gets a final `event: error` saying so 
 is disconnected (docs/audit.md).
 """
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -19,17 +20,22 @@ from litestar.response import Stream
 
 from threadlog.http.audit import TYPE_LIST_SCHEMA, parse_types
 from threadlog.http.auth import ANALYST
-from threadlog.http.conversations import MAX_POSITION, STREAM_INTERRUPTED
+from threadlog.http.conversations import MAX_POSITION, STREAM_INTERRUPTED, parse_cursor
 from threadlog.http.errors import error_response
 from threadlog.http.reads import reject_unknown_parameters
 from threadlog.http.schemas import ErrorBody
 from threadlog.infra import metrics
 from threadlog.infra.runtime import Runtime
+from threadlog.infra.store.auditlog import AuditLog
 from threadlog.infra.stream.firehose import FellBehind, Firehose, Quiet, StreamFilter
 
 log = structlog.get_logger(__name__)
 
 _PARAMETERS = frozenset({"types", "agents", "after"})
+LATEST = "latest"
+# A position (18 digits: every one fits the store's 64-bit positions) or `latest`.
+AFTER_PATTERN = r"^(latest|[0-9]{1,18})$"
+"""`after=latest`: start after the newest stored event (only what happens from now on)."""
 
 
 class StreamClients:
@@ -139,8 +145,11 @@ async def firehose(
         list[str] | None, QueryParameter(description="Only these agents' conversations")
     ] = None,
     after: Annotated[
-        int | None,
-        QueryParameter(ge=0, le=MAX_POSITION, description="Global position to start after"),
+        str | None,
+        QueryParameter(
+            pattern=AFTER_PATTERN,
+            description="Global position to start after, or `latest`: live only",
+        ),
     ] = None,
     last_event_id: Annotated[
         int | None,
@@ -148,7 +157,11 @@ async def firehose(
     ] = None,
 ) -> Response[Any]:
     reject_unknown_parameters(request, _PARAMETERS)
-    start = last_event_id if last_event_id is not None else after or 0
+    start = last_event_id
+    if start is None and after == LATEST:
+        start = await asyncio.to_thread(AuditLog(runtime.service).last_position)
+    if start is None:
+        start = parse_cursor("after", after) or 0
     stream_filter = StreamFilter(topics=parse_types("types", types), agents=_names(agents))
     if not _accepts_sse(request):
         return error_response(

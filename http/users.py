@@ -8,9 +8,9 @@ import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import PermissionDeniedException
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 
-from threadlog.domain.identity import KeyNotFound, User
+from threadlog.domain.identity import KeyNotFound, User, UserNotFound
 from threadlog.domain.identity_service import Actor, IssuedKey
 from threadlog.http.auth import ADMIN, ANYONE, PUBLIC, identity, unauthenticated
 from threadlog.http.context import request_id_of
@@ -216,6 +216,17 @@ class AdminController(Controller):
             roles=[str(role) for role in data.roles],
             by=actor_of(request),
         )
+        return user_out(user)
+
+    @get("/users", summary="Find a user by name (404 when there is none)")
+    async def find_user(
+        self,
+        runtime: NamedDependency[Runtime],
+        username: Annotated[str, QueryParameter(min_length=1, max_length=64)],
+    ) -> UserOut:
+        user = await asyncio.to_thread(runtime.identities.find_user, username)
+        if user is None:
+            raise UserNotFound(f"no user {username!r}")
         return user_out(user)
 
     @post("/users/{user_id:uuid}/keys", status_code=201, summary="Issue an API key for a user")

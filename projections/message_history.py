@@ -27,6 +27,9 @@ from threadlog.domain.events import (
 from threadlog.projections.runner import Applied, ReadModel
 from threadlog.projections.views import Row, Sql, ViewSchema, from_micros, to_micros
 
+_NO_END = 2**63 - 1
+"""Past every position (the store keeps them as 64-bit integers)."""
+
 _COLUMNS = (
     "conversation_id, position, message_id, run_id, role, content, created_at, tool_calls, output"
 )
@@ -204,11 +207,25 @@ def _unjson(text: str | None) -> Any:
     return None if text is None else msgspec.json.decode(text)
 
 
-def read_messages(sql: Sql, conversation_id: str, *, after: int, limit: int) -> list[Message]:
+def read_messages(
+    sql: Sql,
+    conversation_id: str,
+    *,
+    after: int,
+    limit: int,
+    before: int | None = None,
+    newest_first: bool = False,
+) -> list[Message]:
+    """Messages with `after` < position < `before`, oldest first, or with `newest_first`
+    the newest of them first. Either way one range scan of the primary key
+    (conversation_id, position): a page from the newest end of a conversation of 5,000
+    messages costs what it costs in one of 5."""
+    order = "DESC" if newest_first else "ASC"
     sql.execute(
         f"SELECT {_COLUMNS} FROM message_history "  # noqa: S608
-        "WHERE conversation_id = ? AND position > ? ORDER BY position LIMIT ?",
-        (conversation_id, after, limit),
+        "WHERE conversation_id = ? AND position > ? AND position < ? "
+        f"ORDER BY position {order} LIMIT ?",
+        (conversation_id, after, _NO_END if before is None else before, limit),
     )
     return [_message(row) for row in sql.fetchall()]
 

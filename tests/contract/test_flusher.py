@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from opentelemetry.trace import SpanContext
 
 from tests.contract.test_store import CAUSE, run_with_tokens
 from tests.contract.test_store import service as service
@@ -25,9 +26,11 @@ class CountingWriter(EventWriter):
 
     submitted = 0
 
-    def submit(self, events: Events) -> asyncio.Future[Recordings]:
+    def submit(
+        self, events: Events, caller: SpanContext | None = None
+    ) -> asyncio.Future[Recordings]:
         self.submitted += 1
-        return super().submit(events)
+        return super().submit(events, caller)
 
 
 @pytest.fixture

@@ -228,6 +228,25 @@ def test_the_message_history_has_user_and_assistant_messages_in_position_order(
     assert [m.position for m in second_page] == [6]
 
 
+def test_the_message_history_pages_newest_first_before_a_position(
+    store: Store, read_models: ReadModels
+) -> None:
+    service = store.service
+    cid = start(service)
+    for n in range(3):
+        run(service, cid, question=f"q{n}", tokens=[f"a{n}"])
+    catch_up_all(read_models)
+    with read_models.view(MessageHistory.name).read() as sql:
+        newest = read_messages(sql, str(cid), after=0, limit=4, newest_first=True)
+        older = read_messages(
+            sql, str(cid), after=0, limit=4, before=newest[-1].position, newest_first=True
+        )
+        window = read_messages(sql, str(cid), after=2, limit=10, before=newest[0].position)
+    assert [m.content for m in newest] == ["a2", "q2", "a1", "q1"]
+    assert [m.content for m in older] == ["a0", "q0"]
+    assert [m.content for m in window] == ["a0", "q1", "a1", "q2"]
+
+
 def test_an_event_type_a_read_model_does_not_know_is_skipped_counted_and_passed(
     store: Store, read_models: ReadModels
 ) -> None:

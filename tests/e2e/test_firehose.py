@@ -262,3 +262,26 @@ def test_an_idle_stream_sends_heartbeats(make_settings: SettingsFactory) -> None
         lines = answer.iter_lines()
         beat = next(line for line in lines if line.startswith(":"))
     assert beat == ": heartbeat"
+
+
+def test_after_latest_streams_only_what_happens_from_now_on(
+    make_settings: SettingsFactory,
+) -> None:
+    with serving(make_settings) as site:
+        conversation_id = start_owned(site.service)
+        ask(site.service, conversation_id, "before anyone watched")
+        before = stored(site.service)[-1][0]
+        received: list[SSEEvent] = []
+        with site.analyst.stream(
+            "GET", f"{STREAM}?after=latest", headers={"accept": "text/event-stream"}
+        ) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            next(lines)  # retry: the stream is open, from the newest event on
+            ask(site.service, conversation_id, "while you watch")
+            for event in parse_sse(lines):
+                received.append(event)
+                if event.event == "RunCompleted":
+                    break
+    assert received and received[0].id == before + 1
+    assert [e.id for e in received] == list(range(before + 1, before + 1 + len(received)))

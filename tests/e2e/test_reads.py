@@ -171,6 +171,33 @@ def test_a_posted_message_is_in_the_history_at_once_and_the_reply_after_the_run(
     assert second_page["items"] == [agent] and second_page["next"] is None
 
 
+def test_newest_first_pages_walk_back_from_the_newest_message(
+    make_settings: SettingsFactory,
+) -> None:
+    with LiveServer(make_settings(), scripted_model(REPLY)) as server, server.client() as client:
+        conversation_id = create_conversation(client)
+        for text in ("one", "two", "three"):
+            post_message(client, conversation_id, text)
+            at = wait_for_run_end(client, conversation_id)[-1]["global_position"]
+        everything = messages(client, conversation_id, min_position=at)["items"]
+        pages, before = [], None
+        while True:
+            params: dict[str, Any] = {"order": "desc", "limit": 4}
+            if before is not None:
+                params["before"] = before
+            page = messages(client, conversation_id, **params)
+            pages.append(page["items"])
+            if page["next"] is None:
+                break
+            before = page["next"]
+        bad = client.get(f"/v1/conversations/{conversation_id}/messages", params={"order": "up"})
+    positions = [m["position"] for m in everything]
+    assert [len(p) for p in pages] == [4, 2]
+    assert [m["position"] for p in pages for m in p] == positions[::-1]
+    assert pages[0][0]["content"] == "".join(REPLY) and pages[1][-1]["content"] == "one"
+    assert_bad_parameter(bad, "order")
+
+
 def test_the_history_of_an_unknown_conversation_is_404(make_settings: SettingsFactory) -> None:
     with LiveServer(make_settings(), scripted_model(REPLY)) as server, server.client() as client:
         response = client.get("/v1/conversations/00000000-0000-4000-8000-000000000000/messages")

@@ -42,6 +42,13 @@ def test_a_built_wheel_holds_the_layers_under_threadlog_only(tmp_path: Path) -> 
     names = zipfile.ZipFile(wheel).namelist()
     assert "threadlog/http/app.py" in names and "threadlog/domain/conversation.py" in names
     assert not any(name.startswith(("http/", "domain/", "infra/", "tests/")) for name in names)
+    # The console's files ship in the package (http/console.py serves them from there).
+    console = {"index.html", "console.css", "js/app.js", "js/chat.js", "vendor/marked.esm.js"}
+    assert {f"threadlog/http/static/{name}" for name in console} <= set(names)
+    assert {
+        "threadlog/http/static/vendor/purify.es.js",
+        "threadlog/http/static/vendor/uPlot.esm.js",
+    } <= set(names)
     unpacked = tmp_path / "unpacked"
     zipfile.ZipFile(wheel).extractall(unpacked)
     stdlib_http, layer = run_python(PROBE, cwd=unpacked, path=[str(unpacked)])
