@@ -11,7 +11,9 @@ acknowledgement per message cost more than building the messages). The envelopes
 built straight from the stored rows, as a replay's are (infra/store/envelope.py). What
 it has not seen in a batch (its start, a batch it dropped while busy) it reads from the
 store itself.
-A failure stops the loop loudly; it restarts from the checkpoint.
+A failure stops the loop loudly; it restarts from the checkpoint. When it starts and
+every `repair_interval` seconds it compares the stream with the store and republishes
+what the stream lost, in global order, before anything newer (infra/stream/repair.py).
 """
 
 import asyncio
@@ -30,10 +32,12 @@ from threadlog.infra.store.eventstore import StoredRow, open_tracking
 from threadlog.infra.store.follower import Follower
 from threadlog.infra.stream.nats import (
     HEADER_EXPECTED_STREAM,
+    HEADER_MSG_ID,
     StreamNames,
     ensure_stream,
     event_headers,
 )
+from threadlog.infra.stream.repair import StreamRepair, republished_id
 from threadlog.projections.runner import LogBatch, merge_batches
 
 log = structlog.get_logger(__name__)
@@ -44,6 +48,7 @@ MAX_QUEUED_BATCHES = 100  # older ones are dropped and read again from the store
 # for good: past this the batch fails and is published again from the checkpoint
 # (JetStream drops the copies by Nats-Msg-Id).
 ACK_TIMEOUT_SECONDS = 10.0
+REPAIR_INTERVAL_SECONDS = 30.0
 
 
 class Relay:
@@ -57,8 +62,11 @@ class Relay:
         tracking: TrackingRecorder | None = None,
         ack_timeout: float = ACK_TIMEOUT_SECONDS,
         follower: Follower | None = None,
+        repair_interval: float = REPAIR_INTERVAL_SECONDS,
     ) -> None:
-        """`follower`: the process's follower of the log (one of its own when None)."""
+        """`follower`: the process's follower of the log (one of its own when None).
+        `repair_interval`: how often the stream is compared with the store (0: only at
+        start)."""
         self._ack_timeout = ack_timeout
         self._service = service
         self._js = js
@@ -72,6 +80,9 @@ class Relay:
         self._follower = follower
         self.name = f"relay-{names.stream.lower()}"
         self.published_position = 0
+        self._recorded = 0  # the checkpoint in the store
+        self._repair = StreamRepair(service, js, names, interval_seconds=repair_interval)
+        self._republishing: tuple[str, int] | None = None  # (tag, up to global position)
 
     def checkpoint(self) -> int:
         return self._tracking.max_tracking_id(self.name) or 0
@@ -90,15 +101,36 @@ class Relay:
     async def run(self) -> None:
         await ensure_stream(self._js, self._names)
         start = await asyncio.to_thread(self.checkpoint)
-        self.published_position = start
+        self.published_position = self._recorded = start
         log.info("relay.started", checkpoint=start, stream=self._names.stream)
         async with self._batches() as inbox:
+            await self._repair_stream()
             # What was committed before the follower's first batch; later, its batches.
             stored = await asyncio.to_thread(self._service.recorder.max_notification_id)
             await self._catch_up(stored or 0)
             while True:
-                for batch in await inbox.take(self._batch_size):
+                batches: list[LogBatch] = []
+                with contextlib.suppress(TimeoutError):  # idle: time to compare, maybe
+                    async with asyncio.timeout(self._repair.interval_seconds or None):
+                        batches = await inbox.take(self._batch_size)
+                for batch in batches:
                     await self._consume(batch)
+                if self._repair.due():
+                    await self._repair_stream()
+
+    async def _repair_stream(self) -> None:
+        """Republishes, in global order, what the stream lost of what was relayed."""
+        repair = await self._repair.check(self.published_position)
+        if repair is None:
+            return
+        stored = await asyncio.to_thread(self._service.recorder.max_notification_id) or 0
+        self._republishing = (repair.tag, stored)
+        try:
+            self.published_position = repair.resume_after
+            await self._catch_up(stored)
+        finally:
+            self._republishing = None
+        log.info("relay.stream_repaired", kind=repair.kind, up_to=self.published_position)
 
     @contextlib.asynccontextmanager
     async def _batches(self) -> AsyncIterator["_Inbox"]:
@@ -148,7 +180,9 @@ class Relay:
         """Publishes, awaits the acknowledgement, then records the checkpoint."""
         await self._publish(notifications)
         last = notifications[-1].id
-        await asyncio.to_thread(self._tracking.insert_tracking, Tracking(self.name, last))
+        if last > self._recorded:  # a repair republishes below the checkpoint
+            await asyncio.to_thread(self._tracking.insert_tracking, Tracking(self.name, last))
+            self._recorded = last
         self.published_position = last
 
     async def _publish(self, batch: Sequence[Notification]) -> None:
@@ -171,6 +205,8 @@ class Relay:
         )
         (item,) = stored_envelopes([row], conversation_id, self._service.mapper)
         headers = event_headers(item)
+        if self._republishing is not None and notification.id <= self._republishing[1]:
+            headers[HEADER_MSG_ID] = republished_id(item.id, self._republishing[0])
         # The server refuses to store the message in any other stream.
         headers[HEADER_EXPECTED_STREAM] = self._names.stream
         subject = self._names.conversation_subject(item.conversation_id, item.type)
