@@ -88,7 +88,7 @@ async def stream_rows(js: JetStreamContext, names: StreamNames, start: int = 1) 
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
         config=ConsumerConfig(opt_start_seq=start),
     )
-    rows = []
+    rows: list[Row] = []
     try:
         while True:
             try:
