@@ -113,10 +113,10 @@ class Relay:
                 with contextlib.suppress(TimeoutError):  # idle: time to compare, maybe
                     async with asyncio.timeout(self._repair.interval_seconds or None):
                         batches = await inbox.take(self._batch_size)
-                for batch in batches:
-                    await self._consume(batch)
                 if self._repair.due():
                     await self._repair_stream()
+                for batch in batches:
+                    await self._consume(batch)
 
     async def _repair_stream(self) -> None:
         """Republishes, in global order, what the stream lost of what was relayed."""

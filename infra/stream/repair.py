@@ -107,15 +107,25 @@ class StreamRepair:
         self._names = names
         self.interval_seconds = interval_seconds
         self._next_check = 0.0
+        # A server that restarted may have lost its unsynced tail: compare before the
+        # next publish lands after it (a lost tail is republished, a hole rebuilds all).
+        self._reconnects = self._reconnect_count()
         # Stored events never change below a committed position: counted once.
         self._counted = (0, 0)  # (up to global position, events)
 
     def due(self) -> bool:
+        """Time for a comparison: the interval passed, or the connection came back."""
+        if self._reconnect_count() != self._reconnects:
+            return True
         return self.interval_seconds > 0 and time.monotonic() >= self._next_check
+
+    def _reconnect_count(self) -> int:
+        return int(self._js._nc.stats["reconnects"])
 
     async def check(self, relayed: int) -> Repair | None:
         """The repair the stream needs, its purge done; None when it needs none."""
         self._next_check = time.monotonic() + self.interval_seconds
+        self._reconnects = self._reconnect_count()
         stream = await self.stream_contents()
         store = await asyncio.to_thread(self._store_contents, stream.last_position)
         repair = plan_repair(stream, store, relayed)

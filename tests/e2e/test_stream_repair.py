@@ -5,6 +5,7 @@ order, and a consumer that resumes after the global position it had reached sees
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,7 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from tests.backends import BACKENDS, database_url_for
-from tests.servers import NatsNames
+from tests.servers import EmbeddedNatsFactory, NatsNames
 from threadlog.domain.application import ConversationService
 from threadlog.domain.events import Cause
 from threadlog.infra.settings import Settings
@@ -182,7 +183,9 @@ async def lose_tail(js: JetStreamContext, names: StreamNames) -> None:
     """The last 60 messages gone, as a crash with unsynced writes loses them."""
     last = (await js.stream_info(names.stream)).state.last_seq
     for sequence in range(last - 59, last + 1):
-        await js.delete_msg(names.stream, sequence)
+        # The relay may notice the first deletions and purge the stream meanwhile.
+        with contextlib.suppress(nats.js.errors.NotFoundError, nats.js.errors.ServerError):
+            await js.delete_msg(names.stream, sequence)
 
 
 @pytest.mark.parametrize("fault", [delete_stream, purge_stream, lose_tail])
@@ -229,3 +232,42 @@ async def relay_until_stream_holds(relay: Relay, js: JetStreamContext, stored: l
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_relay_reconnected_to_a_server_that_lost_its_tail_republishes_it_first(
+    service: ConversationService,
+    nats_names: NatsNames,
+    embedded_nats_factory: EmbeddedNatsFactory,
+) -> None:
+    server = embedded_nats_factory()
+    names = names_of(nats_names)
+    for _ in range(5):
+        await asyncio.to_thread(write_conversation, service)
+    nc = await nats.connect(server.url, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
+    js = nc.jetstream()
+    # No periodic comparison: only the start's and the reconnection's.
+    relay = Relay(service, js, names, batch_size=50, repair_interval=0)
+    relaying = asyncio.create_task(relay.run())
+    try:
+        first = await asyncio.to_thread(stored_rows, service)
+        while relay.published_position < first[-1][2]:
+            await asyncio.sleep(0.02)
+        await lose_tail(js, names)  # as a crash of the machine would, then the restart:
+        await asyncio.to_thread(server.restart)
+        while not nc.is_connected or nc.stats["reconnects"] == 0:
+            await asyncio.sleep(0.05)
+        for _ in range(3):  # new events after the reconnection
+            await asyncio.to_thread(write_conversation, service)
+        stored = await asyncio.to_thread(stored_rows, service)
+        deadline = time.monotonic() + 20
+        while await stream_rows(js, names) != stored:
+            assert not relaying.done()
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        info = await js.stream_info(names.stream)
+    finally:
+        relaying.cancel()
+        await asyncio.gather(relaying, return_exceptions=True)
+        await nc.close()
+    assert info.state.first_seq == 1  # the tail republished, not the stream rebuilt
+    assert info.state.messages == len(stored)
