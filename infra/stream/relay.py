@@ -11,8 +11,8 @@ acknowledgement per message cost more than building the messages). The envelopes
 built straight from the stored rows, as a replay's are (infra/store/envelope.py). What
 it has not seen in a batch (its start, a batch it dropped while busy) it reads from the
 store itself.
-A failure stops the loop loudly; it restarts from the checkpoint. When it starts and
-every `repair_interval` seconds it compares the stream with the store and republishes
+A failure stops the loop loudly; it restarts from the checkpoint. When it starts, every
+`repair_interval` seconds and after a NATS reconnection it compares the stream with the store and republishes
 what the stream lost, in global order, before anything newer (infra/stream/repair.py).
 """
 
