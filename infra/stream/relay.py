@@ -12,8 +12,9 @@ built straight from the stored rows, as a replay's are (infra/store/envelope.py)
 it has not seen in a batch (its start, a batch it dropped while busy) it reads from the
 store itself.
 A failure stops the loop loudly; it restarts from the checkpoint. When it starts, every
-`repair_interval` seconds and after a NATS reconnection it compares the stream with the store and republishes
-what the stream lost, in global order, before anything newer (infra/stream/repair.py).
+`repair_interval` seconds and after a NATS reconnection it compares the stream with the
+store and republishes what the stream lost, in global order, before anything newer
+(infra/stream/repair.py).
 """
 
 import asyncio

@@ -2,9 +2,9 @@
 
 NATS can lose acknowledged writes (Jepsen 2025, NATS 2.12, lazy fsync by default), and an
 operator can delete or purge the stream. The relay (infra/stream/relay.py) asks this
-module, when it starts, every `interval` seconds and after a reconnection, whether the stream still holds
-what it relayed, from four cheap reads (the stream's info, its first and its last
-message, and a count of stored events, kept incrementally):
+module, when it starts, every `interval` seconds and after a reconnection, whether the
+stream still holds what it relayed, from four cheap reads (the stream's info, its first
+and its last message, and a count of stored events, kept incrementally):
 
 - the stream is empty (recreated, purged) though events were relayed: republish them all;
 - its first event is later than the store's first (purged, then appended to): purge it,
