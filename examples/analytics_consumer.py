@@ -115,11 +115,15 @@ class Gap(Exception):
     """A message arrived ahead of the next expected one: an earlier one is still out."""
 
 
-async def first_sequence_after(js: JetStreamContext, stream: str, global_position: int) -> int:
+async def first_sequence_after(
+    js: JetStreamContext, stream: str, global_position: int, subjects: str = ">"
+) -> int:
     """The stream sequence of the first event after `global_position`.
 
     Stream sequences and global positions both increase along the stream, but they
-    differ wherever the store's global log has a gap, so this searches by header."""
+    differ wherever the store's global log has a gap, so this searches by header. Each
+    probe reads the first message at or after a sequence: a repaired stream may have
+    deleted sequences (docs/stream.md, "Repair")."""
     info = await js.stream_info(stream)
     low, high = info.state.first_seq, info.state.last_seq
     if info.state.messages == 0:
@@ -127,11 +131,16 @@ async def first_sequence_after(js: JetStreamContext, stream: str, global_positio
     found = high + 1
     while low <= high:
         middle = (low + high) // 2
-        message = await js.get_msg(stream, middle)
+        try:
+            message = await js.get_msg(stream, middle, subject=subjects, next=True)
+        except NotFoundError:  # nothing at or after `middle`
+            high = middle - 1
+            continue
+        assert message.seq is not None
         if int((message.headers or {})[GLOBAL_POSITION]) > global_position:
-            found, high = middle, middle - 1
+            found, high = message.seq, middle - 1
         else:
-            low = middle + 1
+            low = message.seq + 1
     return found
 
 
@@ -145,7 +154,9 @@ async def open_consumer(
     after `ack_wait`, behind newer ones, and be mistaken for a duplicate."""
     with contextlib.suppress(NotFoundError):
         await js.delete_consumer(args.stream, args.durable)
-    start = await first_sequence_after(js, args.stream, state.last_global_position)
+    start = await first_sequence_after(
+        js, args.stream, state.last_global_position, f"{args.prefix}.conversation.>"
+    )
     config = ConsumerConfig(
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=args.ack_wait,

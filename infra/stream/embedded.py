@@ -64,9 +64,17 @@ class EmbeddedNats:
     """A nats-server child process with JetStream, its data in a folder we own."""
 
     def __init__(
-        self, data_dir: pathlib.Path, *, host: str = "127.0.0.1", port: int | None = None
+        self,
+        data_dir: pathlib.Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        sync_interval: str = "",
     ) -> None:
+        """`sync_interval`: JetStream's fsync interval (`always`, or a duration such as
+        `1s`); empty keeps the server's default (2 minutes, docs/operations.md)."""
         self._data_dir = data_dir
+        self._sync_interval = sync_interval
         self._host = host
         self._port = port
         self._process: subprocess.Popen[bytes] | None = None
@@ -86,6 +94,10 @@ class EmbeddedNats:
         return self._data_dir
 
     @property
+    def config_path(self) -> pathlib.Path:
+        return self._data_dir / "nats-server.conf"
+
+    @property
     def log_path(self) -> pathlib.Path:
         return self._data_dir / "nats-server.log"
 
@@ -101,6 +113,8 @@ class EmbeddedNats:
         if self.running:
             raise RuntimeError(f"nats-server already running at {self.url}")
         self._data_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_leftovers(timeout)
+        self._write_config()
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             # A session of its own so that a Ctrl-C meant for the test runner does not kill
@@ -142,9 +156,31 @@ class EmbeddedNats:
     ) -> None:
         self.stop()
 
+    def _stop_leftovers(self, timeout: float) -> None:
+        """Stops a server a killed process left running on this data dir (it runs in a
+        session of its own, so a SIGKILL of its parent leaves it be): two servers must
+        never share one JetStream store."""
+        store_dir = str(self._data_dir / "jetstream")
+        stem = pathlib.Path(_EXECUTABLE).stem
+        for ports_file in self._data_dir.glob(f"{stem}_*.ports"):
+            pid = int(ports_file.stem.rsplit("_", 1)[1])
+            if _runs_on(pid, store_dir):
+                logger.warning("nats_server.leftover_stopped", pid=pid, store_dir=store_dir)
+                _stop_pid(pid, timeout)
+            ports_file.unlink(missing_ok=True)
+
+    def _write_config(self) -> None:
+        """The settings nats-server takes from a file only (its flags win over the rest)."""
+        lines = []  # the store dir and the rest are flags (a setting in both is refused)
+        if self._sync_interval:
+            lines.append(f"  sync_interval: {json.dumps(self._sync_interval)}\n")
+        self.config_path.write_text("jetstream {\n" + "".join(lines) + "}\n")
+
     def _command(self) -> list[str]:
         return [
             str(find_nats_server()),
+            "--config",
+            str(self.config_path),
             "--jetstream",
             "--store_dir",
             str(self._data_dir / "jetstream"),
@@ -211,6 +247,29 @@ class EmbeddedNats:
             return f"its log {self.log_path} is unreadable: {error}"
         tail = "\n".join(lines[-_LOG_TAIL_LINES:])
         return f"last lines of {self.log_path}:\n{tail}"
+
+
+def _runs_on(pid: int, store_dir: str) -> bool:
+    """Whether process `pid` is a nats-server with `store_dir` as its JetStream store."""
+    try:
+        arguments = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False  # gone (or no /proc: nothing to check)
+    return any(a.endswith(_EXECUTABLE.encode()) for a in arguments[:1]) and (
+        store_dir.encode() in arguments
+    )
+
+
+def _stop_pid(pid: int, timeout: float) -> None:
+    """SIGTERM (the server flushes its streams), then SIGKILL after `timeout`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not pathlib.Path(f"/proc/{pid}").exists():
+                return
+            time.sleep(_POLL_INTERVAL)
+        os.kill(pid, signal.SIGKILL)
 
 
 def _read_ports(path: pathlib.Path) -> _Ports | None:

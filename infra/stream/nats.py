@@ -54,6 +54,7 @@ async def last_relayed(js: JetStreamContext, names: "StreamNames") -> RelayedEve
 class StreamNames:
     stream: str = "THREADLOG"
     prefix: str = "threadlog"
+    replicas: int = 1  # copies JetStream keeps of each stream (THREADLOG_NATS_STREAM_REPLICAS)
 
     def conversation_subject(self, conversation_id: UUID | str, event_type: str) -> str:
         return f"{self.prefix}.conversation.{conversation_id}.{event_type}"
@@ -139,6 +140,7 @@ async def ensure_stream(js: JetStreamContext, names: StreamNames) -> None:
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
         duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        num_replicas=names.replicas,
     )
     await apply_stream_config(js, config)
 

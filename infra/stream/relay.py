@@ -15,7 +15,10 @@ built straight from the stored rows, as a replay's are (infra/store/envelope.py)
 it has not seen in a batch (its start, a batch it dropped while busy) it reads from the
 store itself. Events this process committed it does not encode again: the live path
 encoded them at the commit (`committed_at`).
-A failure stops the loop loudly; it restarts from the checkpoint.
+A failure stops the loop loudly; it restarts from the checkpoint. When it starts, every
+`repair_interval` seconds and after a NATS reconnection it compares the stream with the
+store and republishes what the stream lost, in global order, before anything newer
+(infra/stream/repair.py).
 """
 
 import asyncio
@@ -37,11 +40,13 @@ from threadlog.infra.store.follower import Follower
 from threadlog.infra.stream.live import Committed
 from threadlog.infra.stream.nats import (
     HEADER_EXPECTED_STREAM,
+    HEADER_MSG_ID,
     StreamNames,
     ensure_stream,
     event_headers,
     last_relayed,
 )
+from threadlog.infra.stream.repair import StreamRepair, republished_id
 from threadlog.projections.runner import LogBatch, merge_batches
 
 log = structlog.get_logger(__name__)
@@ -53,6 +58,7 @@ MAX_QUEUED_BATCHES = 100  # older ones are dropped and read again from the store
 # (JetStream drops the copies by Nats-Msg-Id).
 ACK_TIMEOUT_SECONDS = 10.0
 CHECKPOINT_SECONDS = 1.0
+REPAIR_INTERVAL_SECONDS = 30.0
 
 
 class Relay:
@@ -68,10 +74,13 @@ class Relay:
         follower: Follower | None = None,
         checkpoint_seconds: float = CHECKPOINT_SECONDS,
         committed_at: Callable[[int], Committed | None] | None = None,
+        repair_interval: float = REPAIR_INTERVAL_SECONDS,
     ) -> None:
         """`follower`: the process's follower of the log (one of its own when None);
         `committed_at`: the live path's encoding of what this process committed, the
-        same bytes as the rows' (built from the rows when it has none)."""
+        same bytes as the rows' (built from the rows when it has none);
+        `repair_interval`: how often the stream is compared with the store (0: only at
+        start)."""
         self._committed_at = committed_at
         self._ack_timeout = ack_timeout
         self._checkpoint_seconds = checkpoint_seconds
@@ -89,6 +98,8 @@ class Relay:
         self._follower = follower
         self.name = f"relay-{names.stream.lower()}"
         self.published_position = 0
+        self._repair = StreamRepair(service, js, names, interval_seconds=repair_interval)
+        self._republishing: tuple[str, int] | None = None  # (tag, up to global position)
 
     def checkpoint(self) -> int:
         return self._tracking.max_tracking_id(self.name) or 0
@@ -117,11 +128,15 @@ class Relay:
         )
         try:
             async with self._batches() as inbox:
+                await self._repair_stream()
                 # What was committed before the follower's first batch; later, its batches.
                 stored = await asyncio.to_thread(self._service.recorder.max_notification_id)
                 await self._catch_up(stored or 0)
                 while True:
-                    for batch in await self._take(inbox):
+                    batches = await self._take(inbox)
+                    if self._repair.due():
+                        await self._repair_stream()
+                    for batch in batches:
                         await self._consume(batch)
         finally:
             with contextlib.suppress(Exception):
@@ -149,15 +164,34 @@ class Relay:
         return checkpoint
 
     async def _take(self, inbox: "_Inbox") -> list[LogBatch]:
-        """The next batches; meanwhile a checkpoint left for later is recorded when due."""
-        while self.published_position > self._checkpointed:
-            due = self._checkpointed_at + self._checkpoint_seconds - time.monotonic()
+        """The next batches, or none when the stream is due a comparison with the store;
+        meanwhile a checkpoint left for later is recorded when due."""
+        while True:
+            waits = [self._repair.interval_seconds] if self._repair.interval_seconds else []
+            if self.published_position > self._checkpointed:
+                due = self._checkpointed_at + self._checkpoint_seconds - time.monotonic()
+                waits.append(max(due, 0))
             try:
-                async with asyncio.timeout(max(due, 0)):
+                async with asyncio.timeout(min(waits) if waits else None):
                     return await inbox.take(self._batch_size)
             except TimeoutError:
+                if self._repair.due():
+                    return []
                 await self._checkpoint()
-        return await inbox.take(self._batch_size)
+
+    async def _repair_stream(self) -> None:
+        """Republishes, in global order, what the stream lost of what was relayed."""
+        repair = await self._repair.check(self.published_position)
+        if repair is None:
+            return
+        stored = await asyncio.to_thread(self._service.recorder.max_notification_id) or 0
+        self._republishing = (repair.tag, stored)
+        try:
+            self.published_position = repair.resume_after
+            await self._catch_up(stored)
+        finally:
+            self._republishing = None
+        log.info("relay.stream_repaired", kind=repair.kind, up_to=self.published_position)
 
     @contextlib.asynccontextmanager
     async def _batches(self) -> AsyncIterator["_Inbox"]:
@@ -236,19 +270,25 @@ class Relay:
         committed = self._committed_at(notification.id) if self._committed_at else None
         if committed is not None:
             headers = dict(committed.headers)
-            headers[HEADER_EXPECTED_STREAM] = self._names.stream
             subject = self._names.conversation_subject(committed.conversation_id, committed.type)
-            return subject, committed.stored, headers
-        conversation_id = UUID(str(notification.originator_id))
-        row = StoredRow(
-            notification.originator_version, notification.topic, notification.state, notification.id
-        )
-        (item,) = stored_envelopes([row], conversation_id, self._service.mapper)
-        headers = event_headers(item)
+            payload = committed.stored
+        else:
+            conversation_id = UUID(str(notification.originator_id))
+            row = StoredRow(
+                notification.originator_version,
+                notification.topic,
+                notification.state,
+                notification.id,
+            )
+            (item,) = stored_envelopes([row], conversation_id, self._service.mapper)
+            headers = event_headers(item)
+            subject = self._names.conversation_subject(item.conversation_id, item.type)
+            payload = encode_envelope(item)
+        if self._republishing is not None and notification.id <= self._republishing[1]:
+            headers[HEADER_MSG_ID] = republished_id(headers[HEADER_MSG_ID], self._republishing[0])
         # The server refuses to store the message in any other stream.
         headers[HEADER_EXPECTED_STREAM] = self._names.stream
-        subject = self._names.conversation_subject(item.conversation_id, item.type)
-        return subject, encode_envelope(item), headers
+        return subject, payload, headers
 
 
 class _Inbox:

@@ -90,7 +90,7 @@ async def stream_contents(url: str, names: StreamNames) -> list[tuple[str, int, 
             headers = message.headers or {}
             rows.append(
                 (
-                    headers[HEADER_MSG_ID],
+                    headers[HEADER_MSG_ID].split(":")[0],  # a repair's copy: <id>:<tag>
                     int(headers[HEADER_POSITION]),
                     int(headers[HEADER_GLOBAL_POSITION]),
                 )

@@ -66,7 +66,7 @@ def test_compose_connects_every_threadlog_process_to_every_node_with_three_repli
         environment = service(name)["environment"]
         servers = set(environment["THREADLOG_NATS_URL"].split(","))
         assert servers == {f"nats://{node}:4222" for node in NATS_NODES}
-        assert environment["THREADLOG_STREAM_REPLICAS"] == "3"
+        assert environment["THREADLOG_NATS_STREAM_REPLICAS"] == "3"
         assert environment["THREADLOG_DATABASE_URL"].startswith("postgresql://")
         assert set(service(name)["depends_on"]) == {"postgres", *NATS_NODES}
 
