@@ -308,7 +308,8 @@ def test_what_this_process_commits_is_handed_on_without_reading_it_back(store: S
         collected.wait_for(last)
     finally:
         follower.stop()
-    assert follower.reads == reads
+    # At most the one read of the LISTEN taking effect (it may come after the first).
+    assert follower.reads - reads <= 1
     stored = service.recorder.select_notifications(start=1, limit=1000)
     assert collected.ids() == [n.id for n in stored]
     assert [n.state for b in collected.batches for n in b.notifications] == [
