@@ -45,10 +45,28 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Conversa
     store.close()
 
 
-def keep_writing(service: ConversationService, stop: threading.Event) -> None:
-    """Conversations with a run of tokens, a save every few milliseconds, until `stop`."""
-    while not stop.is_set():
-        write_conversation(service)
+class Writer(threading.Thread):
+    """Conversations with a run of tokens, a save every few milliseconds, until stopped."""
+
+    def __init__(self, service: ConversationService) -> None:
+        super().__init__(name="test-writer")
+        self._service = service
+        self._stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                write_conversation(self._service)
+        except BaseException as error:
+            self.error = error
+            raise
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join()
+        if self.error is not None:
+            raise self.error
 
 
 def write_conversation(service: ConversationService) -> None:
@@ -141,18 +159,18 @@ async def repaired_under_traffic(
     js = nc.jetstream()
     relay = Relay(service, js, names, batch_size=50, repair_interval=0.2)
     relaying = asyncio.create_task(relay.run_forever())
-    stop = threading.Event()
-    writer = threading.Thread(target=keep_writing, args=(service, stop))
+    writer = Writer(service)
     writer.start()
     try:
+        deadline = time.monotonic() + 30
         while relay.published_position < 150:
+            assert writer.is_alive() and time.monotonic() < deadline, writer.error
             await asyncio.sleep(0.02)
         # A consumer has read up to here; then the stream loses events.
         consumed = relay.published_position
         await fault(js, names)
         await asyncio.sleep(1.0)  # written on while the relay repairs
-        stop.set()
-        await asyncio.to_thread(writer.join)
+        await asyncio.to_thread(writer.stop)
         stored = await asyncio.to_thread(stored_rows, service)
         deadline = time.monotonic() + 30
         while (streamed := await stream_rows(js, names)) != stored:
@@ -160,7 +178,8 @@ async def repaired_under_traffic(
             await asyncio.sleep(0.2)
         resumed = await stream_rows(js, names, await first_sequence_after(js, names, consumed))
     finally:
-        stop.set()
+        if writer.is_alive():
+            await asyncio.to_thread(writer.stop)
         relaying.cancel()
         await asyncio.gather(relaying, return_exceptions=True)
         await nc.close()
@@ -250,11 +269,15 @@ async def test_a_relay_reconnected_to_a_server_that_lost_its_tail_republishes_it
     relaying = asyncio.create_task(relay.run())
     try:
         first = await asyncio.to_thread(stored_rows, service)
+        deadline = time.monotonic() + 20
         while relay.published_position < first[-1][2]:
+            assert not relaying.done() and time.monotonic() < deadline
             await asyncio.sleep(0.02)
         await lose_tail(js, names)  # as a crash of the machine would, then the restart:
         await asyncio.to_thread(server.restart)
+        deadline = time.monotonic() + 20
         while not nc.is_connected or nc.stats["reconnects"] == 0:
+            assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         for _ in range(3):  # new events after the reconnection
             await asyncio.to_thread(write_conversation, service)
