@@ -11,6 +11,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import Error as JetStreamError
 
 from threadlog.infra.store.envelope import EventEnvelope
 
@@ -40,7 +41,7 @@ async def last_relayed(js: JetStreamContext, names: "StreamNames") -> RelayedEve
     """The stream's last event (None when it holds none, or none of threadlog's)."""
     try:
         last = await js.get_last_msg(names.stream, names.event_subjects)
-    except NotFoundError:
+    except JetStreamError:  # none, or a server that does not answer a wildcard: the checkpoint
         return None
     headers = last.headers or {}
     global_position = headers.get(HEADER_GLOBAL_POSITION, "")
