@@ -93,8 +93,8 @@ def stored_rows(service: ConversationService) -> list[Row]:
 
 
 async def stream_rows(js: JetStreamContext, names: StreamNames, start: int = 1) -> list[Row]:
-    """The stream's messages from sequence `start` on, as rows (a republished event's
-    Nats-Msg-Id is `<event id>:<tag>`)."""
+    """The stream's messages from sequence `start` up to its last when asked, as rows (a
+    republished event's Nats-Msg-Id is `<event id>:<tag>`)."""
     try:
         info = await js.stream_info(names.stream)
     except nats.js.errors.NotFoundError:
@@ -122,6 +122,8 @@ async def stream_rows(js: JetStreamContext, names: StreamNames, start: int = 1) 
                     int(headers[HEADER_GLOBAL_POSITION]),
                 )
             )
+            if message.metadata.sequence.stream >= info.state.last_seq:
+                return rows  # what the stream held when asked: a relay may publish on
     finally:
         await subscription.unsubscribe()
 
