@@ -21,6 +21,7 @@ from threadlog.domain.application import ConversationService
 from threadlog.domain.events import Cause
 from threadlog.infra.runs.control import RunControl
 from threadlog.infra.runs.executor import RunExecutor, RunRequest
+from threadlog.infra.runs.periodic import every
 from threadlog.projections.read_models import ReadModels
 from threadlog.projections.runs import Runs, running_since
 
@@ -47,14 +48,7 @@ class OrphanedRuns:
         self._suspects: set[str] = set()
 
     async def run_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.check()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # a dependency down: try again next time
-                log.warning("orphans.check_failed", error=repr(error))
+        await every(self._interval, self.check, "orphans.check_failed")
 
     async def check(self) -> list[str]:
         """Ends the runs found orphaned twice in a row; their ids."""

@@ -21,6 +21,7 @@ from nats.js.errors import NotFoundError
 
 from threadlog.domain.application import ConversationService
 from threadlog.infra.runs.executor import RunRequest
+from threadlog.infra.runs.periodic import every
 from threadlog.infra.runs.workqueue import QueuedRuns, decode_ticket
 from threadlog.infra.stream.nats import StreamNames
 from threadlog.projections.read_models import ReadModels
@@ -48,14 +49,7 @@ class UnqueuedRuns:
         self._interval = interval_seconds
 
     async def run_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.check()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # a dependency down: try again next time
-                log.warning("unqueued.check_failed", error=repr(error))
+        await every(self._interval, self.check, "unqueued.check_failed")
 
     async def check(self) -> list[str]:
         """Queues the runs running for an interval with no ticket; their ids."""
