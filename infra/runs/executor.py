@@ -38,7 +38,7 @@ from threadlog.infra import metrics, tracing
 from threadlog.infra.agents.registry import AgentRegistry, RegisteredAgent
 from threadlog.infra.agents.tools import RunDeps
 from threadlog.infra.runs.flusher import Flusher, FlushPolicy, FlushTick
-from threadlog.infra.runs.recorder import RunRecorder
+from threadlog.infra.runs.recorder import RunRecorder, model_events
 from threadlog.infra.store.content import ContentKeys
 from threadlog.infra.store.eventstore import EventLog, topics_of, while_store_recovers
 from threadlog.infra.store.writer import STORE_OUTAGE_SECONDS, EventWriter
@@ -330,7 +330,7 @@ class RunExecutor:
                 if Agent.is_model_request_node(node):
                     asked = time.perf_counter()
                     async with node.stream(run.ctx) as model_stream:
-                        async for event in model_stream:
+                        async for event in model_events(model_stream):
                             await recorder.model_event(event, model_stream)
                     metrics.MODEL_REQUEST.observe(time.perf_counter() - asked)
                 elif Agent.is_call_tools_node(node):

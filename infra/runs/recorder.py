@@ -6,6 +6,7 @@ a structured output's validated partial objects OutputPartial, and the
 """
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -21,6 +22,7 @@ from pydantic_ai.messages import (
     TextPartDelta,
     ToolCallPart,
 )
+from pydantic_ai.models import StreamedResponse
 from pydantic_ai.result import AgentStream
 from pydantic_core import from_json, to_jsonable_python
 
@@ -44,6 +46,22 @@ def text_delta(event: AgentStreamEvent) -> tuple[int, str] | None:
     if isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
         return (event.index, event.delta.content_delta) if event.delta.content_delta else None
     return None
+
+
+def model_events(stream: AgentStream[Any, Any]) -> AsyncIterator[AgentStreamEvent]:
+    """The model's own events, read under pydantic-ai's `AgentStream`.
+
+    `AgentStream` serializes every pull with two anyio locks, cancel scopes and its
+    capability chain, for consumers that share one stream: about half of pydantic-ai's
+    CPU per streamed token (measured 210 vs 110 us per event through a FunctionModel). A
+    run is its stream's only consumer and sets no capabilities, usage limits or event handlers,
+    so it reads the model's stream, whose final response is the one the graph records
+    either way. Falls back to the `AgentStream` when pydantic-ai does not expose it.
+    """
+    raw = getattr(stream, "_raw_stream_response", None)
+    if isinstance(raw, StreamedResponse):
+        return aiter(raw)
+    return aiter(stream)
 
 
 def call_args(part: ToolCallPart) -> Any:
