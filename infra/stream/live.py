@@ -119,6 +119,7 @@ class LiveEvents:
         self._loop = asyncio.get_running_loop()
         self._followers: dict[UUID, set[LiveFollower]] = {}
         self._subscriptions: dict[UUID, NatsSubscription] = {}
+        self._subscribing: dict[UUID, asyncio.Task[None]] = {}
         self._publishing: set[asyncio.Task[None]] = set()
         self._recent: dict[int, Committed] = {}  # by global position; read without the lock
         self._recent_lock = threading.Lock()
@@ -198,13 +199,44 @@ class LiveEvents:
         follower = LiveFollower(conversation_id)
         followers = self._followers.setdefault(conversation_id, set())
         followers.add(follower)
-        if conversation_id not in self._subscriptions and not self._nc.is_closed:
-            try:
-                await self._subscribe(conversation_id)
-            except Exception as error:
-                log.warning("live.subscribe_failed", error=repr(error))
-                follower.mark_lost()
+        try:
+            await self._subscribed(conversation_id)
+        except asyncio.CancelledError:
+            # The client left during the subscription's round trip: it never gets the
+            # follower to leave with, so it leaves here.
+            self._leave_soon(follower)
+            raise
+        except Exception as error:
+            log.warning("live.subscribe_failed", error=repr(error))
+            follower.mark_lost()
         return follower
+
+    def following(self, conversation_id: UUID) -> int:
+        """How many followers of this conversation this process has."""
+        return len(self._followers.get(conversation_id, ()))
+
+    def subscribed(self, conversation_id: UUID) -> bool:
+        """Whether this process listens on the conversation's live subject."""
+        return conversation_id in self._subscriptions
+
+    async def _subscribed(self, conversation_id: UUID) -> None:
+        """The conversation's subscription, made once however many followers arrive
+        while it is being made."""
+        if conversation_id in self._subscriptions or self._nc.is_closed:
+            return
+        pending = self._subscribing.get(conversation_id)
+        if pending is None:
+            pending = asyncio.create_task(self._subscribe(conversation_id))
+            self._subscribing[conversation_id] = pending
+
+            def done(task: asyncio.Task[None]) -> None:
+                self._subscribing.pop(conversation_id, None)
+                if not task.cancelled():
+                    task.exception()  # each waiting follower logs it; none may be left
+
+            pending.add_done_callback(done)
+        # Shielded: the subscription outlives a cancelled first follower for the others.
+        await asyncio.shield(pending)
 
     async def _subscribe(self, conversation_id: UUID) -> None:
         async def remote(message: Msg) -> None:
@@ -220,6 +252,11 @@ class LiveEvents:
         # The server has the subscription once it answers a ping: only then may the
         # follower read the store, or another process's event could fall in between.
         await self._nc.flush()
+
+    def _leave_soon(self, follower: LiveFollower) -> None:
+        task = asyncio.get_running_loop().create_task(self.leave(follower))
+        self._publishing.add(task)  # awaited on close like a publish
+        task.add_done_callback(self._publishing.discard)
 
     def _remote(self, conversation_id: UUID, message: Msg) -> None:
         followers = self._followers.get(conversation_id)

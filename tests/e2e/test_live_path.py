@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
+
+import nats
 
 from tests.e2e.conftest import SettingsFactory
 from tests.support import (
@@ -25,7 +27,7 @@ from threadlog.infra.store.content import open_content_keys
 from threadlog.infra.store.eventstore import EventLog, open_service
 from threadlog.infra.stream.feed import ConversationFeed, FeedEvent, Heartbeat
 from threadlog.infra.stream.live import LiveEvents
-from threadlog.infra.stream.nats import StreamNames
+from threadlog.infra.stream.nats import HEADER_POSITION, HEADER_TYPE, StreamNames
 
 TOKENS = [f"t{i} " for i in range(30)]
 CAUSE = Cause(actor="user:test", correlation_id="live-path")
@@ -110,3 +112,57 @@ async def test_events_another_process_saved_are_read_from_the_store_when_the_liv
         here.close()
         elsewhere.close()
         keys.close()
+
+
+async def _live(tmp_path: Path, nats_url: str) -> tuple[LiveEvents, StreamNames]:
+    keys = open_content_keys(Settings(data_dir=tmp_path / "data", nats_url=nats_url))
+    names = StreamNames(prefix=f"t{tmp_path.name[-8:]}")
+    return await LiveEvents.connect(nats_url, names, keys), names
+
+
+async def test_a_client_that_leaves_while_its_follower_subscribes_leaves_nothing_behind(
+    tmp_path: Path, nats_url: str
+) -> None:
+    live, _ = await _live(tmp_path, nats_url)
+    conversation_id = uuid4()
+    try:
+        following = asyncio.ensure_future(live.follow(conversation_id))
+        await asyncio.sleep(0)  # inside the subscription's round trip to the server
+        assert live.following(conversation_id) == 1
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+        for _ in range(50):
+            if not live.subscribed(conversation_id):
+                break
+            await asyncio.sleep(0.01)
+        assert live.following(conversation_id) == 0
+        assert not live.subscribed(conversation_id)
+    finally:
+        await live.close()
+
+
+async def test_followers_arriving_together_share_one_subscription(
+    tmp_path: Path, nats_url: str
+) -> None:
+    live, names = await _live(tmp_path, nats_url)
+    conversation_id = uuid4()
+    publisher = await nats.connect(nats_url)
+    try:
+        followers = await asyncio.gather(*(live.follow(conversation_id) for _ in range(5)))
+        assert live.subscribed(conversation_id)
+        await publisher.publish(
+            names.live_subject(conversation_id),
+            b"{}",
+            headers={HEADER_POSITION: "7", HEADER_TYPE: "ConversationRenamed"},
+        )
+        await publisher.flush()
+        await asyncio.sleep(0.3)
+        # One subscription: each follower is offered the event once, not once per subscriber.
+        assert [[item.position for item in f.drain()] for f in followers] == [[7]] * 5
+        for follower in followers:
+            await live.leave(follower)
+        assert not live.subscribed(conversation_id)
+    finally:
+        await publisher.close()
+        await live.close()
