@@ -9,7 +9,7 @@ import nats
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RawStreamMsg, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.errors import Error as JetStreamError
 
@@ -40,8 +40,14 @@ class RelayedEvent:
 async def last_relayed(js: JetStreamContext, names: "StreamNames") -> RelayedEvent | None:
     """The stream's last event (None when it holds none, or none of threadlog's)."""
     try:
-        last = await js.get_last_msg(names.stream, names.event_subjects)
-    except JetStreamError:  # none, or a server that does not answer a wildcard: the checkpoint
+        state = (await js.stream_info(names.stream)).state
+        if state.messages == 0:
+            return None
+        first = await next_event_message(js, names, state.first_seq)
+        if first is None:
+            return None
+        last = await last_event_message(js, names, first, state.last_seq)
+    except JetStreamError:  # no stream (yet), or no answer: the checkpoint decides
         return None
     headers = last.headers or {}
     global_position = headers.get(HEADER_GLOBAL_POSITION, "")
@@ -49,6 +55,36 @@ async def last_relayed(js: JetStreamContext, names: "StreamNames") -> RelayedEve
     if not (global_position.isdigit() and position.isdigit()):
         return None
     return RelayedEvent(int(global_position), headers.get(HEADER_CONVERSATION, ""), int(position))
+
+
+async def next_event_message(
+    js: JetStreamContext, names: "StreamNames", sequence: int
+) -> RawStreamMsg | None:
+    """The stream's first event message at or after `sequence`; None when there is none."""
+    try:
+        return await js.get_msg(names.stream, sequence, subject=names.event_subjects, next=True)
+    except NotFoundError:
+        return None
+
+
+async def last_event_message(
+    js: JetStreamContext, names: "StreamNames", first: RawStreamMsg, last_sequence: int
+) -> RawStreamMsg:
+    """The stream's last event message still there, `first` being its first: deleted ones
+    keep `last_seq` where it was, and a wildcard `last_by_subj` is not answered by every
+    server version (2.9 is not), so it is searched for (log2(sequences) reads)."""
+    last = await next_event_message(js, names, last_sequence)
+    if last is not None:
+        return last
+    found, low, high = first, (first.seq or 0) + 1, last_sequence - 1
+    while low <= high:
+        middle = (low + high) // 2
+        message = await next_event_message(js, names, middle)
+        if message is None:
+            high = middle - 1
+        else:
+            found, low = message, (message.seq or middle) + 1
+    return found
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,12 +26,17 @@ from typing import Literal
 
 import structlog
 from nats.js import JetStreamContext
-from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
 from threadlog.domain.application import ConversationService
 from threadlog.infra.store.counting import count_events, first_position
-from threadlog.infra.stream.nats import HEADER_GLOBAL_POSITION, StreamNames, ensure_stream
+from threadlog.infra.stream.nats import (
+    HEADER_GLOBAL_POSITION,
+    StreamNames,
+    ensure_stream,
+    last_event_message,
+    next_event_message,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -157,37 +162,12 @@ class StreamRepair:
         state = info.state
         if state.messages == 0:
             return StreamContents(0, state.last_seq, 0, 0)
-        first = await self._next_message(state.first_seq)
+        first = await next_event_message(self._js, self._names, state.first_seq)
         assert first is not None
-        last = await self._last_message(first, state.last_seq)
+        last = await last_event_message(self._js, self._names, first, state.last_seq)
         return StreamContents(
             state.messages, state.last_seq, _position_of(first.headers), _position_of(last.headers)
         )
-
-    async def _next_message(self, sequence: int) -> RawStreamMsg | None:
-        """The first message at or after `sequence`; None when there is none."""
-        try:
-            return await self._js.get_msg(
-                self._names.stream, sequence, subject=self._names.event_subjects, next=True
-            )
-        except NotFoundError:
-            return None
-
-    async def _last_message(self, first: RawStreamMsg, last_sequence: int) -> RawStreamMsg:
-        """The last message still there: deleted ones keep `last_seq` where it was, and
-        a wildcard `last_by_subj` is not answered by every server version (2.9 is not)."""
-        last = await self._next_message(last_sequence)
-        if last is not None:
-            return last
-        found, low, high = first, (first.seq or 0) + 1, last_sequence - 1
-        while low <= high:  # log2(sequences) reads
-            middle = (low + high) // 2
-            message = await self._next_message(middle)
-            if message is None:
-                high = middle - 1
-            else:
-                found, low = message, (message.seq or middle) + 1
-        return found
 
     def _store_contents(self, stream_last: int) -> StoreContents:
         recorder = self._service.recorder
