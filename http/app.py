@@ -1,9 +1,7 @@
 """The Litestar application, built by one factory from settings."""
 
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import cache
 from typing import Any, cast
 
 from litestar import Litestar
@@ -36,6 +34,7 @@ from threadlog.http.stream import firehose
 from threadlog.http.users import AdminController, KeyController, UserController
 from threadlog.http.ws import conversation_socket
 from threadlog.infra.agents.registry import AgentRegistry
+from threadlog.infra.collector import tune_collector
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings
 from threadlog.infra.tracing import Tracing, install
@@ -45,14 +44,6 @@ VERSION = "0.1.0"
 
 def _runtime(state: State) -> Runtime:
     return cast(Runtime, state.runtime)
-
-
-@cache
-def _freeze_startup_objects() -> None:
-    """Once per process: the objects of startup (modules, the app) live as long as it
-    does, and without this every full collection rescans them all: about 160,000
-    objects, 80 to 100 ms here, about once per 10,000 events an SSE replay decodes."""
-    gc.freeze()
 
 
 def _request_id_on_span(span: Span, scope: dict[str, Any]) -> None:
@@ -87,7 +78,7 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with Runtime.open(settings, model=model, agents=agents) as runtime:
             app.state.runtime = runtime
-            _freeze_startup_objects()
+            tune_collector()
             yield
 
     handlers: Any = exception_handlers()
