@@ -53,6 +53,8 @@ EXTRA_STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("POST", "/v1/users/login"): (401,),
     ("POST", "/v1/admin/users"): (409,),
     ("GET", "/v1/stream"): (406,),
+    ("POST", "/v1/conversations"): (409,),
+    ("POST", "/v1/agents/{agent_id}/try"): (409, 413),
 }
 """Statuses only the handler knows of (conflicts with the current state, timeouts)."""
 

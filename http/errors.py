@@ -15,6 +15,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from litestar.params import ParameterKwarg
 
+from threadlog.domain.agent import AgentIsRetired, AgentNotFound, InvalidAgent, NotAgentOwner
 from threadlog.domain.errors import (
     ConcurrentWrite,
     ConversationIsArchived,
@@ -51,6 +52,10 @@ DOMAIN_STATUS: dict[type[DomainError], int] = {
     UserNotFound: 404,
     KeyNotFound: 404,
     InvalidUser: 400,
+    AgentNotFound: 404,
+    AgentIsRetired: 409,
+    NotAgentOwner: 403,
+    InvalidAgent: 400,
 }
 
 HTTP_CODES = {
@@ -123,7 +128,9 @@ def error_response(
 def _domain(request: RequestAny, error: Exception) -> Response[ErrorBody]:
     assert isinstance(error, DomainError)
     status = DOMAIN_STATUS.get(type(error), 400)
-    return error_response(request, status, error.code, str(error))
+    field = getattr(error, "field", None)
+    details = {"field": field} if isinstance(field, str) else None
+    return error_response(request, status, error.code, str(error), details)
 
 
 def _validation(request: RequestAny, error: Exception) -> Response[ErrorBody]:
