@@ -48,6 +48,12 @@ class AgentIsRetired(DomainError):
     code = "agent_retired"
 
 
+class AgentGone(DomainError):
+    """A retired agent read or changed: it is gone for clients (its events stay)."""
+
+    code = "agent_retired"
+
+
 class NotAgentOwner(DomainError):
     code = "forbidden"
 

@@ -8,7 +8,7 @@ admin's): a visible agent that is not yours answers 403.
 
 import asyncio
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -24,6 +24,7 @@ from threadlog.domain.agent import (
     TRIAL_METADATA,
     Agent,
     AgentDefinition,
+    AgentGone,
     AgentIsRetired,
     AgentNotFound,
     NotAgentOwner,
@@ -41,6 +42,7 @@ from threadlog.infra.runtime import Runtime
 from threadlog.projections.agent_usage import AgentUsage, usage_counts
 from threadlog.projections.views import Sql
 
+T = TypeVar("T")
 AgentNameIn = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 ModelIn = Annotated[str, msgspec.Meta(pattern=MODEL_PATTERN)]
 Category = Annotated[str, msgspec.Meta(max_length=MAX_CATEGORY)]
@@ -205,6 +207,12 @@ def _definition(data: CreateAgent | ReviseAgent, base: AgentDefinition) -> Agent
     return definition
 
 
+async def _strict(request: Request[Any, Any, Any], kind: type[T]) -> T:
+    """The body decoded strictly, as the schema says: Litestar converts leniently (`"1"`
+    for 1, 0 for false)."""
+    return msgspec.json.decode(await request.body(), type=kind)
+
+
 def _actor(request: Request[Any, Any, Any]) -> Actor:
     return Actor(
         actor=f"user:{identity(request).user_id}", correlation_id=request_id_of(request) or ""
@@ -219,16 +227,23 @@ def _may_change(caller: Identity, owner: str) -> bool:
     return owner == caller.user_id or caller.has("admin")
 
 
-async def _visible(runtime: Runtime, request: Request[Any, Any, Any], agent_id: UUID) -> Agent:
-    """The agent, when the caller may see it; AgentNotFound (404) otherwise."""
+async def _visible(
+    runtime: Runtime, request: Request[Any, Any, Any], agent_id: UUID, *, live: bool = False
+) -> Agent:
+    """The agent, when the caller may see it; AgentNotFound (404) otherwise. With `live`,
+    a retired agent is AgentGone (410)."""
     agent = await asyncio.to_thread(runtime.catalog.service.get, agent_id)
     if not _may_see(identity(request), agent.owner, agent.public):
         raise AgentNotFound(f"no agent {agent_id}")
+    if live and agent.retired:
+        raise AgentGone(f"the agent {agent_id} is retired")
     return agent
 
 
-async def _changeable(runtime: Runtime, request: Request[Any, Any, Any], agent_id: UUID) -> Agent:
-    agent = await _visible(runtime, request, agent_id)
+async def _changeable(
+    runtime: Runtime, request: Request[Any, Any, Any], agent_id: UUID, *, live: bool = False
+) -> Agent:
+    agent = await _visible(runtime, request, agent_id, live=live)
     if not _may_change(identity(request), agent.owner):
         raise NotAgentOwner(f"the agent {agent_id} is not yours to change")
     return agent
@@ -327,6 +342,7 @@ class AgentController(Controller):
         runtime: NamedDependency[Runtime],
         data: JSONBody[CreateAgent],
     ) -> AgentOut:
+        data = await _strict(request, CreateAgent)
         definition = _definition(data, AgentDefinition())
         agent = await asyncio.to_thread(
             runtime.catalog.service.create,
@@ -414,7 +430,7 @@ class AgentController(Controller):
         ] = None,
     ) -> AgentOut:
         reject_unknown_parameters(request, frozenset({"version"}))
-        agent = await _visible(runtime, request, agent_id)
+        agent = await _visible(runtime, request, agent_id, live=True)
         return agent_out(runtime, agent, version)
 
     @get("/{agent_id:uuid}/versions", summary="Every version of an agent", guards=ANYONE)
@@ -425,7 +441,7 @@ class AgentController(Controller):
         agent_id: FromPath[UUID],
     ) -> AgentVersions:
         reject_unknown_parameters(request, frozenset())
-        agent = await _visible(runtime, request, agent_id)
+        agent = await _visible(runtime, request, agent_id, live=True)
         return AgentVersions(
             agent_id=str(agent.id),
             items=[
@@ -451,8 +467,8 @@ class AgentController(Controller):
         agent_id: FromPath[UUID],
         data: JSONBody[ReviseAgent],
     ) -> AgentOut:
-        agent = await _changeable(runtime, request, agent_id)
-        definition = _definition(data, agent.definition())
+        agent = await _changeable(runtime, request, agent_id, live=True)
+        definition = _definition(await _strict(request, ReviseAgent), agent.definition())
         revised = await asyncio.to_thread(
             runtime.catalog.service.revise, agent_id, definition, by=_actor(request)
         )

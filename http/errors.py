@@ -15,7 +15,13 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from litestar.params import ParameterKwarg
 
-from threadlog.domain.agent import AgentIsRetired, AgentNotFound, InvalidAgent, NotAgentOwner
+from threadlog.domain.agent import (
+    AgentGone,
+    AgentIsRetired,
+    AgentNotFound,
+    InvalidAgent,
+    NotAgentOwner,
+)
 from threadlog.domain.errors import (
     ConcurrentWrite,
     ConversationIsArchived,
@@ -54,6 +60,7 @@ DOMAIN_STATUS: dict[type[DomainError], int] = {
     InvalidUser: 400,
     AgentNotFound: 404,
     AgentIsRetired: 409,
+    AgentGone: 410,
     NotAgentOwner: 403,
     InvalidAgent: 400,
 }
@@ -67,6 +74,7 @@ HTTP_CODES = {
     406: "not_acceptable",
     408: "request_timeout",
     409: "conflict",
+    410: "gone",
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "rate_limited",

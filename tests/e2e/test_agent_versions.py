@@ -321,12 +321,18 @@ def test_a_retired_agent_takes_no_new_conversation_but_existing_ones_keep_workin
         retired = alice.delete(f"/v1/agents/{agent['id']}")
         refused = alice.post("/v1/conversations", json={"agent": agent["id"]})
         tried = alice.post(f"/v1/agents/{agent['id']}/try", json={"content": "hi"})
+        gone = [
+            alice.get(f"/v1/agents/{agent['id']}"),
+            alice.get(f"/v1/agents/{agent['id']}/versions"),
+            alice.patch(f"/v1/agents/{agent['id']}", json={"description": "x"}),
+        ]
         post_message(alice, conversation_id, "still there?")
         events = wait_for_run_end(alice, conversation_id)
         listed = [a["id"] for a in alice.get("/v1/agents").json()["items"]]
     assert retired.status_code == 200 and retired.json()["retired"] is True
     assert refused.status_code == 409 and "agent_retired" in refused.text
     assert tried.status_code == 409
+    assert [answer.status_code for answer in gone] == [410, 410, 410]
     assert events[-1]["type"] == "RunCompleted"
     assert agent["id"] not in listed
 
@@ -360,6 +366,13 @@ def test_try_streams_the_run_as_server_sent_events(site: Site) -> None:
             kinds = [event.event for event in parse_sse(response.iter_lines())]
     assert kinds[0] == "MessagePosted" and kinds[-1] == "RunCompleted"
     assert "TokenStreamed" in kinds
+
+
+def test_a_body_is_read_as_strictly_as_the_schema_says(site: Site) -> None:
+    lenient = site.admin.post(
+        "/v1/agents", json={"name": "x", "model_settings": {"max_tokens": "5"}}
+    )
+    assert lenient.status_code == 400 and "max_tokens" in lenient.text
 
 
 def test_a_metadata_key_reserved_for_trials_is_refused(site: Site) -> None:
