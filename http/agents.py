@@ -207,10 +207,22 @@ def _definition(data: CreateAgent | ReviseAgent, base: AgentDefinition) -> Agent
     return definition
 
 
-async def _strict(request: Request[Any, Any, Any], kind: type[T]) -> T:
-    """The body decoded strictly, as the schema says: Litestar converts leniently (`"1"`
-    for 1, 0 for false)."""
-    return msgspec.json.decode(await request.body(), type=kind)
+async def _strict(request: Request[Any, Any, Any], data: T) -> T:
+    """`data` once the body is checked as strictly as the schema says: Litestar converts
+    leniently (`"1"` for 1, 0 for false); JSON Schema's integers include 5.0."""
+    body = msgspec.json.decode(await request.body())
+    msgspec.convert(_integral(body), type(data), strict=True)
+    return data
+
+
+def _integral(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _integral(item) for key, item in value.items()}
+    return value
 
 
 def _actor(request: Request[Any, Any, Any]) -> Actor:
@@ -342,7 +354,7 @@ class AgentController(Controller):
         runtime: NamedDependency[Runtime],
         data: JSONBody[CreateAgent],
     ) -> AgentOut:
-        data = await _strict(request, CreateAgent)
+        data = await _strict(request, data)
         definition = _definition(data, AgentDefinition())
         agent = await asyncio.to_thread(
             runtime.catalog.service.create,
@@ -468,7 +480,7 @@ class AgentController(Controller):
         data: JSONBody[ReviseAgent],
     ) -> AgentOut:
         agent = await _changeable(runtime, request, agent_id, live=True)
-        definition = _definition(await _strict(request, ReviseAgent), agent.definition())
+        definition = _definition(await _strict(request, data), agent.definition())
         revised = await asyncio.to_thread(
             runtime.catalog.service.revise, agent_id, definition, by=_actor(request)
         )

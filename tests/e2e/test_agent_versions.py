@@ -372,7 +372,15 @@ def test_a_body_is_read_as_strictly_as_the_schema_says(site: Site) -> None:
     lenient = site.admin.post(
         "/v1/agents", json={"name": "x", "model_settings": {"max_tokens": "5"}}
     )
+    zero_for_false = site.admin.post(
+        "/v1/agents", json={"name": "x", "model_settings": {"parallel_tool_calls": 0}}
+    )
+    integral = site.admin.post(
+        "/v1/agents", json={"name": "x", "model_settings": {"max_tokens": 5.0}}
+    )
     assert lenient.status_code == 400 and "max_tokens" in lenient.text
+    assert zero_for_false.status_code == 400 and "parallel_tool_calls" in zero_for_false.text
+    assert integral.status_code == 201 and integral.json()["model_settings"] == {"max_tokens": 5}
 
 
 def test_a_metadata_key_reserved_for_trials_is_refused(site: Site) -> None:

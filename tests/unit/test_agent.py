@@ -23,7 +23,11 @@ CAUSE = Cause(actor="user:alice", correlation_id="req-1")
 
 def created(prompt: str = "one") -> Agent:
     return Agent.create(
-        name="helper", owner="alice", definition=AgentDefinition(system_prompt=prompt), **BY
+        name="helper",
+        owner="alice",
+        definition=AgentDefinition(system_prompt=prompt),
+        actor="user:alice",
+        correlation_id="req-1",
     )
 
 
