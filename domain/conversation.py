@@ -47,8 +47,18 @@ from threadlog.domain.events import (
     schema_version,
 )
 
-ModelOf = str | Callable[[str], str]
-"""A model name, or the model name of an agent."""
+
+@dataclass(frozen=True)
+class Pin:
+    """What a run records of its agent: the model, and the agent's id and version."""
+
+    model: str
+    agent_id: str = ""
+    agent_version: int = 0
+
+
+ModelOf = str | Pin | Callable[[str], str | Pin]
+"""A model name or a pin, or how to find the pin of a conversation's agent."""
 
 RUN_ENDINGS = (RunCompleted, RunFailed, RunCancelled, RunInterrupted)
 """The events that end a run; exactly one ends each (RunInterrupted with retry=False)."""
@@ -127,6 +137,8 @@ class Conversation(Aggregate):
         self.queue: list[list[str]] = []
         self.archived = False
         self.model = ""  # the model of the latest run
+        self.agent_id = ""  # the agent id and version the latest run pinned
+        self.agent_version = 0
         self.active_message_id = ""
         self.active_correlation_id = ""
         self.last_hash = GENESIS_HASH
@@ -200,27 +212,36 @@ class Conversation(Aggregate):
         )
         position = self.version
         if not busy:
-            chosen = model if isinstance(model, str) else model(self.agent)
-            self._start_run(run_id, message_id, cause.correlation_id, chosen)
+            chosen = model if isinstance(model, str | Pin) else model(self.agent)
+            pin = chosen if isinstance(chosen, Pin) else Pin(chosen)
+            self._start_run(run_id, message_id, cause.correlation_id, pin)
         return PostedMessage(message_id=message_id, run_id=run_id, position=position, queued=busy)
 
-    def _start_run(self, run_id: str, message_id: str, correlation_id: str, model: str) -> None:
+    def _start_run(self, run_id: str, message_id: str, correlation_id: str, pin: Pin) -> None:
         self._record(
             RunStarted,
             Cause(actor="system", correlation_id=correlation_id, causation_id=message_id),
             run_id=run_id,
             message_id=message_id,
             agent=self.agent,
-            model=model,
+            model=pin.model,
             settings={},
+            agent_id=pin.agent_id,
+            agent_version=pin.agent_version,
         )
+
+    @property
+    def pin(self) -> Pin:
+        """The pin of the latest run: a queued run and a retry use it too."""
+        # getattr: snapshots taken before agents were versioned lack these attributes.
+        return Pin(self.model, getattr(self, "agent_id", ""), getattr(self, "agent_version", 0))
 
     def _start_next_queued(self) -> None:
         """A run ended: the oldest queued message's run starts now."""
         if self.queue:
             message_id, run_id, correlation_id = self.queue[0]
-            # A queued run uses the model of the run that just ended.
-            self._start_run(run_id, message_id, correlation_id, self.model)
+            # A queued run uses the agent version of the run that just ended.
+            self._start_run(run_id, message_id, correlation_id, self.pin)
 
     def rename(self, *, title: str, cause: Cause) -> None:
         if not title.strip():
@@ -367,7 +388,7 @@ class Conversation(Aggregate):
             self._start_next_queued()
 
     def _restart_run(self, run_id: str) -> None:
-        self._start_run(run_id, self.active_message_id, self.active_correlation_id, self.model)
+        self._start_run(run_id, self.active_message_id, self.active_correlation_id, self.pin)
 
     def cancel_run(self, *, run_id: str, reason: str, partial_content: str, cause: Cause) -> None:
         self._require_active(run_id)

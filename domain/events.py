@@ -114,15 +114,29 @@ class MessagePosted(ConversationEvent):
 
 class RunStarted(ConversationEvent):
     """A run begins, or begins again after RunInterrupted(retry=True) under the same
-    run id (its attempt number is how many RunStarted the run has had)."""
+    run id (its attempt number is how many RunStarted the run has had).
+
+    `agent_id` and `agent_version` pin the version of the agent the run uses (version 2;
+    runs recorded before agents were versioned have "" and 0)."""
+
+    class_version = 2
 
     run_id: str
     message_id: str
     agent: str
     model: str
     settings: dict[str, Any]
+    agent_id: str
+    agent_version: int
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        state["agent_id"] = ""
+        state["agent_version"] = 0
 
     def evolve(self, aggregate: Any) -> None:
+        aggregate.agent_id = self.agent_id
+        aggregate.agent_version = self.agent_version
         # getattr: snapshots taken before these attributes existed lack them.
         retried = self.run_id == getattr(aggregate, "last_run_id", None)
         aggregate.active_attempt = getattr(aggregate, "active_attempt", 0) + 1 if retried else 1

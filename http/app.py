@@ -14,7 +14,7 @@ from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlu
 from opentelemetry.trace import Span
 from pydantic_ai.models import Model
 
-from threadlog.http.agents import list_agents
+from threadlog.http.agents import AgentController, marketplace
 from threadlog.http.audit import AuditController
 from threadlog.http.auth import Authentication
 from threadlog.http.console import CONSOLE_HANDLERS
@@ -97,7 +97,8 @@ def create_app(
             AdminController,
             erase_user_content,
             HealthController,
-            list_agents,
+            AgentController,
+            marketplace,
             firehose,
             metrics,
             *CONSOLE_HANDLERS,

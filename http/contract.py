@@ -53,6 +53,12 @@ EXTRA_STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("POST", "/v1/users/login"): (401,),
     ("POST", "/v1/admin/users"): (409,),
     ("GET", "/v1/stream"): (406,),
+    ("POST", "/v1/conversations"): (409,),
+    ("POST", "/v1/agents/{agent_id}/try"): (409, 413),
+    ("POST", "/v1/agents/{agent_id}/publish"): (409,),
+    ("GET", "/v1/agents/{agent_id}"): (410,),
+    ("GET", "/v1/agents/{agent_id}/versions"): (410,),
+    ("PATCH", "/v1/agents/{agent_id}"): (410,),
 }
 """Statuses only the handler knows of (conflicts with the current state, timeouts)."""
 
@@ -76,6 +82,7 @@ ERROR_DESCRIPTIONS = {
     406: "Not acceptable: this route answers only the media types it lists",
     408: "Did not happen within the time asked for (ask again)",
     409: "Conflicts with the current state (e.g. a position not reached yet)",
+    410: "Gone: the agent is retired (conversations using it keep working)",
     431: "Request headers too large",
 }
 
@@ -151,6 +158,7 @@ def finish_contract(
     for name, struct in structs.items():
         if name in schemas and struct.__struct_config__.forbid_unknown_fields:
             schemas[name]["additionalProperties"] = False
+        _restore_lower_bounds(schemas, name, struct)
     _refine_bodies(schemas, settings, sorted(agents))
     document["components"]["securitySchemes"] = SECURITY_SCHEMES
     for path, item in document.get("paths", {}).items():
@@ -193,13 +201,52 @@ def _handlers(app: Litestar) -> Iterator[HTTPRouteHandler]:
 
 
 def _request_structs(app: Litestar) -> Iterator[tuple[str, type[msgspec.Struct]]]:
+    """Every Struct a request body holds, nested ones too."""
     for handler in _handlers(app):
         data = handler.parsed_fn_signature.parameters.get("data")
         if data is None:
             continue
         for kind in (data.annotation, *(inner.annotation for inner in data.inner_types)):
             if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
-                yield kind.__name__, kind
+                yield from _struct_tree(msgspec.inspect.type_info(kind))
+
+
+def _struct_tree(info: msgspec.inspect.Type) -> Iterator[tuple[str, type[msgspec.Struct]]]:
+    if isinstance(info, msgspec.inspect.StructType):
+        yield info.cls.__name__, info.cls
+        for field in info.fields:
+            yield from _struct_tree(field.type)
+    elif isinstance(info, msgspec.inspect.UnionType):
+        for option in info.types:
+            yield from _struct_tree(option)
+    elif isinstance(info, msgspec.inspect.ListType):
+        yield from _struct_tree(info.item_type)
+    elif isinstance(info, msgspec.inspect.DictType):
+        yield from _struct_tree(info.value_type)
+    elif isinstance(info, msgspec.inspect.Metadata):
+        yield from _struct_tree(info.type)
+
+
+def _lower_bound(info: msgspec.inspect.Type) -> float | None:
+    """A number field's `ge` (Litestar leaves out a bound of 0 on optional fields)."""
+    if isinstance(info, msgspec.inspect.IntType | msgspec.inspect.FloatType):
+        return info.ge
+    if isinstance(info, msgspec.inspect.UnionType):
+        bounds = [_lower_bound(option) for option in info.types]
+        return next((bound for bound in bounds if bound is not None), None)
+    if isinstance(info, msgspec.inspect.Metadata):
+        return _lower_bound(info.type)
+    return None
+
+
+def _restore_lower_bounds(schemas: dict[str, Any], name: str, struct: type[msgspec.Struct]) -> None:
+    info = msgspec.inspect.type_info(struct)
+    assert isinstance(info, msgspec.inspect.StructType)
+    properties = schemas.get(name, {}).get("properties", {})
+    for field in info.fields:
+        bound = _lower_bound(field.type)
+        if bound is not None and field.encode_name in properties:
+            properties[field.encode_name].setdefault("minimum", bound)
 
 
 def _refine_bodies(schemas: dict[str, Any], settings: Settings, agents: list[str]) -> None:

@@ -13,6 +13,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 
+from threadlog.domain.agent import TRIAL_METADATA, AgentIsRetired
 from threadlog.domain.application import Written
 from threadlog.domain.conversation import Conversation, PostedMessage
 from threadlog.domain.events import Cause
@@ -107,7 +108,7 @@ def sse_frames(page: Sequence[FeedEvent], until_run: str | None) -> tuple[bytes,
     return b"".join(map(sse_frame, page)), False
 
 
-def _event_stream(frames: AsyncIterator[bytes]) -> Stream:
+def event_stream(frames: AsyncIterator[bytes]) -> Stream:
     return Stream(
         frames,
         media_type="text/event-stream",
@@ -115,7 +116,7 @@ def _event_stream(frames: AsyncIterator[bytes]) -> Stream:
     )
 
 
-async def _result(
+async def result_of(
     runtime: Runtime, conversation_id: UUID, posted: PostedMessage
 ) -> Response[RunResult]:
     await runtime.runs.wait(
@@ -182,7 +183,7 @@ async def _accept_message(
         conversation_id,
         content=content,
         client_message_id=client_message_id,
-        model=runtime.agents.model_of,
+        model=runtime.catalog.pin_of,
         cause=cause,
     )
     posted = written.value
@@ -198,6 +199,21 @@ async def _accept_message(
     return written
 
 
+async def _bindable_agent(runtime: Runtime, request: Request[Any, Any, Any], name: str) -> str:
+    """What a new conversation records as its agent: a system agent's name or an agent's
+    id, when the caller may see it (their own or a published one; admins: any) and it is
+    not retired."""
+    agent = await asyncio.to_thread(runtime.catalog.find, name)
+    caller = identity(request)
+    if agent is None or not (agent.public or agent.owner == caller.user_id or caller.has("admin")):
+        raise UnknownAgent(
+            f"unknown agent {name!r}; GET /v1/agents lists them", extra={"field": "agent"}
+        )
+    if agent.retired:
+        raise AgentIsRetired(f"the agent {name!r} is retired; it takes no new conversations")
+    return agent.name if agent.system else str(agent.id)
+
+
 class ConversationController(Controller):
     path = "/v1/conversations"
     tags = ["conversations"]
@@ -209,11 +225,12 @@ class ConversationController(Controller):
         runtime: NamedDependency[Runtime],
         data: JSONBody[CreateConversation],
     ) -> ConversationOut:
-        agent = data.agent or runtime.settings.agent
-        if agent not in runtime.agents:
-            raise UnknownAgent(
-                f"unknown agent {agent!r}; GET /v1/agents lists them", extra={"field": "agent"}
+        if TRIAL_METADATA in data.metadata:
+            raise BadRequest(
+                f"metadata key {TRIAL_METADATA!r} is reserved for trials of agents",
+                extra={"field": "metadata"},
             )
+        agent = await _bindable_agent(runtime, request, data.agent or runtime.settings.agent)
         with tracing.span("command.start_conversation"):
             written = await asyncio.to_thread(
                 runtime.service.start_conversation,
@@ -318,11 +335,11 @@ class ConversationController(Controller):
         )
         posted = written.value
         if streams:
-            return _event_stream(
+            return event_stream(
                 self._sse(runtime, conversation_id, posted.position - 1, until_run=posted.run_id)
             )
         if wait:
-            return await _result(runtime, conversation_id, posted)
+            return await result_of(runtime, conversation_id, posted)
         accepted = MessageAccepted(
             conversation_id=str(conversation_id),
             message_id=posted.message_id,
@@ -376,40 +393,45 @@ class ConversationController(Controller):
             )
             more = len(logged) > page_size
             return Response(EventPage(items=items, next=items[-1].position if more else None))
-        return _event_stream(self._sse(runtime, conversation_id, start))
+        return event_stream(self._sse(runtime, conversation_id, start))
 
     async def _sse(
         self, runtime: Runtime, conversation_id: UUID, after: int, until_run: str | None = None
     ) -> AsyncIterator[bytes]:
-        """SSE frames from `after` on; with `until_run`, closes after that run's last event."""
-        yield b"retry: 1000\n\n"
-        metrics.SSE_STREAMS.inc()
-        try:
-            async for page in runtime.feed.follow_pages(
-                conversation_id,
-                after=after,
-                heartbeat_seconds=runtime.settings.sse_heartbeat_seconds,
-            ):
-                if isinstance(page, Heartbeat):
-                    yield b": heartbeat\n\n"
-                    continue
-                # One chunk per page: one write instead of one per event.
-                frames, ended = sse_frames(page, until_run)
-                delivery = tracing.start_span("sse.deliver", events=len(page))
-                yield frames
-                if delivery is not None:
-                    delivery.end()
-                if ended:
-                    return
-        except Exception as error:
-            # Headers are sent: the status cannot change. End with a final event that says
-            # why; the client reconnects with Last-Event-ID and loses nothing.
-            log.warning(
-                "sse.ended_by_error", error=repr(error), conversation_id=str(conversation_id)
-            )
-            yield STREAM_INTERRUPTED
-        finally:
-            metrics.SSE_STREAMS.dec()
+        async for frames in run_frames(runtime, conversation_id, after, until_run):
+            yield frames
+
+
+async def run_frames(
+    runtime: Runtime, conversation_id: UUID, after: int, until_run: str | None = None
+) -> AsyncIterator[bytes]:
+    """SSE frames from `after` on; with `until_run`, closes after that run's last event."""
+    yield b"retry: 1000\n\n"
+    metrics.SSE_STREAMS.inc()
+    try:
+        async for page in runtime.feed.follow_pages(
+            conversation_id,
+            after=after,
+            heartbeat_seconds=runtime.settings.sse_heartbeat_seconds,
+        ):
+            if isinstance(page, Heartbeat):
+                yield b": heartbeat\n\n"
+                continue
+            # One chunk per page: one write instead of one per event.
+            frames, ended = sse_frames(page, until_run)
+            delivery = tracing.start_span("sse.deliver", events=len(page))
+            yield frames
+            if delivery is not None:
+                delivery.end()
+            if ended:
+                return
+    except Exception as error:
+        # Headers are sent: the status cannot change. End with a final event that says
+        # why; the client reconnects with Last-Event-ID and loses nothing.
+        log.warning("sse.ended_by_error", error=repr(error), conversation_id=str(conversation_id))
+        yield STREAM_INTERRUPTED
+    finally:
+        metrics.SSE_STREAMS.dec()
 
 
 def _served_page(

@@ -15,6 +15,13 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from litestar.params import ParameterKwarg
 
+from threadlog.domain.agent import (
+    AgentGone,
+    AgentIsRetired,
+    AgentNotFound,
+    InvalidAgent,
+    NotAgentOwner,
+)
 from threadlog.domain.errors import (
     ConcurrentWrite,
     ConversationIsArchived,
@@ -51,6 +58,11 @@ DOMAIN_STATUS: dict[type[DomainError], int] = {
     UserNotFound: 404,
     KeyNotFound: 404,
     InvalidUser: 400,
+    AgentNotFound: 404,
+    AgentIsRetired: 409,
+    AgentGone: 410,
+    NotAgentOwner: 403,
+    InvalidAgent: 400,
 }
 
 HTTP_CODES = {
@@ -62,6 +74,7 @@ HTTP_CODES = {
     406: "not_acceptable",
     408: "request_timeout",
     409: "conflict",
+    410: "gone",
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
@@ -123,7 +136,9 @@ def error_response(
 def _domain(request: RequestAny, error: Exception) -> Response[ErrorBody]:
     assert isinstance(error, DomainError)
     status = DOMAIN_STATUS.get(type(error), 400)
-    return error_response(request, status, error.code, str(error))
+    field = getattr(error, "field", None)
+    details = {"field": field} if isinstance(field, str) else None
+    return error_response(request, status, error.code, str(error), details)
 
 
 def _validation(request: RequestAny, error: Exception) -> Response[ErrorBody]:

@@ -56,6 +56,10 @@ class RunOut(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str
     conversation_id: str
     agent: str
+    # The agent version the run used (its latest attempt): "" and 0 for runs recorded
+    # before agents had versions.
+    agent_id: str
+    agent_version: int
     model: str | None
     status: str
     attempt: int
@@ -116,6 +120,8 @@ def run_out(run: Run) -> RunOut:
         run_id=run.run_id,
         conversation_id=run.conversation_id,
         agent=run.agent,
+        agent_id=run.agent_id,
+        agent_version=run.agent_version,
         model=run.model,
         status=run.status,
         attempt=run.attempt,

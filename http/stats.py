@@ -72,6 +72,8 @@ class ConversationStatsOut(msgspec.Struct, frozen=True, kw_only=True):
     conversation_id: str
     messages: dict[str, int]
     runs: RunCountsOut
+    # Runs by the agent version they used: `<agent id>@<version>`.
+    runs_by_agent_version: dict[str, int]
     tokens: TokensOut
     tool_calls: ToolCallsOut
     time_to_first_token_ms: TimingOut
@@ -128,6 +130,7 @@ def stats_out(conversation_id: UUID, stats: ConversationStats | None) -> Convers
             interrupted=runs["interrupted"],
             retried=stats.retried_runs,
         ),
+        runs_by_agent_version=stats.runs_by_agent_version,
         tokens=TokensOut(input=stats.input_tokens, output=stats.output_tokens),
         tool_calls=ToolCallsOut(
             count=stats.tool_calls, errors=stats.tool_errors, by_name=stats.tool_calls_by_name

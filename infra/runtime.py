@@ -14,14 +14,18 @@ from typing import TypeVar
 
 import structlog
 from eventsourcing.persistence import IntegrityError, InternalError
+from eventsourcing.sqlite import SQLiteApplicationRecorder
+from eventsourcing.utils import get_topic
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic_ai.models import Model
 
+from threadlog.domain.agent_service import AgentService
 from threadlog.domain.application import ConversationService
 from threadlog.domain.identity_service import IdentityService
 from threadlog.infra import metrics
+from threadlog.infra.agents.catalog import AgentCatalog
 from threadlog.infra.agents.registry import AgentRegistry
 from threadlog.infra.auth import (
     Authenticator,
@@ -77,6 +81,7 @@ class Runtime:
     runs: Runs
     model_name: str  # the default agent's
     agents: AgentRegistry
+    catalog: AgentCatalog
     read_models: ReadModels
     identities: IdentityService
     content: ContentKeys
@@ -112,6 +117,10 @@ class Runtime:
             stack.callback(service.close)
             identities = await _creating_schema(lambda: open_identities(settings))
             stack.callback(identities.close)
+            agent_store = await _creating_schema(lambda: open_agents(settings))
+            stack.callback(agent_store.close)
+            catalog = AgentCatalog(agent_store, agents, settings, model)
+            await _creating_schema(catalog.record_system_agents)
             created_key = await _creating_schema(lambda: ensure_admin(identities, settings))
             if created_key is not None:
                 announce_admin_key(created_key)
@@ -149,7 +158,7 @@ class Runtime:
                 service,
                 event_log,
                 writer,
-                agents,
+                catalog,
                 policy=FlushPolicy(
                     batch_size=settings.token_batch_size,
                     interval_seconds=settings.token_flush_interval_ms / 1000,
@@ -181,6 +190,7 @@ class Runtime:
                 runs=runs,
                 model_name=agents.model_of(settings.agent),
                 agents=agents,
+                catalog=catalog,
                 read_models=read_models,
                 identities=identities,
                 content=content,
@@ -284,6 +294,20 @@ class Runtime:
 
 
 SCHEMA_ATTEMPTS = 5
+
+
+def open_agents(settings: Settings) -> AgentService:
+    """The agents store: its own tables next to the events (its own file on SQLite)."""
+    env = store_environment(settings)
+    env.update(POSTGRES_POOL_SIZE="2", POSTGRES_MAX_OVERFLOW="4")
+    if settings.database_url is None:
+        env.update(
+            SQLITE_DBNAME=str(settings.agents_sqlite_path),
+            APPLICATION_RECORDER_TOPIC=get_topic(SQLiteApplicationRecorder),
+        )
+    service = AgentService(env)
+    reconnect_promptly(service.recorder)
+    return service
 
 
 async def _creating_schema(open_: Callable[[], T]) -> T:

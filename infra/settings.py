@@ -149,6 +149,10 @@ class Settings:
         return self.data_dir / "identity.sqlite"
 
     @property
+    def agents_sqlite_path(self) -> Path:
+        return self.data_dir / "agents.sqlite"
+
+    @property
     def content_keys_sqlite_path(self) -> Path:
         """SQLite only: the content keys (PostgreSQL keeps them with the events)."""
         return self.data_dir / "content_keys.sqlite"

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal, get_args
 from eventsourcing.dispatch import singledispatchmethod
 from eventsourcing.utils import get_topic
 
+from threadlog.domain.agent import TRIAL_METADATA
 from threadlog.domain.events import (
     ConversationArchived,
     ConversationEvent,
@@ -155,6 +156,8 @@ class ConversationList(ReadModel):
 
     @process_event.register
     def _started(self, event: ConversationStarted, change: _Change) -> None:
+        if event.metadata.get(TRIAL_METADATA) is True:
+            return  # a trial of an agent: no row, so its later events change nothing
         at = to_micros(event.timestamp)
         change.row = _Row(
             owner=event.owner,

@@ -10,6 +10,7 @@ from typing import Any
 from eventsourcing.persistence import OperationalError
 
 from threadlog.domain.application import ConversationService
+from threadlog.projections.agent_usage import AgentUsage
 from threadlog.projections.conversation_list import ConversationList
 from threadlog.projections.message_history import MessageHistory
 from threadlog.projections.run_stats import RunStats
@@ -44,7 +45,7 @@ class ReadModelBehind(OperationalError):
 
 
 def read_model_classes() -> tuple[type[ReadModel], ...]:
-    return (ConversationList, MessageHistory, Runs, RunStats)
+    return (ConversationList, MessageHistory, Runs, RunStats, AgentUsage)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -63,7 +63,8 @@ class RunStats(ReadModel):
             "outcome TEXT NOT NULL, ended_at BIGINT, "
             "input_tokens BIGINT NOT NULL DEFAULT 0, output_tokens BIGINT NOT NULL DEFAULT 0, "
             "cost_usd DOUBLE PRECISION, duration_ms DOUBLE PRECISION, "
-            "time_to_first_token_ms DOUBLE PRECISION)",
+            "time_to_first_token_ms DOUBLE PRECISION, "
+            "agent_id TEXT NOT NULL DEFAULT '', agent_version INTEGER NOT NULL DEFAULT 0)",
             "CREATE INDEX IF NOT EXISTS run_stats_runs_by_conversation "
             "ON run_stats_runs (conversation_id)",
             "CREATE INDEX IF NOT EXISTS run_stats_runs_by_start ON run_stats_runs (started_at)",
@@ -74,6 +75,7 @@ class RunStats(ReadModel):
             "conversation_id TEXT NOT NULL, tool_name TEXT NOT NULL, calls INTEGER NOT NULL, "
             "errors INTEGER NOT NULL, PRIMARY KEY (conversation_id, tool_name))",
         ),
+        version=2,  # 2: the agent id and version each run used
     )
     topics: ClassVar[frozenset[str]] = frozenset(
         get_topic(cls)
@@ -122,7 +124,8 @@ class RunStats(ReadModel):
         # A retry starts the same run again: one more attempt, running again.
         sql.execute(
             "INSERT INTO run_stats_runs (run_id, conversation_id, agent, model, started_at, "
-            "attempts, outcome) VALUES (?, ?, ?, ?, ?, 1, 'running') "
+            "attempts, outcome, agent_id, agent_version) "
+            "VALUES (?, ?, ?, ?, ?, 1, 'running', ?, ?) "
             "ON CONFLICT (run_id) DO UPDATE SET "
             "attempts = run_stats_runs.attempts + 1, outcome = 'running'",
             (
@@ -131,6 +134,8 @@ class RunStats(ReadModel):
                 event.agent,
                 event.model,
                 to_micros(event.timestamp),
+                event.agent_id,
+                event.agent_version,
             ),
         )
 
@@ -216,6 +221,9 @@ class ConversationStats:
     messages: dict[str, int]
     runs: dict[str, int]
     """Runs by outcome, every outcome present."""
+    runs_by_agent_version: dict[str, int]
+    """Runs by the agent version they used: `<agent id>@<version>` (runs recorded before
+    agents were versioned: `<agent name>@0`)."""
     retried_runs: int
     """Runs started again after an interruption (counted under their outcome too)."""
     input_tokens: int
@@ -247,7 +255,8 @@ def conversation_stats(sql: Sql, conversation_id: str) -> ConversationStats | No
     tools = sql.fetchall()
     sql.execute(
         "SELECT outcome, attempts, input_tokens, output_tokens, cost_usd, duration_ms, "
-        "time_to_first_token_ms FROM run_stats_runs WHERE conversation_id = ?",
+        "time_to_first_token_ms, agent, agent_id, agent_version "
+        "FROM run_stats_runs WHERE conversation_id = ?",
         (conversation_id,),
     )
     runs = sql.fetchall()
@@ -269,6 +278,10 @@ def _conversation_stats(
     by_outcome = dict.fromkeys(OUTCOMES, 0)
     for run in runs:
         by_outcome[run["outcome"]] += 1
+    by_version: dict[str, int] = {}
+    for run in runs:
+        key = f"{run['agent_id'] or run['agent']}@{int(run['agent_version'])}"
+        by_version[key] = by_version.get(key, 0) + 1
     costs = [float(run["cost_usd"]) for run in runs if run["cost_usd"] is not None]
     completed = [run for run in runs if run["outcome"] == "completed"]
     return ConversationStats(
@@ -276,6 +289,7 @@ def _conversation_stats(
         owner=owner,
         messages=messages,
         runs=by_outcome,
+        runs_by_agent_version=dict(sorted(by_version.items())),
         retried_runs=sum(1 for run in runs if run["attempts"] > 1),
         input_tokens=sum(int(run["input_tokens"]) for run in runs),
         output_tokens=sum(int(run["output_tokens"]) for run in runs),

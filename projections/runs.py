@@ -38,7 +38,8 @@ ENDED: frozenset[str] = frozenset({"completed", "failed", "cancelled", "interrup
 _COLUMNS = (
     "run_id, conversation_id, owner, agent, model, status, attempt, progress, note, "
     "message_id, created_at, started_at, ended_at, reply_message_id, content, output, "
-    "usage, cost_usd, duration_ms, error, error_message, cancel_reason, position"
+    "usage, cost_usd, duration_ms, error, error_message, cancel_reason, position, "
+    "agent_id, agent_version"
 )
 
 
@@ -70,6 +71,9 @@ class Run:
     cancel_reason: str | None
     position: int
     """The conversation position of the run's latest event this read model applies."""
+    agent_id: str
+    agent_version: int
+    """The agent version the run's latest attempt used (0: before agents had versions)."""
 
     @property
     def ended(self) -> bool:
@@ -100,7 +104,8 @@ class Runs(ReadModel):
             "message_id TEXT NOT NULL, created_at BIGINT NOT NULL, started_at BIGINT, "
             "ended_at BIGINT, reply_message_id TEXT, content TEXT, output TEXT, usage TEXT, "
             "cost_usd DOUBLE PRECISION, duration_ms DOUBLE PRECISION, error TEXT, "
-            "error_message TEXT, cancel_reason TEXT, position BIGINT NOT NULL)",
+            "error_message TEXT, cancel_reason TEXT, position BIGINT NOT NULL, "
+            "agent_id TEXT NOT NULL DEFAULT '', agent_version INTEGER NOT NULL DEFAULT 0)",
             "CREATE INDEX IF NOT EXISTS runs_by_creation "
             "ON runs (owner, created_at DESC, run_id DESC)",
             "CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, started_at)",
@@ -108,7 +113,7 @@ class Runs(ReadModel):
             "CREATE TABLE IF NOT EXISTS runs_owners ("
             "conversation_id TEXT PRIMARY KEY, owner TEXT NOT NULL, agent TEXT NOT NULL)",
         ),
-        version=2,  # 2: note and content as JSON (sealed values)
+        version=3,  # 2: note and content as JSON (sealed values); 3: the agent version
     )
     topics: ClassVar[frozenset[str]] = frozenset(
         get_topic(cls)
@@ -164,8 +169,14 @@ class Runs(ReadModel):
             sql,
             event,
             "status = 'running', attempt = attempt + 1, agent = ?, model = ?, "
-            "started_at = ?, progress = NULL, note = NULL",
-            (event.agent, event.model, to_micros(event.timestamp)),
+            "started_at = ?, progress = NULL, note = NULL, agent_id = ?, agent_version = ?",
+            (
+                event.agent,
+                event.model,
+                to_micros(event.timestamp),
+                event.agent_id,
+                event.agent_version,
+            ),
         )
 
     @process_event.register
@@ -315,6 +326,8 @@ def _run(row: Row) -> Run:
         error_message=row["error_message"],
         cancel_reason=row["cancel_reason"],
         position=row["position"],
+        agent_id=row["agent_id"],
+        agent_version=int(row["agent_version"]),
     )
 
 

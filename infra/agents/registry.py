@@ -157,7 +157,7 @@ class AgentRegistry:
         specs = {spec.name: spec for spec in builtin_specs(settings)}
         if settings.agents_file is not None:
             specs.update((spec.name, spec) for spec in load_specs(settings.agents_file))
-        return cls({name: _register(spec, settings, model) for name, spec in specs.items()})
+        return cls({name: register_spec(spec, settings, model) for name, spec in specs.items()})
 
     def get(self, name: str) -> RegisteredAgent | None:
         return self._agents.get(name)
@@ -175,7 +175,7 @@ class AgentRegistry:
         return registered.model_name if registered else ""
 
 
-def _register(spec: AgentSpec, settings: Settings, model: Model | None) -> RegisteredAgent:
+def register_spec(spec: AgentSpec, settings: Settings, model: Model | None) -> RegisteredAgent:
     model_string = spec.model or settings.model
     chosen: Model | str = model or _builtin_model(model_string, settings) or model_string
     output_type: Any = str

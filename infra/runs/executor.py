@@ -35,7 +35,8 @@ from threadlog.domain.events import (
     MessagePosted,
 )
 from threadlog.infra import metrics, tracing
-from threadlog.infra.agents.registry import AgentRegistry, RegisteredAgent
+from threadlog.infra.agents.catalog import AgentCatalog, AgentUnrunnable
+from threadlog.infra.agents.registry import RegisteredAgent
 from threadlog.infra.agents.tools import RunDeps
 from threadlog.infra.runs.flusher import Flusher, FlushPolicy, FlushTick
 from threadlog.infra.runs.recorder import RunRecorder, model_events
@@ -85,6 +86,8 @@ def safe_failure(error: BaseException) -> tuple[str, str]:
         )
     if isinstance(error, UnknownAgent):
         return "unknown_agent", f"The conversation's agent {error.name!r} is not configured."
+    if isinstance(error, AgentUnrunnable):
+        return "agent_unrunnable", "The agent's model could not be set up."
     if isinstance(error, ContentErased):
         return "content_erased", "The message was erased before the run could read it."
     if isinstance(error, UnexpectedModelBehavior):
@@ -141,7 +144,7 @@ class RunExecutor:
         service: ConversationService,
         event_log: EventLog,
         writer: EventWriter,
-        agents: AgentRegistry,
+        agents: AgentCatalog,
         *,
         policy: FlushPolicy,
         snapshot_interval: int,
@@ -270,7 +273,12 @@ class RunExecutor:
         text: list[str] = []
         metrics.RUNS_ACTIVE.inc()
         try:
-            registered = self._agents.get(conversation.agent)
+            registered = await asyncio.to_thread(
+                self._agents.runnable,
+                conversation.agent,
+                conversation.pin.agent_id,
+                conversation.pin.agent_version,
+            )
             if registered is None:
                 raise UnknownAgent(conversation.agent)
             prompt, history = await asyncio.to_thread(self._history, request)

@@ -96,6 +96,7 @@ def test_conversation_stats_count_messages_runs_by_outcome_tokens_tool_calls_tim
             "cancelled": 1,
             "interrupted": 1,
         },
+        runs_by_agent_version={"helper@0": 6},  # runs posted with a bare model name
         retried_runs=1,
         input_tokens=13,
         output_tokens=7,

@@ -288,6 +288,9 @@ def _body(method: str, path: str) -> dict[str, Any] | None:
         ("POST", "/v1/admin/users/{user_id}/keys"): {},
         ("POST", "/v1/users/register"): {"username": unique("walk"), "password": PASSWORD},
         ("POST", "/v1/users/login"): {"username": "admin", "password": "x"},
+        ("POST", "/v1/agents"): {"name": "walker"},
+        ("PATCH", "/v1/agents/{agent_id}"): {"description": "walked"},
+        ("POST", "/v1/agents/{agent_id}/try"): {"content": "hi"},
     }
     return bodies.get((method, path))
 
@@ -310,6 +313,7 @@ def test_every_route_needs_credentials_except_the_public_ones(site: Site) -> Non
         "run_id": "r1",
         "key_id": "00000000-0000-4000-8000-000000000002",
         "user_id": "00000000-0000-4000-8000-000000000003",
+        "agent_id": "00000000-0000-4000-8000-000000000004",
     }
     with site.user(unique("revoked")) as owner:
         issued = owner.post("/v1/keys", json={}).json()
@@ -357,6 +361,33 @@ def test_every_conversation_route_answers_its_owner(site: Site) -> None:
                 wait_for_run_end(owner, conversation)
         archived = owner.patch(f"/v1/conversations/{conversation}", json={"archived": True})
         assert archived.status_code == 200
+
+
+def test_every_agent_route_is_404_to_a_user_who_cannot_see_the_agent(site: Site) -> None:
+    with site.user(unique("owner")) as owner, site.user(unique("stranger")) as stranger:
+        agent = owner.post("/v1/agents", json={"name": "private"}).json()
+        scoped = [(m, p) for m, p in _operations(site) if "{agent_id}" in p]
+        assert len(scoped) >= 8
+        for method, path in scoped:
+            url = _fill(path, {"agent_id": agent["id"]})
+            answer = stranger.request(method, url, json=_body(method, path))
+            assert answer.status_code == 404, (method, path, answer.text)
+
+
+def test_every_agent_route_answers_its_owner(site: Site) -> None:
+    with site.user(unique("owner")) as owner:
+        agent = owner.post("/v1/agents", json={"name": "mine"}).json()
+        scoped = [(m, p) for m, p in _operations(site) if "{agent_id}" in p]
+        for method, path in scoped:
+            if method == "DELETE":
+                continue  # retiring ends the walk: done last
+            url = _fill(path, {"agent_id": agent["id"]})
+            answer = owner.request(method, url, json=_body(method, path))
+            assert answer.status_code < 400, (method, path, answer.text)
+            if path.endswith("/try"):
+                wait_for_run_end(owner, answer.json()["conversation_id"])
+        retired = owner.delete(f"/v1/agents/{agent['id']}")
+        assert retired.status_code == 200 and retired.json()["retired"] is True
 
 
 def run_cli(settings: Settings, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

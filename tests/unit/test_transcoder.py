@@ -67,6 +67,8 @@ SAMPLES: dict[str, list[Any]] = {
     "hash": ["f" * 64],
     "owner": ["ålice"],
     "agent": ["assistant"],
+    "agent_id": ["", "3d6f1c2a-9b8e-4f7d-a1c3-5e2b7d9f0a14"],
+    "agent_version": [0, 7],
     "title": ["Grüße, 世界"],
     "metadata": [{}, NESTED],
     "busy_policy": ["enqueue"],

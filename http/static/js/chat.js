@@ -108,8 +108,9 @@ function renderList(side, openId) {
 
   api("/v1/agents?limit=100").then((agents) => {
     for (const agent of agents.items) {
-      agentFilter.append(h("option", { value: agent.name }, agent.name));
-      newAgent.append(h("option", { value: agent.name }, `${agent.name}: ${agent.description || agent.model}`));
+      // `reference`: what a conversation records as its agent (a server agent's name, else its id).
+      agentFilter.append(h("option", { value: agent.reference }, agent.name));
+      newAgent.append(h("option", { value: agent.reference }, `${agent.name}: ${agent.description || agent.model}`));
     }
   }).catch((error) => createStatus.replaceChildren(errorBox(error)));
 
