@@ -17,6 +17,7 @@ from opentelemetry.trace import Span
 from pydantic_ai.models import Model
 
 from threadlog.http.agents import list_agents
+from threadlog.http.agui import run_agent
 from threadlog.http.audit import AuditController
 from threadlog.http.auth import Authentication
 from threadlog.http.console import CONSOLE_HANDLERS
@@ -107,6 +108,7 @@ def create_app(
             erase_user_content,
             HealthController,
             list_agents,
+            run_agent,
             firehose,
             metrics,
             *CONSOLE_HANDLERS,
