@@ -207,7 +207,17 @@ async def _snapshot(
     size: int,
     min_position: int | None,
 ) -> dict[str, Any]:
-    """MESSAGES_SNAPSHOT of the newest `size` messages at or before `position`."""
+    """MESSAGES_SNAPSHOT of the newest `size` messages at or before `position` (the
+    read model read once it holds every event up to there)."""
+    if min_position is None and position > 0:
+        stored = await asyncio.to_thread(
+            runtime.event_log.read_rows,
+            conversation_id,
+            after=position - 1,
+            up_to=position,
+            limit=1,
+        )
+        min_position = stored[0].global_position if stored else None
     rows = await read_view(
         runtime,
         MessageHistory.name,
