@@ -31,7 +31,9 @@ EVENT = TypeAdapter(Event)
 TOKENS = [f"w{i} " for i in range(40)]
 
 
-def run_input(thread_id: str, *messages: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+def run_input(
+    thread_id: str, *messages: dict[str, Any], run_id: str | None = None
+) -> dict[str, Any]:
     return {
         "threadId": thread_id,
         "runId": run_id or str(uuid.uuid4()),
@@ -148,7 +150,9 @@ def test_a_run_streams_as_ag_ui_events_that_the_protocols_models_parse_strictly(
             assert stored[-1]["type"] == "RunCompleted"
 
 
-def test_tool_calls_and_steps_map_and_parse(tmp_path: Path, nats_url: str, nats_names: NatsNames) -> None:
+def test_tool_calls_and_steps_map_and_parse(
+    tmp_path: Path, nats_url: str, nats_names: NatsNames
+) -> None:
     settings = settings_for(tmp_path, database_url=None, nats_url=nats_url, names=nats_names)
     with LiveServer(settings) as server, server.client() as client:
         thread = str(uuid.uuid4())
@@ -204,14 +208,18 @@ def test_a_dropped_stream_resumes_after_any_cursor_with_nothing_lost_or_repeated
         # The whole stream, read at once, is the reference: resuming after each of its
         # cursors gives exactly its remainder (re-opened messages aside).
         whole = read_stream(client, body)
-        streamed = [(c, e) for c, e in whole if e["type"] not in ("RUN_STARTED", "MESSAGES_SNAPSHOT")]
+        streamed = [
+            (c, e) for c, e in whole if e["type"] not in ("RUN_STARTED", "MESSAGES_SNAPSHOT")
+        ]
         for index, (cursor, _) in enumerate(streamed[:-1]):
             resumed = read_stream(client, body, params={"after": cursor})
             tail = [e for _, e in resumed if e["type"] != "RUN_STARTED"]
             expected = [e for _, e in streamed[index + 1 :]]
             # Only a text message open at the cursor is opened again, first.
-            if tail and tail[0]["type"] == "TEXT_MESSAGE_START" and (
-                not expected or expected[0] != tail[0]
+            if (
+                tail
+                and tail[0]["type"] == "TEXT_MESSAGE_START"
+                and (not expected or expected[0] != tail[0])
             ):
                 tail = tail[1:]
             assert _without_meta(tail) == _without_meta(expected), cursor
@@ -289,7 +297,10 @@ def test_another_users_thread_is_404_and_bad_input_is_400(make_settings: Setting
         bad: list[tuple[Any, str]] = [
             ({"runId": "r", "messages": []}, "threadId"),
             ({**run_input(thread), "threadId": "not-a-uuid"}, "threadId"),
-            ({**run_input(thread), "messages": [{"id": "m", "role": "robot", "content": "x"}]}, "role"),
+            (
+                {**run_input(thread), "messages": [{"id": "m", "role": "robot", "content": "x"}]},
+                "role",
+            ),
             ({**run_input(thread), "messages": [user("   ")]}, "content"),
             ({**run_input(thread), "runId": ""}, "runId"),
             ({**run_input(thread), "messages": "hello"}, "messages"),
