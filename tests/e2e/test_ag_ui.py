@@ -114,40 +114,40 @@ def text_of(events: list[tuple[str, dict[str, Any]]]) -> str:
 def test_a_run_streams_as_ag_ui_events_that_the_protocols_models_parse_strictly(
     make_settings: SettingsFactory,
 ) -> None:
-    with LiveServer(make_settings(), scripted_model(["Hello", ", ", "world"])) as server:
-        with server.client() as client:
-            thread = str(uuid.uuid4())
-            run_id = str(uuid.uuid4())
-            events = read_stream(client, run_input(thread, user("hi"), run_id=run_id))
-            for _, event in events:
-                strictly(event)
-            assert types(events) == [
-                "RUN_STARTED",
-                "MESSAGES_SNAPSHOT",
-                "TEXT_MESSAGE_START",
-                "TEXT_MESSAGE_CONTENT",
-                "TEXT_MESSAGE_CONTENT",
-                "TEXT_MESSAGE_CONTENT",
-                "TEXT_MESSAGE_END",
-                "RUN_FINISHED",
-            ]
-            started, snapshot = events[0][1], events[1][1]
-            assert started["threadId"] == thread and started["runId"] == run_id
-            assert started["protocolVersion"] == "1.0"
-            assert [m["content"] for m in snapshot["messages"]] == ["hi"]
-            assert text_of(events) == "Hello, world"
-            finished = events[-1][1]
-            assert finished["outcome"] == {"type": "success"}
-            assert finished["runId"] == run_id
-            # Every event carries its position, and its SSE id is its cursor.
-            stored = stored_events(client, thread)
-            for sse_id, event in events:
-                assert event["metadata"]["threadlog"]["cursor"] == sse_id
-                assert 1 <= event["metadata"]["threadlog"]["position"] <= len(stored)
-            # The thread is a conversation of the caller's, with the default agent.
-            conversation = client.get(f"/v1/conversations/{thread}").json()
-            assert conversation["agent"] == "assistant"
-            assert stored[-1]["type"] == "RunCompleted"
+    hello = scripted_model(["Hello", ", ", "world"])
+    with LiveServer(make_settings(), hello) as server, server.client() as client:
+        thread = str(uuid.uuid4())
+        run_id = str(uuid.uuid4())
+        events = read_stream(client, run_input(thread, user("hi"), run_id=run_id))
+        for _, event in events:
+            strictly(event)
+        assert types(events) == [
+            "RUN_STARTED",
+            "MESSAGES_SNAPSHOT",
+            "TEXT_MESSAGE_START",
+            "TEXT_MESSAGE_CONTENT",
+            "TEXT_MESSAGE_CONTENT",
+            "TEXT_MESSAGE_CONTENT",
+            "TEXT_MESSAGE_END",
+            "RUN_FINISHED",
+        ]
+        started, snapshot = events[0][1], events[1][1]
+        assert started["threadId"] == thread and started["runId"] == run_id
+        assert started["protocolVersion"] == "1.0"
+        assert [m["content"] for m in snapshot["messages"]] == ["hi"]
+        assert text_of(events) == "Hello, world"
+        finished = events[-1][1]
+        assert finished["outcome"] == {"type": "success"}
+        assert finished["runId"] == run_id
+        # Every event carries its position, and its SSE id is its cursor.
+        stored = stored_events(client, thread)
+        for sse_id, event in events:
+            assert event["metadata"]["threadlog"]["cursor"] == sse_id
+            assert 1 <= event["metadata"]["threadlog"]["position"] <= len(stored)
+        # The thread is a conversation of the caller's, with the default agent.
+        conversation = client.get(f"/v1/conversations/{thread}").json()
+        assert conversation["agent"] == "assistant"
+        assert stored[-1]["type"] == "RunCompleted"
 
 
 def test_tool_calls_and_steps_map_and_parse(
