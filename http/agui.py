@@ -30,7 +30,7 @@ from threadlog.http.agui_events import (
 )
 from threadlog.http.auth import USER, identity
 from threadlog.http.conversations import accept_message, cause_of
-from threadlog.http.errors import BadRequest, UnknownAgent
+from threadlog.http.errors import PositionConflict, UnknownAgent
 from threadlog.http.reads import opened_message, read_view
 from threadlog.http.schemas import AgentName
 from threadlog.infra import metrics
@@ -56,7 +56,8 @@ Text = Annotated[str, msgspec.Meta(pattern=r"\S")]
 # protocol's own models allow them.
 
 
-class TextPart(msgspec.Struct, tag_field="type", tag="text", kw_only=True):
+class TextPart(msgspec.Struct, kw_only=True):
+    type: Literal["text"]
     text: Text
 
 
@@ -294,7 +295,7 @@ async def run_agent(
     thread_id = data.thread_id
     conversation = await _thread(runtime, request, thread_id, agent)
     if cursor is not None and cursor.position > conversation.version:
-        raise BadRequest(
+        raise PositionConflict(
             f"the cursor {cursor} is past the thread's last event ({conversation.version})",
             extra={"field": "Last-Event-ID" if last_event_id is not None else "after"},
         )

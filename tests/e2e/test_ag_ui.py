@@ -304,6 +304,10 @@ def test_another_users_thread_is_404_and_bad_input_is_400(make_settings: Setting
             ({**run_input(thread), "messages": [user("   ")]}, "content"),
             ({**run_input(thread), "runId": ""}, "runId"),
             ({**run_input(thread), "messages": "hello"}, "messages"),
+            (
+                {**run_input(thread), "messages": [{**user("x"), "content": [{"text": "x"}]}]},
+                "type",
+            ),
             ("not json at all", ""),
         ]
         for body, named in bad:
@@ -327,7 +331,8 @@ def test_another_users_thread_is_404_and_bad_input_is_400(make_settings: Setting
         )
         assert mismatch.status_code == 409, mismatch.text
         past = alice.post("/v1/ag-ui", json=run_input(thread), headers={"Last-Event-ID": "999"})
-        assert past.status_code == 400, past.text
+        assert past.status_code == 409, past.text
+        assert past.json()["error"] == "position_not_reached"
         with server.client(key=None) as anonymous:
             assert anonymous.post("/v1/ag-ui", json=run_input(thread)).status_code == 401
         # A JWT works as an API key does.
