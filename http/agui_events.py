@@ -406,8 +406,8 @@ def _feed_events(
 
 
 def run_at(event_log: EventLog, keys: ContentKeys, conversation_id: UUID, position: int) -> RunAt:
-    """The run active at `position` (posted, not ended by then; the latest if several
-    are queued), else the latest run, ended."""
+    """The run active at `position` (posted, not ended by then; the earliest if others
+    are queued behind it), else the latest run, ended."""
     posted: dict[str, int] = {}
     ended: set[str] = set()
     items = _feed_events(
@@ -432,7 +432,7 @@ def run_at(event_log: EventLog, keys: ContentKeys, conversation_id: UUID, positi
         return RunAt(None, position + 1, ended=True)
     active = [(first, run_id) for run_id, first in posted.items() if run_id not in ended]
     if active:
-        first, run_id = max(active)
+        first, run_id = min(active)
         return RunAt(run_id, first, ended=False)
     first, run_id = max((first, run_id) for run_id, first in posted.items())
     return RunAt(run_id, first, ended=True)
