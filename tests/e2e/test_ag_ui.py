@@ -6,7 +6,6 @@ client; tenancy and bad input as on every other route."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -335,5 +334,15 @@ def test_another_users_thread_is_404_and_bad_input_is_400(make_settings: Setting
         assert past.json()["error"] == "position_not_reached"
         with server.client(key=None) as anonymous:
             assert anonymous.post("/v1/ag-ui", json=run_input(thread)).status_code == 401
-        # A JWT works as an API key does.
-        time.sleep(0)
+        # A JWT works as an API key does: its user's own thread, and 404 for alice's.
+        with server.client(key=None) as anonymous:
+            name, password = f"jwt-{uuid.uuid4().hex[:8]}", "correct horse battery"
+            anonymous.post("/v1/users/register", json={"username": name, "password": password})
+            login = anonymous.post("/v1/users/login", json={"username": name, "password": password})
+            bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            mine = str(uuid.uuid4())
+            events = read_stream(anonymous, run_input(mine, user("hi")), headers=bearer)
+            assert types(events)[-1] == "RUN_FINISHED"
+            assert anonymous.get(f"/v1/conversations/{mine}", headers=bearer).status_code == 200
+            theirs = anonymous.post("/v1/ag-ui", json=run_input(thread), headers=bearer)
+            assert theirs.status_code == 404, theirs.text
