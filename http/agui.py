@@ -32,7 +32,7 @@ from threadlog.http.auth import USER, identity
 from threadlog.http.conversations import accept_message, cause_of
 from threadlog.http.errors import PositionConflict, UnknownAgent
 from threadlog.http.reads import opened_message, read_view
-from threadlog.http.schemas import AgentName
+from threadlog.http.schemas import NOT_BLANK, AgentName
 from threadlog.infra import metrics
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.stream.feed import Heartbeat
@@ -49,7 +49,7 @@ CLIENT_MESSAGE_PREFIX = "ag-ui:"
 """A user message's AG-UI id, stored as its `client_message_id` (posted once)."""
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-Text = Annotated[str, msgspec.Meta(pattern=r"\S")]
+Text = Annotated[str, msgspec.Meta(pattern=NOT_BLANK)]
 
 
 # RunAgentInput (AG-UI 1.0), as this server reads it. Unknown fields are allowed, as the

@@ -35,6 +35,7 @@ from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.types import Scope
 
 from threadlog.http.errors import ERROR_RESPONSES, BadRequest
+from threadlog.http.schemas import NOT_BLANK
 from threadlog.infra.settings import Settings
 
 SSE = "text/event-stream"
@@ -238,7 +239,7 @@ def _refine_ag_ui(document: dict[str, Any], agents: list[str]) -> None:
     if content is not None:
         for option in _options(content):
             if option.get("type") == "string":
-                option["pattern"] = r"\S"
+                option["pattern"] = NOT_BLANK
             elif option.get("type") == "array":
                 option["minItems"] = 1
     for parameter in document["paths"].get("/v1/ag-ui", {}).get("post", {}).get("parameters", []):
