@@ -73,6 +73,7 @@ class ConversationService(Application[UUID]):
         metadata: dict[str, Any],
         cause: Cause,
         busy_policy: str = "reject",
+        conversation_id: UUID | None = None,
     ) -> Written[Conversation]:
         conversation = Conversation.start(
             owner=owner,
@@ -81,6 +82,7 @@ class ConversationService(Application[UUID]):
             metadata=metadata,
             cause=cause,
             busy_policy=busy_policy,
+            conversation_id=conversation_id,
         )
         recordings = self.save(conversation)
         return Written(value=conversation, global_position=last_global_position(recordings))

@@ -159,10 +159,13 @@ class Conversation(Aggregate):
         metadata: dict[str, Any],
         cause: Cause,
         busy_policy: str = "reject",
+        conversation_id: UUID | None = None,
     ) -> "Conversation":
+        """A new conversation; `conversation_id` when the client chose it (an AG-UI
+        thread id), else a new one."""
         if busy_policy not in BUSY_POLICIES:
             raise InvalidConversation(f"busy_policy must be one of {', '.join(BUSY_POLICIES)}")
-        conversation_id = uuid4()
+        conversation_id = conversation_id or uuid4()
         data = {
             "owner": owner,
             "agent": agent,

@@ -15,6 +15,7 @@ from opentelemetry.trace import Span
 from pydantic_ai.models import Model
 
 from threadlog.http.agents import AgentController, marketplace
+from threadlog.http.agui import run_agent
 from threadlog.http.audit import AuditController
 from threadlog.http.auth import Authentication
 from threadlog.http.console import CONSOLE_HANDLERS
@@ -99,6 +100,7 @@ def create_app(
             HealthController,
             AgentController,
             marketplace,
+            run_agent,
             firehose,
             metrics,
             *CONSOLE_HANDLERS,

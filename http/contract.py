@@ -35,6 +35,7 @@ from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.types import Scope
 
 from threadlog.http.errors import ERROR_RESPONSES, BadRequest
+from threadlog.http.schemas import NOT_BLANK
 from threadlog.infra.settings import Settings
 
 SSE = "text/event-stream"
@@ -59,6 +60,8 @@ EXTRA_STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("GET", "/v1/agents/{agent_id}"): (410,),
     ("GET", "/v1/agents/{agent_id}/versions"): (410,),
     ("PATCH", "/v1/agents/{agent_id}"): (410,),
+    # Another user's thread (404), a busy or archived thread or another agent (409).
+    ("POST", "/v1/ag-ui"): (404, 409),
 }
 """Statuses only the handler knows of (conflicts with the current state, timeouts)."""
 
@@ -159,7 +162,9 @@ def finish_contract(
         if name in schemas and struct.__struct_config__.forbid_unknown_fields:
             schemas[name]["additionalProperties"] = False
         _restore_lower_bounds(schemas, name, struct)
-    _refine_bodies(schemas, settings, sorted(agents))
+    names = sorted(agents)
+    _refine_bodies(schemas, settings, names)
+    _refine_ag_ui(document, names)
     document["components"]["securitySchemes"] = SECURITY_SCHEMES
     for path, item in document.get("paths", {}).items():
         for method, operation in item.items():
@@ -267,6 +272,26 @@ def _refine_bodies(schemas: dict[str, Any], settings: Settings, agents: list[str
                 option.pop("minLength", None)
                 option.pop("maxLength", None)
                 option["enum"] = agents
+
+
+def _refine_ag_ui(document: dict[str, Any], agents: list[str]) -> None:
+    """What Litestar drops of AG-UI's input (http/agui.py): a user message's text is not
+    blank, its parts are one at least; `agent` is one of this server's agents."""
+    content = (
+        document["components"]["schemas"]
+        .get("UserMessage", {})
+        .get("properties", {})
+        .get("content")
+    )
+    if content is not None:
+        for option in _options(content):
+            if option.get("type") == "string":
+                option["pattern"] = NOT_BLANK
+            elif option.get("type") == "array":
+                option["minItems"] = 1
+    for parameter in document["paths"].get("/v1/ag-ui", {}).get("post", {}).get("parameters", []):
+        if parameter["name"] == "agent":
+            parameter["schema"]["enum"] = agents
 
 
 def _options(schema: dict[str, Any]) -> list[dict[str, Any]]:
@@ -405,8 +430,39 @@ SSE_EVENT: dict[str, Any] = {
 }
 
 
+AG_UI_EVENT: dict[str, Any] = {
+    "description": (
+        "One AG-UI event (protocol 1.0) as a Server-Sent Event: `id:` its cursor "
+        "(`<position>` or `<position>.<index>`, docs/ag-ui.md), `data:` the event as JSON, "
+        "its `metadata.threadlog` holding `position` and `cursor`. Idle streams carry "
+        "`: heartbeat` comments."
+    ),
+    "type": "object",
+    "required": ["id", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"},
+        "data": _json_text(
+            {
+                "type": "object",
+                "required": ["type", "metadata"],
+                "properties": {
+                    "type": {"type": "string", "pattern": "^[A-Z_]+$"},
+                    "metadata": {
+                        "type": "object",
+                        "required": ["threadlog"],
+                        "properties": {"threadlog": {"type": "object"}},
+                    },
+                },
+            }
+        ),
+    },
+}
+
+
 def _content_types(paths: dict[str, Any]) -> None:
     sse = {"schema": SSE_EVENT}
+    agui = paths["/v1/ag-ui"]["post"]["responses"]["200"]
+    agui["content"] = {SSE: {"schema": AG_UI_EVENT}}
     events = paths["/v1/conversations/{conversation_id}/events"]["get"]["responses"]["200"]
     events["content"][SSE] = sse
     audit = paths["/v1/audit/events"]["get"]["responses"]["200"]

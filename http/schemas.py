@@ -6,14 +6,19 @@ import msgspec
 
 from threadlog.infra.store.envelope import EventEnvelope
 
+NOT_BLANK = r"[^\s\x1c-\x1f\x85\ufeff]"
+"""A character that is not white space, alike in Python's `re` (which msgspec validates
+with) and in the ECMAScript regexes of JSON Schema (which clients and schemathesis read):
+`\\S` differs between the two (Python counts \x1c-\x1f and \x85 as space, ECMAScript
+\ufeff), so the union of both spaces is spelled out."""
 # Not only white space (the domain refuses a blank title).
-Title = Annotated[str, msgspec.Meta(max_length=200, pattern=r"\S")]
+Title = Annotated[str, msgspec.Meta(max_length=200, pattern=NOT_BLANK)]
 AgentName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
 ClientMessageId = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 # At least one character that is not white space (the domain refuses a blank message);
 # its size in bytes is limited by THREADLOG_MAX_MESSAGE_BYTES (413), which JSON Schema
 # cannot state.
-Content = Annotated[str, msgspec.Meta(pattern=r"\S")]
+Content = Annotated[str, msgspec.Meta(pattern=NOT_BLANK)]
 
 
 class CreateConversation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -15,10 +15,11 @@ from threadlog.domain.identity_service import Actor, IssuedKey
 from threadlog.http.auth import ADMIN, ANYONE, PUBLIC, identity, unauthenticated
 from threadlog.http.context import request_id_of
 from threadlog.http.errors import BadRequest
+from threadlog.http.schemas import NOT_BLANK
 from threadlog.infra.runtime import Runtime
 
 # Not only white space (the domain refuses a blank name).
-Username = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"\S")]
+Username = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NOT_BLANK)]
 # At least THREADLOG_MIN_PASSWORD_LENGTH characters: the OpenAPI schema states the
 # configured minimum (http/contract.py).
 Password = Annotated[str, msgspec.Meta(max_length=1024)]

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -278,7 +279,7 @@ def _fill(path: str, ids: dict[str, str]) -> str:
     return path
 
 
-def _body(method: str, path: str) -> dict[str, Any] | None:
+def _body(method: str, path: str, thread_id: str | None = None) -> dict[str, Any] | None:
     bodies = {
         ("POST", "/v1/conversations"): {"title": "walk"},
         ("PATCH", "/v1/conversations/{conversation_id}"): {"title": "walked"},
@@ -291,8 +292,18 @@ def _body(method: str, path: str) -> dict[str, Any] | None:
         ("POST", "/v1/agents"): {"name": "walker"},
         ("PATCH", "/v1/agents/{agent_id}"): {"description": "walked"},
         ("POST", "/v1/agents/{agent_id}/try"): {"content": "hi"},
+        ("POST", "/v1/ag-ui"): ag_ui_input(thread_id),
     }
     return bodies.get((method, path))
+
+
+def ag_ui_input(thread_id: str | None) -> dict[str, Any]:
+    """AG-UI's RunAgentInput for `POST /v1/ag-ui` (a new thread when None)."""
+    return {
+        "threadId": thread_id or str(uuid.uuid4()),
+        "runId": unique("run"),
+        "messages": [{"id": unique("message"), "role": "user", "content": "hi"}],
+    }
 
 
 def _operations(site: Site) -> list[tuple[str, str]]:
@@ -343,6 +354,9 @@ def test_every_conversation_route_is_404_to_a_user_who_does_not_own_it(site: Sit
         for method, path in scoped:
             answer = stranger.request(method, _fill(path, ids), json=_body(method, path))
             assert answer.status_code == 404, (method, path, answer.text)
+        # The AG-UI route names its thread in the body.
+        answer = stranger.post("/v1/ag-ui", json=_body("POST", "/v1/ag-ui", conversation))
+        assert answer.status_code == 404, answer.text
         wait_for_run_end(owner, conversation)
 
 
@@ -359,6 +373,9 @@ def test_every_conversation_route_answers_its_owner(site: Site) -> None:
             assert answer.status_code < 400, (method, path, answer.text)
             if method == "POST" and path.endswith("/messages"):
                 wait_for_run_end(owner, conversation)
+        answer = owner.post("/v1/ag-ui", json=_body("POST", "/v1/ag-ui", conversation))
+        assert answer.status_code == 200, answer.text
+        assert '"RUN_FINISHED"' in answer.text
         archived = owner.patch(f"/v1/conversations/{conversation}", json={"archived": True})
         assert archived.status_code == 200
 

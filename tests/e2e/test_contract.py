@@ -42,6 +42,9 @@ generation.allow-extra-parameters = false
 [[operations]]
 include-path = "/v1/stream"
 generation.allow-extra-parameters = false
+[[operations]]
+include-path = "/v1/ag-ui"
+generation.allow-extra-parameters = false
 """
 
 STREAMS = (
