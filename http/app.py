@@ -16,6 +16,7 @@ from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlu
 from opentelemetry.trace import Span
 from pydantic_ai.models import Model
 
+from threadlog.http.a2a import A2A_HANDLERS
 from threadlog.http.agents import list_agents
 from threadlog.http.audit import AuditController
 from threadlog.http.auth import Authentication
@@ -110,6 +111,7 @@ def create_app(
             firehose,
             metrics,
             *CONSOLE_HANDLERS,
+            *A2A_HANDLERS,
         ],
         # Metrics outermost: they count every answer. Rate limits next: they must also meter
         # requests that fail authentication.
