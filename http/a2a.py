@@ -21,6 +21,7 @@ import structlog
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
 from litestar.response import Stream
 
 from threadlog.http import a2a_service as service
@@ -82,7 +83,7 @@ async def default_agent_card(
 
 @get("/a2a/{agent:str}" + CARD_PATH, guards=ANYONE, include_in_schema=False)
 async def agent_card(
-    request: RequestAny, runtime: NamedDependency[Runtime], agent: str
+    request: RequestAny, runtime: NamedDependency[Runtime], agent: FromPath[str]
 ) -> Response[bytes]:
     return _card(request, _agent(runtime, agent))
 
@@ -214,7 +215,7 @@ METHODS: dict[str, Method] = {
 
 @post("/a2a/{agent:str}", guards=USER, include_in_schema=False, status_code=200)
 async def a2a_rpc(
-    request: RequestAny, runtime: NamedDependency[Runtime], agent: str
+    request: RequestAny, runtime: NamedDependency[Runtime], agent: FromPath[str]
 ) -> Response[Any]:
     """One agent's A2A JSON-RPC endpoint."""
     _agent(runtime, agent)
