@@ -264,7 +264,8 @@ def test_bad_input_is_a_json_rpc_error_never_a_500(make_settings: SettingsFactor
         }
         unknown = _rpc(client, {"jsonrpc": "2.0", "id": "x", "method": "message/send"})
         assert unknown["id"] == "x" and unknown["error"]["code"] == -32601
-        for params in (None, [], {"id": 5}, {"message": {"parts": []}}):
+        bad_params: list[Any] = [None, [], {"id": 5}, {"message": {"parts": []}}]
+        for params in bad_params:
             answer = _rpc(
                 client, {"jsonrpc": "2.0", "id": 2, "method": "GetTask", "params": params}
             )
