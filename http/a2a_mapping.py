@@ -175,7 +175,8 @@ class TaskFold:
         self.timestamp = _rfc3339(item.timestamp)
         self.history.append(
             Message(
-                message_id=str(data.get("message_id")),
+                # The sender's A2A messageId (threadlog's client_message_id) where it gave one.
+                message_id=str(data.get("client_message_id") or data.get("message_id")),
                 role="ROLE_USER",
                 parts=[Part(text=data.get("content") or "")],
                 context_id=self.context_id,

@@ -113,7 +113,8 @@ async def test_cards_send_stream_and_get(make_settings: SettingsFactory) -> None
             assert anonymous.get("/.well-known/agent-card.json").status_code == 401
 
         async with a2a_client(server, "") as client:  # resolved from the root card
-            items = [item async for item in client.send_message(message("hi"))]
+            sent = message("hi")
+            items = [item async for item in client.send_message(sent)]
         first = items[0]
         assert first.HasField("task")
         assert first.task.status.state in (
@@ -122,6 +123,7 @@ async def test_cards_send_stream_and_get(make_settings: SettingsFactory) -> None
         )
         assert first.task.history[0].parts[0].text == "hi"
         assert first.task.history[0].role == Role.ROLE_USER
+        assert first.task.history[0].message_id == sent.message.message_id
         streamed = texts(items)
         if first.task.artifacts:
             streamed = first.task.artifacts[0].parts[0].text + streamed
@@ -296,3 +298,11 @@ def test_bad_input_is_a_json_rpc_error_never_a_500(make_settings: SettingsFactor
         task = answer["result"]["task"]
         assert task["status"]["state"] == "TASK_STATE_COMPLETED"
         assert task["artifacts"][0]["parts"][0]["text"] == "".join(WORDS)
+        # The same messageId again (in the same context) is the same task, not a second one.
+        sent["message"]["contextId"] = task["contextId"]
+        again = _rpc(client, {"jsonrpc": "2.0", "id": 7, "method": "SendMessage", "params": sent})
+        assert again["result"]["task"]["id"] == task["id"]
+        assert [m["role"] for m in again["result"]["task"]["history"]] == [
+            "ROLE_USER",
+            "ROLE_AGENT",
+        ]
