@@ -115,7 +115,7 @@ def agent_card(registered: RegisteredAgent, base_url: str, version: str) -> Agen
                 http_auth_security_scheme=HttpAuthScheme(
                     scheme="Bearer",
                     bearer_format="JWT",
-                    description="A threadlog JWT (POST /v1/users/login) or API key",
+                    description="A threadlog JWT (POST /v1/users/login)",
                 )
             ),
             "apiKey": SecurityScheme(

@@ -34,6 +34,20 @@ WORDS = ["Hel", "lo", " wor", "ld"]
 SLOW = [f"w{i} " for i in range(60)]
 
 
+def _token_of_new_user(server: LiveServer, name: str) -> str:
+    """A JWT of a newly registered user."""
+    username, password = f"{name}-{uuid.uuid4().hex[:8]}", "correct horse battery"
+    with server.client(key=None) as anonymous:
+        registered = anonymous.post(
+            "/v1/users/register", json={"username": username, "password": password}
+        )
+        assert registered.status_code == 201, registered.text
+        login = anonymous.post("/v1/users/login", json={"username": username, "password": password})
+        assert login.status_code == 200, login.text
+        token: str = login.json()["access_token"]
+        return token
+
+
 def _key_of_new_user(server: LiveServer, name: str) -> str:
     with server.client() as admin:
         created = admin.post(
@@ -53,9 +67,12 @@ async def a2a_client(
     path: str = "/a2a/assistant",
     *,
     key: str = ADMIN_KEY,
+    token: str | None = None,
     streaming: bool = True,
 ) -> AsyncIterator[Client]:
-    http = httpx.AsyncClient(headers={"X-API-Key": key}, timeout=httpx.Timeout(30.0))
+    """The SDK's client, the card resolved from `path`, with an API key or a JWT."""
+    credentials = {"Authorization": f"Bearer {token}"} if token else {"X-API-Key": key}
+    http = httpx.AsyncClient(headers=credentials, timeout=httpx.Timeout(30.0))
     try:
         factory = ClientFactory(ClientConfig(httpx_client=http, streaming=streaming))
         client = await factory.create_from_url(server.base_url + path)
@@ -242,6 +259,14 @@ async def test_another_users_task_and_context_are_not_found(
             own = [a async for a in stranger.send_message(message("mine too"))]
             assert final_state(own) == TaskState.TASK_STATE_COMPLETED
             assert own[0].task.context_id != answer.context_id
+        # A JWT works as a key does, with the same rules.
+        async with a2a_client(server, token=_token_of_new_user(server, "jwt")) as with_jwt:
+            with pytest.raises(TaskNotFoundError):
+                await with_jwt.get_task(GetTaskRequest(id=answer.id))
+            mine = [a async for a in with_jwt.send_message(message("hello"))]
+            assert final_state(mine) == TaskState.TASK_STATE_COMPLETED
+            task = await with_jwt.get_task(GetTaskRequest(id=mine[0].task.id))
+            assert task.status.state == TaskState.TASK_STATE_COMPLETED
 
 
 def _rpc(client: httpx.Client, body: Any, **headers: str) -> dict[str, Any]:
