@@ -105,12 +105,17 @@ def texts(items: list[StreamResponse]) -> str:
 
 
 def final_state(items: list[StreamResponse]) -> int:
-    updates = [i.status_update.status.state for i in items if i.HasField("status_update")]
-    return updates[-1]
+    """The state the stream ended in (its opening task's, when the run had ended by then)."""
+    states = [
+        i.status_update.status.state if i.HasField("status_update") else i.task.status.state
+        for i in items
+        if i.HasField("status_update") or i.HasField("task")
+    ]
+    return states[-1]
 
 
 async def test_cards_send_stream_and_get(make_settings: SettingsFactory) -> None:
-    with LiveServer(make_settings(), scripted_model(WORDS)) as server:
+    with LiveServer(make_settings(), scripted_model(WORDS, delay=0.1)) as server:
         # The root card is the default agent's; every agent has its own under /a2a/{agent}.
         with server.client() as plain:
             card = plain.get("/.well-known/agent-card.json").json()
