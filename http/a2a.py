@@ -14,7 +14,8 @@ Authenticated like every route (API key or JWT); another user's task or context 
 card describes these routes, and JSON-RPC's one POST has no per-method schema there.
 """
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -46,6 +47,7 @@ from threadlog.http.a2a_protocol import (
     result_body,
 )
 from threadlog.http.auth import ANYONE, USER
+from threadlog.infra import metrics
 from threadlog.infra.agents.registry import RegisteredAgent
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.stream.feed import Heartbeat
@@ -124,15 +126,18 @@ def _cursor(request: RequestAny) -> int | None:
 
 async def _frames(
     request_id: str | int | None,
-    updates: AsyncIterator[tuple[int, StreamResponse] | Heartbeat],
+    updates: AsyncGenerator[tuple[int, StreamResponse] | Heartbeat, None],
 ) -> AsyncIterator[bytes]:
+    metrics.SSE_STREAMS.inc()
     try:
-        async for update in updates:
-            if isinstance(update, Heartbeat):
-                yield b": heartbeat\n\n"
-                continue
-            position, item = update
-            yield _sse_frame(request_id, position, item)
+        # Closed with the response: the feed's follower leaves the live path at once.
+        async with contextlib.aclosing(updates):
+            async for update in updates:
+                if isinstance(update, Heartbeat):
+                    yield b": heartbeat\n\n"
+                    continue
+                position, item = update
+                yield _sse_frame(request_id, position, item)
     except Exception as error:
         # Headers are sent: a final error event; the client resubscribes with its cursor.
         rpc_error = service.rpc_error_of(error)
@@ -140,11 +145,13 @@ async def _frames(
             log.warning("a2a.stream_ended_by_error", error=repr(error))
             rpc_error = RpcError(INTERNAL_ERROR, "the stream was interrupted; resubscribe")
         yield b"event: error\ndata: %s\n\n" % error_body(request_id, rpc_error)
+    finally:
+        metrics.SSE_STREAMS.dec()
 
 
 def _stream(
     request_id: str | int | None,
-    updates: AsyncIterator[tuple[int, StreamResponse] | Heartbeat],
+    updates: AsyncGenerator[tuple[int, StreamResponse] | Heartbeat, None],
 ) -> Stream:
     return Stream(
         _frames(request_id, updates),

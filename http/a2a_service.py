@@ -10,7 +10,7 @@ through the same catch-up-then-live feed as the SSE routes (infra/stream/feed.py
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -276,7 +276,7 @@ async def _updates(
 
 async def task_stream(
     runtime: Runtime, task: OwnedTask, cursor: int | None
-) -> AsyncIterator[tuple[int, StreamResponse] | Heartbeat]:
+) -> AsyncGenerator[tuple[int, StreamResponse] | Heartbeat, None]:
     """Without a cursor: the task as stored now, then its updates. With one (a position a
     stream item carried): the updates after it, nothing before it again."""
     fold = TaskFold(task.run_id, str(task.conversation_id))
