@@ -14,6 +14,7 @@ from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlu
 from opentelemetry.trace import Span
 from pydantic_ai.models import Model
 
+from threadlog.http.a2a import A2A_HANDLERS
 from threadlog.http.agents import AgentController, marketplace
 from threadlog.http.agui import run_agent
 from threadlog.http.audit import AuditController
@@ -104,6 +105,7 @@ def create_app(
             firehose,
             metrics,
             *CONSOLE_HANDLERS,
+            *A2A_HANDLERS,
         ],
         # Metrics outermost: they count every answer. Rate limits next: they must also meter
         # requests that fail authentication.

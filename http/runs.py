@@ -220,6 +220,16 @@ async def _cancel_elsewhere(runtime: Runtime, run: Run, cause: Cause) -> None:
         ) from None
 
 
+async def cancel_run(runtime: Runtime, run_id: str, owner: str, cause: Cause) -> None:
+    """Stops the owner's run wherever it is (RunNotFound when it is not theirs,
+    RunAlreadyEnded when it ended, 409 while no process has it)."""
+    if runtime.executor.is_running(run_id):
+        # In this process: cancel at once (the owner is checked on the way).
+        await runtime.control.cancel(run_id, cause, owner=owner)
+    else:
+        await _cancel_elsewhere(runtime, await find_run(runtime, run_id, owner, None), cause)
+
+
 async def _until_ended(runtime: Runtime, run: Run, deadline: float) -> Run:
     """The run once it ended, or as it is at `deadline`."""
     executor = runtime.executor
@@ -363,10 +373,5 @@ class RunController(Controller):
     async def cancel(
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], run_id: RunId
     ) -> RunCancelled:
-        cause, owner = cause_of(request), owner_of(request)
-        if runtime.executor.is_running(run_id):
-            # In this process: cancel at once (the owner is checked on the way).
-            await runtime.control.cancel(run_id, cause, owner=owner)
-        else:
-            await _cancel_elsewhere(runtime, await find_run(runtime, run_id, owner, None), cause)
+        await cancel_run(runtime, run_id, owner_of(request), cause_of(request))
         return RunCancelled(run_id=run_id, status="cancelled")

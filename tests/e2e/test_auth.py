@@ -304,6 +304,13 @@ def ag_ui_input(thread_id: str | None) -> dict[str, Any]:
         "runId": unique("run"),
         "messages": [{"id": unique("message"), "role": "user", "content": "hi"}],
     }
+# Routes outside the OpenAPI document that the walk covers too: A2A's agent cards and
+# JSON-RPC endpoint (the agent card describes them; docs/a2a.md).
+UNDOCUMENTED_ROUTES = [
+    ("GET", "/.well-known/agent-card.json"),
+    ("GET", "/a2a/{agent}/.well-known/agent-card.json"),
+    ("POST", "/a2a/{agent}"),
+]
 
 
 def _operations(site: Site) -> list[tuple[str, str]]:
@@ -319,7 +326,9 @@ def _operations(site: Site) -> list[tuple[str, str]]:
 def test_every_route_needs_credentials_except_the_public_ones(site: Site) -> None:
     operations = _operations(site)
     assert len(operations) >= 15
+    operations += UNDOCUMENTED_ROUTES
     ids = {
+        "agent": "assistant",
         "conversation_id": "00000000-0000-4000-8000-000000000001",
         "run_id": "r1",
         "key_id": "00000000-0000-4000-8000-000000000002",
