@@ -29,8 +29,8 @@ from threadlog.http.agui_events import (
     run_at,
 )
 from threadlog.http.auth import USER, identity
-from threadlog.http.conversations import accept_message, cause_of
-from threadlog.http.errors import PositionConflict, UnknownAgent
+from threadlog.http.conversations import accept_message, bindable_agent, cause_of
+from threadlog.http.errors import PositionConflict
 from threadlog.http.reads import opened_message, read_view
 from threadlog.http.schemas import NOT_BLANK, AgentName
 from threadlog.infra import metrics
@@ -173,11 +173,9 @@ async def _thread(
     try:
         conversation = await asyncio.to_thread(service.get_conversation, thread_id)
     except ConversationNotFound:
-        name = agent or runtime.settings.agent
-        if name not in runtime.agents:
-            raise UnknownAgent(
-                f"unknown agent {name!r}; GET /v1/agents lists them", extra={"field": "agent"}
-            ) from None
+        # A system agent's name or the id of an agent the caller may use (as POST
+        # /v1/conversations binds it): 400 for one the caller cannot see, 409 retired.
+        name = await bindable_agent(runtime, request, agent or runtime.settings.agent)
         try:
             written = await asyncio.to_thread(
                 service.start_conversation,

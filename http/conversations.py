@@ -199,7 +199,7 @@ async def _accept_message(
     return written
 
 
-async def _bindable_agent(runtime: Runtime, request: Request[Any, Any, Any], name: str) -> str:
+async def bindable_agent(runtime: Runtime, request: Request[Any, Any, Any], name: str) -> str:
     """What a new conversation records as its agent: a system agent's name or an agent's
     id, when the caller may see it (their own or a published one; admins: any) and it is
     not retired."""
@@ -230,7 +230,7 @@ class ConversationController(Controller):
                 f"metadata key {TRIAL_METADATA!r} is reserved for trials of agents",
                 extra={"field": "metadata"},
             )
-        agent = await _bindable_agent(runtime, request, data.agent or runtime.settings.agent)
+        agent = await bindable_agent(runtime, request, data.agent or runtime.settings.agent)
         with tracing.span("command.start_conversation"):
             written = await asyncio.to_thread(
                 runtime.service.start_conversation,

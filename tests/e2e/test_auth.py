@@ -304,6 +304,8 @@ def ag_ui_input(thread_id: str | None) -> dict[str, Any]:
         "runId": unique("run"),
         "messages": [{"id": unique("message"), "role": "user", "content": "hi"}],
     }
+
+
 # Routes outside the OpenAPI document that the walk covers too: A2A's agent cards and
 # JSON-RPC endpoint (the agent card describes them; docs/a2a.md).
 UNDOCUMENTED_ROUTES = [
