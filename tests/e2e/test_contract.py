@@ -85,7 +85,8 @@ def schemathesis(
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        # 41 operations (the agents added ten), the try route running an agent each time.
+        timeout=600,
     )
 
 

@@ -28,6 +28,7 @@ from tests.support import (
     scripted_model,
     wait_for_run_end,
 )
+from threadlog.domain.agent import system_agent_id
 from threadlog.domain.application import ConversationService
 from threadlog.domain.identity import user_id_for
 from threadlog.infra.settings import Settings
@@ -106,6 +107,12 @@ def test_conversation_stats_count_messages_runs_tokens_tool_calls_timings_and_co
             "cancelled": 1,
             "interrupted": 1,
             "retried": 1,
+        },
+        # The served run is pinned to the `assistant` agent's version 1; the six played
+        # through the service name a bare model, so they have no agent version.
+        "runs_by_agent_version": {
+            f"{system_agent_id('assistant')}@1": 1,
+            "assistant@0": 6,
         },
         "tokens": {
             "input": 13 + served["usage"]["input_tokens"],
