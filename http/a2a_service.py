@@ -307,7 +307,16 @@ async def _catch_up_to(
             last = item.position
         if len(items) < CATCH_UP_PAGE:
             break
+    if last < up_to and not await asyncio.to_thread(_stored_at, runtime, conversation_id, up_to):
+        # Every position a stream carried is stored: this one was never sent.
+        raise RpcError(INVALID_PARAMS, f"Last-Event-ID {up_to} is past the conversation's end")
     return max(last, up_to)
+
+
+def _stored_at(runtime: Runtime, conversation_id: UUID, position: int) -> bool:
+    return bool(
+        runtime.event_log.read_rows(conversation_id, after=position - 1, up_to=position, limit=1)
+    )
 
 
 # --- operations ----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from a2a.types.a2a_pb2 import (
     SubscribeToTaskRequest,
     TaskState,
 )
-from a2a.utils.errors import TaskNotCancelableError, TaskNotFoundError
+from a2a.utils.errors import InvalidParamsError, TaskNotCancelableError, TaskNotFoundError
 from google.protobuf.json_format import MessageToDict
 
 from tests.e2e.conftest import SettingsFactory
@@ -206,6 +206,10 @@ async def test_a_resubscribe_resumes_after_its_cursor_with_nothing_lost_or_repea
                     SubscribeToTaskRequest(id=task_id), context=context
                 )
             ]
+            with pytest.raises(InvalidParamsError):  # a cursor no stream ever carried
+                far = ClientCallContext(service_parameters={"Last-Event-ID": "999999"})
+                async for _ in client.subscribe(SubscribeToTaskRequest(id=task_id), context=far):
+                    pass
         assert not any(item.HasField("task") for item in rest)
         positions = [position(i) for i in seen[1:] + rest]
         assert len(positions) == len(set(positions)), "an update came twice"
