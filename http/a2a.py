@@ -14,6 +14,7 @@ Authenticated like every route (API key or JWT); another user's task or context 
 card describes these routes, and JSON-RPC's one POST has no per-method schema there.
 """
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -25,6 +26,7 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 from litestar.response import Stream
 
+from threadlog.domain.agent import AgentIsRetired
 from threadlog.http import a2a_service as service
 from threadlog.http.a2a_protocol import (
     CARD_PATH,
@@ -47,7 +49,10 @@ from threadlog.http.a2a_protocol import (
     result_body,
 )
 from threadlog.http.auth import ANYONE, USER
+from threadlog.http.conversations import bindable_agent
+from threadlog.http.errors import UnknownAgent
 from threadlog.infra import metrics
+from threadlog.infra.agents.catalog import AgentUnrunnable
 from threadlog.infra.agents.registry import RegisteredAgent
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.stream.feed import Heartbeat
@@ -59,10 +64,24 @@ JSON = "application/json"
 VERSION = "0.1.0"
 
 
-def _agent(runtime: Runtime, name: str) -> RegisteredAgent:
-    registered = runtime.agents.get(name)
+async def _agent(runtime: Runtime, request: RequestAny, reference: str) -> RegisteredAgent:
+    """An agent the caller may use, by a system agent's name or an agent's id, at its
+    latest version; another user's private agent, a retired or an unknown one is 404."""
+    try:
+        await bindable_agent(runtime, request, reference)
+    except (UnknownAgent, AgentIsRetired):
+        raise NotFoundException(
+            detail=f"unknown agent {reference!r}; GET /v1/agents lists them"
+        ) from None
+    pin = await asyncio.to_thread(runtime.catalog.pin_of, reference)
+    try:
+        registered = await asyncio.to_thread(
+            runtime.catalog.runnable, reference, pin.agent_id, pin.agent_version
+        )
+    except AgentUnrunnable:
+        registered = None
     if registered is None:
-        raise NotFoundException(detail=f"unknown agent {name!r}; GET /v1/agents lists them")
+        raise NotFoundException(detail=f"the agent {reference!r} cannot run on this server")
     return registered
 
 
@@ -70,8 +89,8 @@ def _base_url(request: RequestAny) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def _card(request: RequestAny, registered: RegisteredAgent) -> Response[bytes]:
-    card = service.agent_card(registered, _base_url(request), VERSION)
+def _card(request: RequestAny, registered: RegisteredAgent, reference: str) -> Response[bytes]:
+    card = service.agent_card(registered, _base_url(request), VERSION, reference)
     return Response(encode(card), media_type=JSON)
 
 
@@ -80,14 +99,15 @@ async def default_agent_card(
     request: RequestAny, runtime: NamedDependency[Runtime]
 ) -> Response[bytes]:
     """The default agent's card (`THREADLOG_AGENT`)."""
-    return _card(request, _agent(runtime, runtime.settings.agent))
+    reference = runtime.settings.agent
+    return _card(request, await _agent(runtime, request, reference), reference)
 
 
 @get("/a2a/{agent:str}" + CARD_PATH, guards=ANYONE, include_in_schema=False)
 async def agent_card(
     request: RequestAny, runtime: NamedDependency[Runtime], agent: FromPath[str]
 ) -> Response[bytes]:
-    return _card(request, _agent(runtime, agent))
+    return _card(request, await _agent(runtime, request, agent), agent)
 
 
 # --- JSON-RPC --------------------------------------------------------------------------------
@@ -225,7 +245,7 @@ async def a2a_rpc(
     request: RequestAny, runtime: NamedDependency[Runtime], agent: FromPath[str]
 ) -> Response[Any]:
     """One agent's A2A JSON-RPC endpoint."""
-    _agent(runtime, agent)
+    await _agent(runtime, request, agent)
     request_id: str | int | None = None
     try:
         request_id, rpc = parse_request(await request.body())

@@ -74,7 +74,9 @@ def endpoint_path(agent: str) -> str:
     return f"/a2a/{agent}"
 
 
-def agent_card(registered: RegisteredAgent, base_url: str, version: str) -> AgentCard:
+def agent_card(
+    registered: RegisteredAgent, base_url: str, version: str, reference: str
+) -> AgentCard:
     """The card of one agent: its description and tools as skills, its JSON-RPC endpoint,
     streaming, and the two ways threadlog authenticates."""
     spec = registered.spec
@@ -104,7 +106,7 @@ def agent_card(registered: RegisteredAgent, base_url: str, version: str) -> Agen
         version=version,
         supported_interfaces=[
             AgentInterface(
-                url=base_url + endpoint_path(spec.name),
+                url=base_url + endpoint_path(reference),
                 protocol_binding="JSONRPC",
                 protocol_version=PROTOCOL_VERSION,
             )

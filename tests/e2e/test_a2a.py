@@ -340,3 +340,29 @@ def test_bad_input_is_a_json_rpc_error_never_a_500(make_settings: SettingsFactor
             "ROLE_USER",
             "ROLE_AGENT",
         ]
+
+
+async def test_an_agent_made_through_the_api_has_a_card_for_who_may_use_it(
+    make_settings: SettingsFactory,
+) -> None:
+    with LiveServer(make_settings(), scripted_model(WORDS)) as server:
+        owner, stranger = _key_of_new_user(server, "maker"), _key_of_new_user(server, "other")
+        with server.client(key=owner) as client:
+            created = client.post("/v1/agents", json={"name": "poet", "description": "Verse."})
+            assert created.status_code == 201, created.text
+            agent_id = created.json()["id"]
+            card = client.get(f"/a2a/{agent_id}/.well-known/agent-card.json")
+            assert card.status_code == 200, card.text
+            assert card.json()["description"] == "Verse."
+            assert card.json()["supportedInterfaces"][0]["url"].endswith(f"/a2a/{agent_id}")
+        with server.client(key=stranger) as client:  # private: not even its card
+            assert client.get(f"/a2a/{agent_id}/.well-known/agent-card.json").status_code == 404
+        async with a2a_client(server, f"/a2a/{agent_id}", key=owner) as client:
+            items = [item async for item in client.send_message(message("hi"))]
+        assert final_state(items) == TaskState.TASK_STATE_COMPLETED
+        context_id = items[0].task.context_id
+        with server.client(key=owner) as client:
+            conversation = client.get(f"/v1/conversations/{context_id}").json()
+            assert conversation["agent"] == agent_id
+            runs = client.get("/v1/runs", params={"conversation_id": context_id}).json()["items"]
+            assert [run["agent_id"] for run in runs] == [agent_id]
