@@ -27,6 +27,8 @@ class AgentOut(msgspec.Struct, frozen=True, kw_only=True):
     output_schema: dict[str, Any] | None
     model_settings: dict[str, Any]
     price: PriceOut | None
+    # Tokens a run's history may take before it is compacted (HistoryCompacted); 0: never.
+    context_budget: int
 
 
 class AgentPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,6 +53,7 @@ def agent_out(registered: RegisteredAgent) -> AgentOut:
         )
         if price
         else None,
+        context_budget=spec.context_budget or 0,
     )
 
 

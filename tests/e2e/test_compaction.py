@@ -253,3 +253,21 @@ def test_a_provider_model_gets_a_bounded_history_from_the_fake_openai_server(
     whole = sum(len(e["data"]["content"].encode()) for e in message_events(events))
     assert whole > 3 * budget
     assert any(FAKE_REPLY in texts for body in answering for texts in input_texts(body))
+
+
+def test_each_agent_has_its_budget_and_one_of_zero_never_compacts(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    agents_file = tmp_path / "agents.toml"
+    agents_file.write_text('[[agents]]\nname = "roomy"\ncontext_budget = 0\n')
+    settings = make_settings(context_budget=200, agents_file=agents_file)
+    with LiveServer(settings) as server, server.client() as client:
+        listed = client.get("/v1/agents").json()["items"]
+        conversation_id = create_conversation(client, agent="roomy")
+        for i in range(4):
+            post_message(client, conversation_id, f"message {i} that goes on and on")
+            events = wait_for_run_end(client, conversation_id)
+            assert events[-1]["type"] == "RunCompleted"
+    budgets = {agent["name"]: agent["context_budget"] for agent in listed}
+    assert budgets == {"assistant": 200, "tools-demo": 200, "roomy": 0}
+    assert of_type(events, "HistoryCompacted") == []
