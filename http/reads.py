@@ -283,7 +283,9 @@ async def list_conversations_page(
         "`after`. `order=desc` pages from the newest back (a transcript that opens on its "
         "latest messages and loads older ones on demand): pass `next` back as `before`. "
         "Either reads one range of the read model's (conversation, position) index, so "
-        "the newest page of a long conversation is as quick as that of a short one."
+        "the newest page of a long conversation is as quick as that of a short one. "
+        "Where the history was compacted for the model (HistoryCompacted) an item of role "
+        "`compaction` holds the summary; every message stays listed."
     ),
     tags=["conversations"],
     guards=USER,
