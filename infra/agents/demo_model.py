@@ -126,8 +126,7 @@ def demo_summary(transcript: str) -> str:
     )
     return (
         f"{total} user message{'s' if total != 1 else ''} in all so far; the latest began: "
-        f"{quotes or '(none)'}. (A summary by threadlog's offline demo model: it keeps the "
-        "first words of the latest user messages.)"
+        f"{quotes or '(none)'}. (threadlog's demo model summarizes no better.)"
     )
 
 
