@@ -22,6 +22,7 @@ from tests.support import (
     as_stored,
     create_conversation,
     post_message,
+    stored_events,
     wait_for_run_end,
 )
 from threadlog.infra.agents.compaction import COMPACTION_MARKER, SUMMARY_HEADING
@@ -271,3 +272,18 @@ def test_each_agent_has_its_budget_and_one_of_zero_never_compacts(
     budgets = {agent["name"]: agent["context_budget"] for agent in listed}
     assert budgets == {"assistant": 200, "tools-demo": 200, "roomy": 0}
     assert of_type(events, "HistoryCompacted") == []
+
+
+def test_erasing_the_owners_content_erases_the_summary_too(make_settings: SettingsFactory) -> None:
+    settings = make_settings(context_budget=250, compaction_summary_tokens=60)
+    with LiveServer(settings) as server, server.client() as client:
+        conversation_id, _ = converse(client, 4, "my secret number {i} is 4711")
+        me = client.get("/v1/users/me").json()["id"]
+        assert client.delete(f"/v1/users/{me}/content").status_code == 200
+        events = of_type(stored_events(client, conversation_id), "HistoryCompacted")
+        rows = [m for m in messages(client, conversation_id) if m["role"] == "compaction"]
+    assert events and len(rows) == len(events)
+    for event in events:
+        assert event["data"]["summary"] is None and event["erased"] == ["summary"]
+    assert all(row["content"] is None and row["erased"] for row in rows)
+    assert all(row["compaction"]["up_to_position"] >= 1 for row in rows)  # not content
