@@ -46,9 +46,11 @@ from threadlog.projections.views import Sql
 T = TypeVar("T")
 AgentNameIn = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 ModelIn = Annotated[str, msgspec.Meta(pattern=MODEL_PATTERN)]
-Category = Annotated[str, msgspec.Meta(max_length=MAX_CATEGORY)]
-Description = Annotated[str, msgspec.Meta(max_length=MAX_DESCRIPTION)]
-SystemPrompt = Annotated[str, msgspec.Meta(max_length=MAX_SYSTEM_PROMPT)]
+# The agent's texts hold no NUL (domain/agent.py): the schema says so.
+NO_NUL = r"^[^\x00]*$"
+Category = Annotated[str, msgspec.Meta(max_length=MAX_CATEGORY, pattern=NO_NUL)]
+Description = Annotated[str, msgspec.Meta(max_length=MAX_DESCRIPTION, pattern=NO_NUL)]
+SystemPrompt = Annotated[str, msgspec.Meta(max_length=MAX_SYSTEM_PROMPT, pattern=NO_NUL)]
 ToolName = Literal["calculator", "current_time", "report_progress"]
 PerMillion = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
 ContextBudget = Annotated[int, msgspec.Meta(ge=0, le=MAX_CONTEXT_BUDGET)]
