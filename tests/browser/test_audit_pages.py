@@ -63,7 +63,10 @@ def test_a_tampered_event_shows_as_the_first_broken_link(
             "SELECT table_name FROM information_schema.tables WHERE table_name LIKE %s",
             ("%events",),
         ).fetchall()
-        events_table = next(name for (name,) in table if not name.startswith("identity"))
+        # The conversations' table, not the identity store's nor the agents store's.
+        events_table = next(
+            name for (name,) in table if not name.startswith(("identity", "agents"))
+        )
         conn.execute(
             sql.SQL(
                 "UPDATE {} SET state = convert_to(replace(convert_from(state, 'UTF8'), "
