@@ -1,7 +1,7 @@
 """The Agent aggregate: an agent's owner, its visibility and every version of it.
 
 An agent's definition (description, category, model, system prompt, tools, output
-schema, model settings, price) is versioned: `AgentRevised` records version N, and
+schema, model settings, price, context budget) is versioned: `AgentRevised` records version N, and
 every version is kept, so a run can say exactly which one answered it (RunStarted
 records the agent's id and version). Publishing makes an agent visible to every user;
 retiring it closes it to new conversations (existing ones keep working).
@@ -28,6 +28,7 @@ MAX_NAME = 64
 MAX_CATEGORY = 64
 MAX_DESCRIPTION = 2_000
 MAX_SYSTEM_PROMPT = 100_000
+MAX_CONTEXT_BUDGET = 100_000_000
 
 
 class AgentNotFound(DomainError):
@@ -64,7 +65,9 @@ def system_agent_id(name: str) -> UUID:
 
 @dataclass(frozen=True, kw_only=True)
 class AgentDefinition:
-    """What one version of an agent says (`model` None: the server's default model)."""
+    """What one version of an agent says (`model` None: the server's default model;
+    `context_budget`, the tokens a run's history may take before it is compacted:
+    None, the server's default, THREADLOG_CONTEXT_BUDGET; 0, never compacted)."""
 
     description: str = ""
     category: str = ""
@@ -74,6 +77,7 @@ class AgentDefinition:
     output_schema: dict[str, Any] | None = None
     model_settings: dict[str, Any] = field(default_factory=dict)
     price: dict[str, float] | None = None
+    context_budget: int | None = None
 
     def as_data(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +104,16 @@ def check_definition(definition: AgentDefinition) -> AgentDefinition:
     _text("description", definition.description, MAX_DESCRIPTION)
     _text("category", definition.category, MAX_CATEGORY)
     _text("system_prompt", definition.system_prompt, MAX_SYSTEM_PROMPT)
+    budget = definition.context_budget
+    if budget is not None and (
+        isinstance(budget, bool)
+        or not isinstance(budget, int)
+        or not 0 <= budget <= MAX_CONTEXT_BUDGET
+    ):
+        raise InvalidAgent(
+            f"context_budget must be an integer from 0 (never compact) to {MAX_CONTEXT_BUDGET}",
+            field="context_budget",
+        )
     return definition
 
 
@@ -124,7 +138,12 @@ class AgentCreated(AgentEvent, Aggregate.Created):
 
 
 class AgentRevised(AgentEvent):
-    """Version `version` of the agent (1 for its first)."""
+    """Version `version` of the agent (1 for its first).
+
+    Schema version 2 added `context_budget`; a version 1 event reads as None (the
+    server's default budget)."""
+
+    class_version = 2
 
     version: int
     description: str
@@ -135,6 +154,11 @@ class AgentRevised(AgentEvent):
     output_schema: dict[str, Any] | None
     model_settings: dict[str, Any]
     price: dict[str, float] | None
+    context_budget: int | None
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        state["context_budget"] = None
 
     def definition(self) -> AgentDefinition:
         return AgentDefinition(
@@ -146,6 +170,7 @@ class AgentRevised(AgentEvent):
             output_schema=self.output_schema,
             model_settings=dict(self.model_settings),
             price=self.price,
+            context_budget=self.context_budget,
         )
 
     def evolve(self, aggregate: Any) -> None:

@@ -26,6 +26,7 @@ SEALED_FIELDS: dict[str, tuple[str, ...]] = {
     "RunProgressReported": ("note",),
     "MessageCompleted": ("content", "model_messages", "output"),
     "RunCancelled": ("partial_content",),
+    "HistoryCompacted": ("summary",),
 }
 
 

@@ -15,6 +15,7 @@ from eventsourcing.domain import Aggregate
 from threadlog.domain.chain import GENESIS_HASH, chain_hash
 from threadlog.domain.errors import (
     ConversationIsArchived,
+    InvalidCompaction,
     InvalidConversation,
     InvalidMessage,
     InvalidProgress,
@@ -30,6 +31,7 @@ from threadlog.domain.events import (
     ConversationRenamed,
     ConversationStarted,
     HistoryCleared,
+    HistoryCompacted,
     MessageCompleted,
     MessagePosted,
     OutputPartial,
@@ -334,6 +336,42 @@ class Conversation(Aggregate):
         if not 0 <= percent <= 100:
             raise InvalidProgress(f"percent must be between 0 and 100, not {percent}")
         self._record(RunProgressReported, cause, run_id=run_id, percent=percent, note=note)
+
+    def compact_history(
+        self,
+        *,
+        run_id: str,
+        up_to_position: int,
+        summary: Any,
+        tokens_before: int,
+        tokens_after: int,
+        model: str,
+        tokenizer: str,
+        usage: dict[str, int],
+        cause: Cause,
+    ) -> None:
+        """Records that the active run's model sees `summary` (sealed) in place of the
+        turns up to `up_to_position`, an earlier position of this conversation."""
+        self._require_active(run_id)
+        if not 1 <= up_to_position < self.version:
+            raise InvalidCompaction(
+                f"up_to_position must be an earlier position (1 to {self.version - 1}), "
+                f"not {up_to_position}"
+            )
+        if min(tokens_before, tokens_after) < 0:
+            raise InvalidCompaction("token counts must not be negative")
+        self._record(
+            HistoryCompacted,
+            cause,
+            run_id=run_id,
+            up_to_position=up_to_position,
+            summary=summary,
+            tokens_before=tokens_before,
+            tokens_after=tokens_after,
+            model=model,
+            tokenizer=tokenizer,
+            usage=usage,
+        )
 
     def complete_message(
         self,

@@ -50,6 +50,10 @@ class InvalidProgress(DomainError):
     code = "invalid_progress"
 
 
+class InvalidCompaction(DomainError):
+    code = "invalid_compaction"
+
+
 class MessageTooLarge(DomainError):
     code = "message_too_large"
 

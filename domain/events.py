@@ -91,6 +91,25 @@ class HistoryCleared(ConversationEvent):
     Nothing is deleted: every earlier event stays in the log for auditors."""
 
 
+class HistoryCompacted(ConversationEvent):
+    """A run's history outgrew its agent's context budget: from here on the model sees
+    `summary` in place of the turns (a user message and its run's reply) whose user
+    message is at a position <= `up_to_position`, then the later turns as they are.
+
+    Nothing is deleted: the transcript and every earlier event stay. `tokens_before` and
+    `tokens_after` are the history's size (instructions, summary, turns and prompt) as
+    `tokenizer` counted it; `model` wrote the summary, at the cost of `usage`."""
+
+    run_id: str
+    up_to_position: int
+    summary: str
+    tokens_before: int
+    tokens_after: int
+    model: str
+    tokenizer: str
+    usage: dict[str, int]
+
+
 class MessagePosted(ConversationEvent):
     message_id: str
     run_id: str

@@ -19,6 +19,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from threadlog.domain.agent import (
     MAX_CATEGORY,
+    MAX_CONTEXT_BUDGET,
     MAX_DESCRIPTION,
     MAX_SYSTEM_PROMPT,
     TRIAL_METADATA,
@@ -45,11 +46,14 @@ from threadlog.projections.views import Sql
 T = TypeVar("T")
 AgentNameIn = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 ModelIn = Annotated[str, msgspec.Meta(pattern=MODEL_PATTERN)]
-Category = Annotated[str, msgspec.Meta(max_length=MAX_CATEGORY)]
-Description = Annotated[str, msgspec.Meta(max_length=MAX_DESCRIPTION)]
-SystemPrompt = Annotated[str, msgspec.Meta(max_length=MAX_SYSTEM_PROMPT)]
+# The agent's texts hold no NUL (domain/agent.py): the schema says so.
+NO_NUL = r"^[^\x00]*$"
+Category = Annotated[str, msgspec.Meta(max_length=MAX_CATEGORY, pattern=NO_NUL)]
+Description = Annotated[str, msgspec.Meta(max_length=MAX_DESCRIPTION, pattern=NO_NUL)]
+SystemPrompt = Annotated[str, msgspec.Meta(max_length=MAX_SYSTEM_PROMPT, pattern=NO_NUL)]
 ToolName = Literal["calculator", "current_time", "report_progress"]
 PerMillion = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
+ContextBudget = Annotated[int, msgspec.Meta(ge=0, le=MAX_CONTEXT_BUDGET)]
 
 
 class OutputSchemaIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -88,11 +92,15 @@ class CreateAgent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     output_schema: OutputSchemaIn | msgspec.UnsetType = msgspec.UNSET
     model_settings: ModelSettingsIn | msgspec.UnsetType = msgspec.UNSET
     price: PriceIn | msgspec.UnsetType = msgspec.UNSET
+    # Tokens a run's history may take before it is compacted (HistoryCompacted); 0: never.
+    # Unset: the server's default (THREADLOG_CONTEXT_BUDGET).
+    context_budget: ContextBudget | msgspec.UnsetType = msgspec.UNSET
 
 
 class ReviseAgent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The fields to change; the others keep the latest version's value. `null` resets
-    `model` (the server's default), `output_schema` (text) and `price` (none)."""
+    `model` (the server's default), `output_schema` (text), `price` (none) and
+    `context_budget` (the server's default)."""
 
     description: Description | msgspec.UnsetType = msgspec.UNSET
     category: Category | msgspec.UnsetType = msgspec.UNSET
@@ -102,6 +110,7 @@ class ReviseAgent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     output_schema: OutputSchemaIn | msgspec.UnsetType | None = msgspec.UNSET
     model_settings: ModelSettingsIn | msgspec.UnsetType = msgspec.UNSET
     price: PriceIn | msgspec.UnsetType | None = msgspec.UNSET
+    context_budget: ContextBudget | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class TryAgent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -137,6 +146,8 @@ class AgentOut(msgspec.Struct, frozen=True, kw_only=True):
     published_at: str | None
     # What `POST /v1/conversations` takes as `agent` for this agent.
     reference: str
+    # Tokens a run's history may take before it is compacted (HistoryCompacted); 0: never.
+    context_budget: int
 
 
 class AgentPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -155,6 +166,8 @@ class AgentVersionOut(msgspec.Struct, frozen=True, kw_only=True):
     output_schema: dict[str, Any] | None
     model_settings: dict[str, Any]
     price: dict[str, float] | None
+    # The budget in effect (the server's default when the version gives none); 0: never.
+    context_budget: int
 
 
 class AgentVersions(msgspec.Struct, frozen=True, kw_only=True):
@@ -192,8 +205,10 @@ def _definition(data: CreateAgent | ReviseAgent, base: AgentDefinition) -> Agent
         value = getattr(data, name)
         if value is not msgspec.UNSET:
             changes[name] = value
-    if data.model is not msgspec.UNSET:
-        changes["model"] = data.model
+    for name in ("model", "context_budget"):
+        value = getattr(data, name)
+        if value is not msgspec.UNSET:
+            changes[name] = value
     if data.tools is not msgspec.UNSET:
         changes["tools"] = sorted(set(data.tools))
     for name in ("output_schema", "model_settings", "price"):
@@ -287,6 +302,7 @@ def agent_out(runtime: Runtime, agent: Agent, version: int | None = None) -> Age
         output_schema=definition.output_schema,
         model_settings=definition.model_settings,
         price=definition.price,
+        context_budget=runtime.catalog.context_budget(definition),
         copied_from=ProvenanceOut(agent_id=str(copied["agent_id"]), version=int(copied["version"]))
         if copied
         else None,
@@ -294,6 +310,18 @@ def agent_out(runtime: Runtime, agent: Agent, version: int | None = None) -> Age
         updated_at=agent.modified_on.isoformat(),
         published_at=_iso(agent.published_at),
         reference=reference_of(agent.id, agent.name, agent.system),
+    )
+
+
+def _version_out(runtime: Runtime, data: dict[str, Any]) -> AgentVersionOut:
+    definition = AgentDefinition.of(data)
+    return AgentVersionOut(
+        version=int(data["version"]),
+        created_at=data["at"].isoformat(),
+        **{
+            **definition.as_data(),
+            "context_budget": runtime.catalog.context_budget(definition),
+        },
     )
 
 
@@ -318,6 +346,7 @@ def _entry_out(runtime: Runtime, entry: Entry) -> AgentOut:
         output_schema=definition.output_schema,
         model_settings=definition.model_settings,
         price=definition.price,
+        context_budget=runtime.catalog.context_budget(definition),
         copied_from=ProvenanceOut(agent_id=str(copied["agent_id"]), version=int(copied["version"]))
         if copied
         else None,
@@ -456,14 +485,7 @@ class AgentController(Controller):
         agent = await _visible(runtime, request, agent_id, live=True)
         return AgentVersions(
             agent_id=str(agent.id),
-            items=[
-                AgentVersionOut(
-                    version=int(data["version"]),
-                    created_at=data["at"].isoformat(),
-                    **AgentDefinition.of(data).as_data(),
-                )
-                for data in agent.versions
-            ],
+            items=[_version_out(runtime, data) for data in agent.versions],
         )
 
     @patch(

@@ -72,9 +72,25 @@ class ToolCallOut(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None
 
 
+class CompactionOut(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the model's view of the conversation was compacted (HistoryCompacted)."""
+
+    # The turns (user message and reply) whose user message is at or before it are
+    # replaced, for the model, by this item's content: the summary.
+    up_to_position: int
+    tokens_before: int
+    tokens_after: int
+    # The model that wrote the summary, and what counted the tokens (`estimate` or
+    # `tiktoken:<encoding>`).
+    model: str
+    tokenizer: str
+
+
 class MessageOut(msgspec.Struct, frozen=True, kw_only=True):
     message_id: str
     run_id: str
+    # `user`, `assistant`, or `compaction`: the history was compacted here; the messages
+    # before it are all still listed.
     role: str
     # null when erased: its owner's content keys were destroyed (docs/erasure.md).
     content: str | None
@@ -85,6 +101,8 @@ class MessageOut(msgspec.Struct, frozen=True, kw_only=True):
     output: Any = None
     # The content (and the tool calls' arguments, results and output) was erased.
     erased: bool = False
+    # Role `compaction` only: what was compacted; `content` is the summary.
+    compaction: CompactionOut | None = None
 
 
 class MessagePage(msgspec.Struct, frozen=True, kw_only=True):
@@ -177,6 +195,7 @@ def message_out(message: Message) -> MessageOut:
         ],
         output=message.output,
         erased=message.erased,
+        compaction=None if message.compaction is None else CompactionOut(**message.compaction),
     )
 
 
@@ -264,7 +283,9 @@ async def list_conversations_page(
         "`after`. `order=desc` pages from the newest back (a transcript that opens on its "
         "latest messages and loads older ones on demand): pass `next` back as `before`. "
         "Either reads one range of the read model's (conversation, position) index, so "
-        "the newest page of a long conversation is as quick as that of a short one."
+        "the newest page of a long conversation is as quick as that of a short one. "
+        "Where the history was compacted for the model (HistoryCompacted) an item of role "
+        "`compaction` holds the summary; every message stays listed."
     ),
     tags=["conversations"],
     guards=USER,

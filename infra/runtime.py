@@ -38,6 +38,7 @@ from threadlog.infra.auth import (
 from threadlog.infra.runs.control import RunControl
 from threadlog.infra.runs.executor import RunExecutor
 from threadlog.infra.runs.flusher import FlushPolicy
+from threadlog.infra.runs.history import CompactionPolicy
 from threadlog.infra.runs.orphans import OrphanedRuns
 from threadlog.infra.runs.recovery import DataDirLock, LeftOpenRuns, owns_every_run
 from threadlog.infra.runs.unqueued import UnqueuedRuns
@@ -165,6 +166,11 @@ class Runtime:
                 ),
                 snapshot_interval=settings.snapshot_interval,
                 content=content,
+                compaction=CompactionPolicy(
+                    tail_ratio=settings.compaction_tail_ratio,
+                    summary_tokens=settings.compaction_summary_tokens,
+                    tokenizer=settings.tokenizer,
+                ),
             )
             control = RunControl(nc, names, executor, service)
             await control.start()

@@ -46,6 +46,17 @@ class Settings:
     # A TOML file of more agents (infra/agents/registry.py); unset: the built-in agents only.
     agents_file: Path | None = None
     demo_token_delay_ms: float = 25.0
+    # Tokens a run's history (instructions, conversation, prompt) may take before it is
+    # compacted (HistoryCompacted): an agent's `context_budget` overrides it; 0: never.
+    context_budget: int = 64_000
+    # After a compaction the recent turns kept as they are take at most this share of
+    # the budget; the summary takes at most compaction_summary_tokens (and a quarter of it).
+    compaction_tail_ratio: float = 0.5
+    compaction_summary_tokens: int = 1024
+    # How tokens are counted: "auto" uses tiktoken for OpenAI models when its encoding
+    # is at hand (downloaded once into TIKTOKEN_CACHE_DIR), else the estimate (UTF-8
+    # bytes / 3); "estimate" always estimates (infra/agents/tokens.py).
+    tokenizer: Literal["auto", "estimate"] = "auto"
     # Token events are appended in batches: at most this many per transaction …
     token_batch_size: int = 64
     # … and no later than this after the first pending token.
@@ -196,6 +207,14 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
+        if self.context_budget < 0:
+            raise SettingsError(f"{PREFIX}CONTEXT_BUDGET must be 0 (off) or positive")
+        if not 0 < self.compaction_tail_ratio < 1:
+            raise SettingsError(f"{PREFIX}COMPACTION_TAIL_RATIO must be between 0 and 1")
+        if self.compaction_summary_tokens < 1:
+            raise SettingsError(f"{PREFIX}COMPACTION_SUMMARY_TOKENS must be at least 1")
+        if self.tokenizer not in ("auto", "estimate"):
+            raise SettingsError(f"{PREFIX}TOKENIZER must be auto or estimate")
         if self.writer_linger_ms < 0:
             raise SettingsError(f"{PREFIX}WRITER_LINGER_MS must not be negative")
         if self.follow_interval_ms < 0:

@@ -5,6 +5,11 @@ User messages come from `MessagePosted`; assistant messages from `MessageComplet
 An assistant message also carries its run's tool calls (name, args, result or error,
 in order; those of the run's last attempt) and its structured output, if any.
 Tool calls wait in `message_history_tool_calls` until their message completes.
+
+A `HistoryCompacted` is a row too, role `compaction`, at its own position: its content
+is the summary the model sees from then on in place of the turns up to its
+`up_to_position`, and `compaction` says which those are and what it saved. The
+messages themselves all stay.
 """
 
 from collections.abc import Sequence
@@ -19,6 +24,7 @@ from threadlog.domain.conversation import RUN_ENDINGS
 from threadlog.domain.events import (
     ConversationEvent,
     HistoryCleared,
+    HistoryCompacted,
     MessageCompleted,
     MessagePosted,
     ToolCallCompleted,
@@ -31,8 +37,10 @@ _NO_END = 2**63 - 1
 """Past every position (the store keeps them as 64-bit integers)."""
 
 _COLUMNS = (
-    "conversation_id, position, message_id, run_id, role, content, created_at, tool_calls, output"
+    "conversation_id, position, message_id, run_id, role, content, created_at, tool_calls, "
+    "output, compaction"
 )
+COMPACTION_ROLE = "compaction"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +68,8 @@ class Message:
     """The structured output of an assistant message (None when it answered in text)."""
     erased: bool = False
     """Set by readers that opened the content and found its owner's keys erased."""
+    compaction: dict[str, Any] | None = None
+    """A `compaction` row's: up_to_position, tokens_before, tokens_after, model, tokenizer."""
 
 
 class MessageHistory(ReadModel):
@@ -71,15 +81,16 @@ class MessageHistory(ReadModel):
             "conversation_id TEXT NOT NULL, position BIGINT NOT NULL, "
             "message_id TEXT NOT NULL, run_id TEXT NOT NULL, role TEXT NOT NULL, "
             "content TEXT NOT NULL, created_at BIGINT NOT NULL, "
-            "tool_calls TEXT, output TEXT, "
+            "tool_calls TEXT, output TEXT, compaction TEXT, "
             "PRIMARY KEY (conversation_id, position))",
             "CREATE TABLE IF NOT EXISTS message_history_tool_calls ("
             "run_id TEXT NOT NULL, position BIGINT NOT NULL, tool_call_id TEXT NOT NULL, "
             "tool_name TEXT NOT NULL, args TEXT NOT NULL, result TEXT, error TEXT, "
             "PRIMARY KEY (run_id, position))",
         ),
-        # 2: tool_calls and output; 3: content and tool errors as JSON (sealed values)
-        version=3,
+        # 2: tool_calls and output; 3: content and tool errors as JSON (sealed values);
+        # 4: HistoryCompacted rows (compaction)
+        version=4,
     )
     topics: ClassVar[frozenset[str]] = frozenset(
         get_topic(cls)
@@ -87,6 +98,7 @@ class MessageHistory(ReadModel):
             MessagePosted,
             MessageCompleted,
             HistoryCleared,
+            HistoryCompacted,
             ToolCallStarted,
             ToolCallCompleted,
             *RUN_ENDINGS,
@@ -135,6 +147,8 @@ class MessageHistory(ReadModel):
                 "WHERE run_id = ? AND tool_call_id = ?",
                 (_json(event.result), _json(event.error), event.run_id, event.tool_call_id),
             )
+        elif isinstance(event, HistoryCompacted):
+            _insert_compaction(sql, event)
         elif isinstance(event, MessagePosted):
             _insert_message(sql, event, tool_calls=None, output=None)
         elif isinstance(event, MessageCompleted):
@@ -151,7 +165,7 @@ def _insert_message(
     output: str | None,
 ) -> None:
     sql.execute(
-        f"INSERT INTO message_history ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+        f"INSERT INTO message_history ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
         (
             str(event.originator_id),
             event.originator_version,
@@ -162,6 +176,33 @@ def _insert_message(
             to_micros(event.timestamp),
             tool_calls,
             output,
+            None,
+        ),
+    )
+
+
+def _insert_compaction(sql: Sql, event: HistoryCompacted) -> None:
+    """The compaction's row: its id is the event's, its content the (sealed) summary."""
+    compaction = {
+        "up_to_position": event.up_to_position,
+        "tokens_before": event.tokens_before,
+        "tokens_after": event.tokens_after,
+        "model": event.model,
+        "tokenizer": event.tokenizer,
+    }
+    sql.execute(
+        f"INSERT INTO message_history ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+        (
+            str(event.originator_id),
+            event.originator_version,
+            str(event.event_id),
+            event.run_id,
+            COMPACTION_ROLE,
+            _json(event.summary),
+            to_micros(event.timestamp),
+            None,
+            None,
+            _json(compaction),
         ),
     )
 
@@ -250,4 +291,5 @@ def _message(row: Row) -> Message:
         if row["tool_calls"] is None
         else [ToolCall(**call) for call in _unjson(row["tool_calls"])],
         output=_unjson(row["output"]),
+        compaction=_unjson(row["compaction"]),
     )

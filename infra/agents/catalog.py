@@ -145,6 +145,7 @@ def definition_of(spec: AgentSpec) -> AgentDefinition:
         output_schema=spec.output_schema,
         model_settings=dict(spec.model_settings),
         price=msgspec.structs.asdict(price) if price is not None else None,
+        context_budget=spec.context_budget,
     )
 
 
@@ -159,6 +160,7 @@ def spec_of(name: str, definition: AgentDefinition) -> AgentSpec:
         output_schema=definition.output_schema,
         model_settings=dict(definition.model_settings),
         price=Price(**price) if price is not None else None,
+        context_budget=definition.context_budget,
     )
 
 
@@ -210,9 +212,11 @@ class AgentCatalog:
     def record_system_agents(self) -> None:
         """Records every agent the registry defines (built in and the file's)."""
         for registered in self.registry:
-            self.service.record_system(
-                registered.spec.name, definition_of(registered.spec), by=_SYSTEM
+            # What the file says of the budget (unset: the server's), not the one in effect.
+            spec = msgspec.structs.replace(
+                registered.spec, context_budget=registered.declared_context_budget
             )
+            self.service.record_system(spec.name, definition_of(spec), by=_SYSTEM)
 
     # --- resolving and running --------------------------------------------------------
 
@@ -242,6 +246,11 @@ class AgentCatalog:
         if definition.model is None:
             return self.registry.model_of(name) or self._settings.model
         return definition.model
+
+    def context_budget(self, definition: AgentDefinition) -> int:
+        """The budget in effect for `definition` (0: never compacted)."""
+        budget = definition.context_budget
+        return self._settings.context_budget if budget is None else budget
 
     def runnable(self, reference: str, agent_id: str, version: int) -> RegisteredAgent | None:
         """The pydantic-ai agent of a run: its pinned version, else (runs recorded before

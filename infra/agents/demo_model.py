@@ -2,7 +2,8 @@
 
 Given tools, it calls the calculator when the prompt holds arithmetic and current_time
 when it asks for the time; given a structured output type, it answers with an object
-of the schema's shape.
+of the schema's shape; asked to compact a conversation (infra/agents/compaction.py), it
+answers with a deterministic summary (`demo_summary`).
 
 It is a pydantic-ai `FunctionModel`, so runs go through the same agent code path
 as a real provider.
@@ -24,6 +25,8 @@ from pydantic_ai.messages import (
     UserPromptPart,
 )
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
+
+from threadlog.infra.agents.compaction import COMPACTION_MARKER, USER_LINE
 
 _TOKEN = re.compile(r"\S+\s*|\s+")
 QUOTE_LIMIT = 160
@@ -82,6 +85,8 @@ def demo_model(token_delay_seconds: float) -> FunctionModel:
 
 def demo_answer(messages: list[ModelMessage], info: AgentInfo) -> str | list[ToolCallPart]:
     """Text, or tool calls: the tools the prompt asks for, then the structured output."""
+    if (info.instructions or "").startswith(COMPACTION_MARKER):
+        return demo_summary(_last_prompt(messages))
     tools = {tool.name for tool in info.function_tools}
     returns = _latest_tool_returns(messages)
     if tools and not returns:
@@ -98,6 +103,31 @@ def demo_answer(messages: list[ModelMessage], info: AgentInfo) -> str | list[Too
     if tools:
         reply += " Ask me to calculate something like (2 + 3) * 7, or what time it is."
     return reply
+
+
+_TOTAL = re.compile(r"(\d+) user messages? in all")
+SUMMARY_QUOTES = 3
+SUMMARY_QUOTE_LIMIT = 60
+
+
+def demo_summary(transcript: str) -> str:
+    """The demo model's summary of a compaction's transcript: how many user messages
+    there were in all (counting those of the summary before) and the first words of the
+    latest few. Deterministic, and bounded whatever the transcript's length."""
+    lines = transcript.splitlines()
+    users = [
+        " ".join(line[len(USER_LINE) :].split()) for line in lines if line.startswith(USER_LINE)
+    ]
+    earlier = _TOTAL.search(transcript)
+    total = len(users) + (int(earlier.group(1)) if earlier else 0)
+    quotes = "; ".join(
+        f"“{text[:SUMMARY_QUOTE_LIMIT]}{'…' if len(text) > SUMMARY_QUOTE_LIMIT else ''}”"
+        for text in users[-SUMMARY_QUOTES:]
+    )
+    return (
+        f"{total} user message{'s' if total != 1 else ''} in all so far; the latest began: "
+        f"{quotes or '(none)'}. (threadlog's demo model summarizes no better.)"
+    )
 
 
 _ARITHMETIC = re.compile(r"[\d.\s()+\-*/%]+")

@@ -2,8 +2,9 @@
 
 An agent is a name, a description, a model, a system prompt, built-in tools by name,
 an output type (text, or structured output described by a JSON schema), model
-settings and an optional price. A conversation is bound to one agent by name; its
-runs use that agent's model, prompt, tools and output type.
+settings, an optional price and a context budget in tokens (infra/agents/compaction.py).
+A conversation is bound to one agent by name; its runs use that agent's model, prompt,
+tools and output type.
 
 The file is TOML, one `[[agents]]` table per agent (see README). An agent of the file
 with a built-in agent's name replaces it.
@@ -56,6 +57,9 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     output_schema: dict[str, Any] | None = None
     model_settings: dict[str, Any] = msgspec.field(default_factory=dict)
     price: Price | None = None
+    # Tokens a run's history may take before it is compacted (HistoryCompacted; 0: never).
+    # Unset: THREADLOG_CONTEXT_BUDGET.
+    context_budget: int | None = None
 
     @property
     def output_type(self) -> OutputType:
@@ -72,6 +76,9 @@ class RegisteredAgent:
     agent: Agent[RunDeps, Any]
     # What RunStarted records: the agent's model string, or the injected model's name.
     model_name: str
+    # The context budget the agent's definition gives (None: THREADLOG_CONTEXT_BUDGET);
+    # `spec.context_budget` is the one in effect.
+    declared_context_budget: int | None = None
 
     def cost_usd(self, usage: RunUsage) -> float | None:
         price = self.spec.price
@@ -143,6 +150,8 @@ def _check(spec: AgentSpec, where: str) -> None:
         and min(spec.price.input_per_million, spec.price.output_per_million) < 0
     ):
         raise SettingsError(f"{agent}: price must not be negative")
+    if spec.context_budget is not None and spec.context_budget < 0:
+        raise SettingsError(f"{agent}: context_budget must be 0 (never compact) or positive")
 
 
 class AgentRegistry:
@@ -194,11 +203,13 @@ def register_spec(spec: AgentSpec, settings: Settings, model: Model | None) -> R
     except Exception as error:
         # A model string pydantic-ai cannot resolve, a provider without its key …
         raise SettingsError(f"agent {spec.name!r} (model {model_string!r}): {error}") from None
-    resolved = msgspec.structs.replace(spec, model=model_string)
+    budget = settings.context_budget if spec.context_budget is None else spec.context_budget
+    resolved = msgspec.structs.replace(spec, model=model_string, context_budget=budget)
     return RegisteredAgent(
         spec=resolved,
         agent=agent,
         model_name=model_string if model is None else model.model_name,
+        declared_context_budget=spec.context_budget,
     )
 
 

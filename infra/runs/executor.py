@@ -18,9 +18,6 @@ from pydantic_ai import Agent
 from pydantic_ai.exceptions import ModelConnectionError, ModelHTTPError, UnexpectedModelBehavior
 from pydantic_ai.messages import (
     ModelMessage,
-    ModelMessagesTypeAdapter,
-    ModelRequest,
-    UserPromptPart,
 )
 from pydantic_ai.run import AgentRunResult
 from pydantic_core import to_jsonable_python
@@ -30,18 +27,16 @@ from threadlog.domain.content import Seal
 from threadlog.domain.conversation import Conversation
 from threadlog.domain.events import (
     Cause,
-    HistoryCleared,
-    MessageCompleted,
-    MessagePosted,
 )
 from threadlog.infra import metrics, tracing
 from threadlog.infra.agents.catalog import AgentCatalog, AgentUnrunnable
 from threadlog.infra.agents.registry import RegisteredAgent
 from threadlog.infra.agents.tools import RunDeps
 from threadlog.infra.runs.flusher import Flusher, FlushPolicy, FlushTick
+from threadlog.infra.runs.history import CompactionPolicy, ContentErased, Histories
 from threadlog.infra.runs.recorder import RunRecorder, model_events
 from threadlog.infra.store.content import ContentKeys
-from threadlog.infra.store.eventstore import EventLog, topics_of, while_store_recovers
+from threadlog.infra.store.eventstore import EventLog, while_store_recovers
 from threadlog.infra.store.writer import STORE_OUTAGE_SECONDS, EventWriter
 
 log = structlog.get_logger(__name__)
@@ -61,10 +56,6 @@ class UnknownAgent(LookupError):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.name = name
-
-
-class ContentErased(LookupError):
-    """The run's message was erased (its owner's keys destroyed) before the run began."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +140,10 @@ class RunExecutor:
         policy: FlushPolicy,
         snapshot_interval: int,
         content: ContentKeys,
+        compaction: CompactionPolicy | None = None,
     ) -> None:
         self._service = service
+        self._histories = Histories(event_log, content, compaction or CompactionPolicy())
         self._content = content
         self._log = event_log
         self._writer = writer
@@ -281,9 +274,12 @@ class RunExecutor:
             )
             if registered is None:
                 raise UnknownAgent(conversation.agent)
-            prompt, history = await asyncio.to_thread(self._history, request)
             # The owner's key, fetched off the event loop before the first token needs it.
             await asyncio.to_thread(self._content.warm, conversation.owner)
+            # Compacted first (HistoryCompacted) when over the agent's context budget.
+            prompt, history = await self._histories.prepare(
+                flusher, registered, request.run_id, request.message_id, cause, seal
+            )
             run = _Run(flusher, request, cause, seal)
             await self._stream(run, registered, prompt, history, text)
             bound.info("run.completed", events=flusher.conversation.version - first_version)
@@ -400,35 +396,3 @@ class RunExecutor:
             while_store_recovers(record, seconds=STORE_OUTAGE_SECONDS, what="run_ending")
         except Exception as store_error:
             log.error("run.ending_not_recorded", error=repr(store_error), run_id=request.run_id)
-
-    def _history(self, request: RunRequest) -> tuple[str, list[ModelMessage]]:
-        """The prompt of this run and the history before it, rebuilt from events."""
-        logged = self._log.read(
-            request.conversation_id,
-            topics=topics_of(MessagePosted, MessageCompleted, HistoryCleared),
-        )
-        replies = {
-            item.event.run_id: self._content.open(item.event.model_messages).value
-            for item in logged
-            if isinstance(item.event, MessageCompleted)
-        }
-        history: list[ModelMessage] = []
-        for item in logged:
-            event = item.event
-            if isinstance(event, HistoryCleared):
-                history = []
-                continue
-            if not isinstance(event, MessagePosted):
-                continue
-            # A message is opened only when its own text is needed (None: erased).
-            if event.message_id == request.message_id:
-                prompt = self._content.open(event.content).value
-                if prompt is None:
-                    raise ContentErased(request.message_id)
-                return prompt, history
-            reply = replies.get(event.run_id)
-            if reply:
-                history.extend(ModelMessagesTypeAdapter.validate_json(reply))
-            elif (content := self._content.open(event.content).value) is not None:
-                history.append(ModelRequest(parts=[UserPromptPart(content)]))
-        raise LookupError(f"message {request.message_id} is not in the conversation")

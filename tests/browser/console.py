@@ -42,6 +42,11 @@ description = "Streams 160 numbered tokens, 20 a second"
 model = "paced:20:160"
 
 [[agents]]
+name = "brief"
+description = "The demo model with a context budget of 300 tokens: it compacts soon"
+context_budget = 300
+
+[[agents]]
 name = "extractor"
 description = "Answers with a person as a JSON object"
 

@@ -89,6 +89,25 @@ def test_tokens_appear_as_they_stream_and_enter_sends(
     screenshot(page, shots, "chat")
 
 
+def test_a_compaction_shows_where_it_happened_live_and_after_a_reload(
+    page: Page, server: ConsoleServer, shots: Path
+) -> None:
+    sign_in_with_key(page, server)
+    open_new_conversation(page, "Compacted", "brief")
+    for i in range(4):
+        send(page, f"message {i} about a long conversation")
+        expect(page.locator(".message.assistant.completed")).to_have_count(i + 1)
+    note = page.locator("details.compacted").first
+    expect(note).to_contain_text("History compacted here for the model")
+    page.reload()
+    expect(page.locator(".message.user")).to_have_count(4)  # every message stays
+    note = page.locator("details.compacted").first
+    expect(note).to_contain_text("tokens, up to position")
+    note.locator("summary").click()
+    expect(note).to_contain_text("user messages in all so far")
+    screenshot(page, shots, "compaction")
+
+
 def test_a_script_in_a_message_runs_nothing(page: Page, server: ConsoleServer) -> None:
     sign_in_with_key(page, server)
     open_new_conversation(page, XSS, "assistant")

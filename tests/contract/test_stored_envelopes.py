@@ -48,6 +48,7 @@ ALL_TYPES = {
     "ConversationRenamed",
     "ConversationArchived",
     "HistoryCleared",
+    "HistoryCompacted",
     "MessagePosted",
     "MessageCompleted",
     "RunStarted",
@@ -119,6 +120,17 @@ def every_event_type(service: ConversationService, seal: Callable[[Any], Any]) -
         tool_name="calc",
         result=seal({"value": 3}),
         error=None,
+        cause=AGENT,
+    )
+    live.compact_history(
+        run_id=run,
+        up_to_position=2,
+        summary=seal("Earlier: 🦜 \u2028 said hi"),
+        tokens_before=1200,
+        tokens_after=300,
+        model="demo",
+        tokenizer="estimate",
+        usage={"input_tokens": 900, "output_tokens": 40, "requests": 1},
         cause=AGENT,
     )
     live.report_output_partial(run_id=run, output=seal({"answer": 4}), cause=AGENT)

@@ -45,6 +45,14 @@ generation.allow-extra-parameters = false
 [[operations]]
 include-path = "/v1/ag-ui"
 generation.allow-extra-parameters = false
+
+# A retired agent is Gone (410, documented) to a request that is valid by the schema:
+# the stateful phase retires an agent (DELETE) and then reads or changes it.
+[[operations]]
+include-path-regex = "^/v1/agents/[{]agent_id[}]"
+checks.positive_data_acceptance.expected-statuses = [
+  "2xx", "3xx", "401", "403", "404", "409", "410", "429", "5xx",
+]
 """
 
 STREAMS = (

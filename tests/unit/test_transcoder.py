@@ -99,6 +99,11 @@ SAMPLES: dict[str, list[Any]] = {
     "message": ["the model is unavailable"],
     "retry": [True, False],
     "partial_content": ["partial", SEALED],
+    "up_to_position": [2, 1234],
+    "summary": ["Earlier: they said hi 🦜", SEALED],
+    "tokens_before": [64_001],
+    "tokens_after": [31_999, 0],
+    "tokenizer": ["estimate", "tiktoken:o200k_base"],
     "username": ["Ørjan"],
     "password_hash": [None, "$argon2id$v=19$m=65536,t=3,p=4$abc"],
     "roles": [["admin", "user"], []],
@@ -170,7 +175,7 @@ def check_round_trips(value: Any) -> None:
 
 
 def test_every_field_of_every_event_type_has_samples() -> None:
-    assert len(EVENT_TYPES) == 21
+    assert len(EVENT_TYPES) == 22
     for cls in EVENT_TYPES:
         assert {f.name for f in dataclasses.fields(cls)[3:]} <= SAMPLES.keys(), cls
 

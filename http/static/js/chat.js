@@ -244,8 +244,16 @@ function renderConversation(pane, id, showBanner) {
     bubble.output.append(h("h4", {}, "Structured output"), h("pre", { class: "json" }, pretty(value)));
   }
 
+  function compactionNote(summary, info) {
+    const saved = info ? ` (${info.tokens_before} → ${info.tokens_after} tokens, up to position ${info.up_to_position})` : "";
+    return h("details", { class: "compacted" },
+      h("summary", {}, `History compacted here for the model${saved}`),
+      h("p", {}, summary === null ? "(erased)" : summary));
+  }
+
   function storedBubble(m) {
     if (m.role === "user") return userBubble(m);
+    if (m.role === "compaction") return compactionNote(m.content, m.compaction);
     const bubble = runs.get(m.run_id) || assistantBubble(m.run_id);
     bubble.text = m.content === null ? "(erased)" : m.content;
     for (const call of m.tool_calls || []) toolCard(bubble, call);
@@ -363,6 +371,11 @@ function renderConversation(pane, id, showBanner) {
         if (activeRun === d.run_id) setActiveRun(null);
         break;
       }
+      case "HistoryCompacted":
+        if (shown.has(event.id)) break;
+        shown.add(event.id);
+        log.append(compactionNote(event.data ? d.summary : null, d));
+        break;
       case "HistoryCleared":
         log.append(h("p", { class: "cleared" }, "History cleared here"));
         break;
