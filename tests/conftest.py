@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import faulthandler
 import pathlib
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +17,14 @@ from tests.servers import (
     nats_server,
     postgres_server,
 )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A thread a failed test left behind (an executor thread waiting on a server that is
+    gone) would keep this process from exiting, and CI from ever ending: after two
+    minutes, every thread's stack is printed and the process exits with 1."""
+    faulthandler.dump_traceback_later(120, exit=True, file=sys.__stderr__)
 
 
 @pytest.fixture(scope="session")

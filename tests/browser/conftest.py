@@ -19,6 +19,13 @@ from tests.browser.console import (
 from tests.servers import ScratchDatabases
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A module's first test may install chromium with apt-get (minutes on a new machine)."""
+    for item in items:
+        if item.path.parent == Path(__file__).parent:
+            item.add_marker(pytest.mark.timeout(900))
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Per module, not per session: while Playwright's sync API is open its event loop

@@ -51,6 +51,7 @@ def _client_dir() -> Path:
     return target
 
 
+@pytest.mark.timeout(600)  # the first run installs the client from the npm registry
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 def test_http_agent_runs_a_conversation_drops_and_resumes(make_settings: SettingsFactory) -> None:
     client_dir = _client_dir()
