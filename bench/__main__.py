@@ -38,9 +38,9 @@ class Plan:
 
 FULL = Plan(
     token_write=TokenWriteConfig(
-        concurrency=(1, 10, 50), tokens_per_conversation=2000, repetitions=5
+        concurrency=(1, 10, 50), tokens_per_conversation=2000, repetitions=5, profile_seconds=8
     ),
-    replay=ReplayConfig(events=10_000, repetitions=5),
+    replay=ReplayConfig(events=10_000, repetitions=5, profile_seconds=6),
     store_reads=StoreReadsConfig(
         population=PopulationConfig(conversations=100_000, events=1_000_000, deep_exchanges=250),
         rebuild=RebuildConfig(repetitions=2),

@@ -171,7 +171,8 @@ class LoadResult:
     config: LoadConfig
     threadlog: Search
     ceiling: Search
-    profile: Profile | None
+    profile: Profile | None  # the server at the target load, when the search missed
+    profile_one: Profile | None = None  # the server at N = 1, when its CPU per token missed
 
     @property
     def target(self) -> LoadStep:
@@ -232,9 +233,7 @@ class LoadResult:
 
 
 def run_load(servers: Servers, config: LoadConfig) -> LoadResult:
-    def threadlog_step(
-        n: int, label: str, profile: bool = False
-    ) -> tuple[LoadStep, Profile | None]:
+    def threadlog_step(n: int, label: str, profile: int = 0) -> tuple[LoadStep, Profile | None]:
         progress(f"load: {label}, {n} conversations x {config.clients_per_conversation} clients")
         measured = _fresh_server_step(servers, n, config, profile=profile)
         progress(f"load: {n} conversations: {_brief(measured[0])}")
@@ -253,9 +252,21 @@ def run_load(servers: Servers, config: LoadConfig) -> LoadResult:
         threadlog = dataclasses.replace(threadlog, extra=[one])
     profile = None
     if not threadlog.target.holds(SEARCH_P99_MS) and config.profile_seconds:
-        profile = threadlog_step(config.conversations, "py-spy sampling the server", True)[1]
+        profile = threadlog_step(config.conversations, "py-spy sampling the server", 100)[1]
+    profile_one = None
+    at_one = threadlog.at(1)
+    cpu = at_one.cpu_ms_per_token if at_one else None
+    if config.profile_seconds and (cpu is None or cpu > TARGET_CPU_MS_PER_TOKEN):
+        # One stream keeps the server busy a tenth of the time: sample more often.
+        profile_one = threadlog_step(1, "py-spy sampling the server at N = 1", 500)[1]
     ceiling = _search(ceiling_step, config)
-    return LoadResult(config=config, threadlog=threadlog, ceiling=ceiling, profile=profile)
+    return LoadResult(
+        config=config,
+        threadlog=threadlog,
+        ceiling=ceiling,
+        profile=profile,
+        profile_one=profile_one,
+    )
 
 
 def _search(measure: Callable[[int, str], LoadStep], config: LoadConfig) -> Search:
@@ -277,7 +288,7 @@ def _search(measure: Callable[[int, str], LoadStep], config: LoadConfig) -> Sear
 
 
 def _fresh_server_step(
-    servers: Servers, n: int, config: LoadConfig, *, profile: bool
+    servers: Servers, n: int, config: LoadConfig, *, profile: int
 ) -> tuple[LoadStep, Profile | None]:
     """One step on a new database and server process: an overloaded step leaves a
     backlog (runs still streaming, events not yet relayed) that must not load the next."""
@@ -308,7 +319,7 @@ def headers() -> dict[str, str]:
 
 
 def _threadlog_step(
-    app: ServedApp, database_url: str, n: int, config: LoadConfig, *, profile: bool = False
+    app: ServedApp, database_url: str, n: int, config: LoadConfig, *, profile: int = 0
 ) -> tuple[LoadStep, Profile | None]:
     conversations = asyncio.run(create_conversations(app.base_url, n))
     paths = [f"/v1/conversations/{c}/events" for c in conversations]
@@ -316,7 +327,8 @@ def _threadlog_step(
     try:
         clients.wait_ready()
         with psycopg.connect(database_url, autocommit=True) as database:
-            sampling = start_sampling(app.pid, config.profile_seconds) if profile else None
+            # profile: py-spy's samples per second (0: no sampling)
+            sampling = start_sampling(app.pid, config.profile_seconds, profile) if profile else None
             commits_before = _commits(database)
             with ResourceSampler(app.pid) as resources:
                 http_errors = asyncio.run(_post_messages(app.base_url, conversations))

@@ -15,7 +15,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,10 +62,17 @@ _Markers = tuple[tuple[str, tuple[str, ...]], ...]
 @dataclass(frozen=True, kw_only=True)
 class Profile:
     seconds: float
+    rate: int  # samples per second asked of py-spy
     samples: int
     components: list[tuple[str, int]]  # (component, samples), most first
     libraries: list[tuple[str, int]]  # (library, samples), most first
     functions: list[tuple[str, int]]  # (innermost frame, samples), most first
+
+    @property
+    def busy(self) -> float:
+        """The share of the wall time the process held the GIL (samples are taken only
+        then): the rest it waited (on PostgreSQL, NATS, a client, a timer)."""
+        return min(1.0, self.samples / (self.seconds * self.rate)) if self.seconds else 0.0
 
 
 def py_spy() -> str | None:
@@ -71,9 +80,10 @@ def py_spy() -> str | None:
     return str(found) if found.exists() else shutil.which("py-spy")
 
 
-def start_sampling(
-    pid: int, seconds: float, rate: int = 100
-) -> tuple[subprocess.Popen[bytes], Path] | None:
+Sampling = tuple[subprocess.Popen[bytes], Path, int]  # py-spy, its output, its rate
+
+
+def start_sampling(pid: int, seconds: float, rate: int = 100) -> Sampling | None:
     """Starts py-spy on `pid` for `seconds`; None when py-spy is not installed."""
     binary = py_spy()
     if binary is None:
@@ -83,18 +93,32 @@ def start_sampling(
     command += ["--rate", str(rate), "--format", "raw", "--nonblocking", "--gil"]
     command += ["-o", str(out)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return process, out
+    return process, out, rate
 
 
-def finish_sampling(
-    started: tuple[subprocess.Popen[bytes], Path], seconds: float
-) -> Profile | None:
-    process, out = started
+def finish_sampling(started: Sampling, seconds: float) -> Profile | None:
+    process, out, rate = started
     process.wait(timeout=seconds + 60)
     try:
-        return summarize(out.read_text(errors="replace"), seconds) if out.exists() else None
+        if not out.exists():
+            return None
+        return summarize(out.read_text(errors="replace"), seconds, rate=rate)
     finally:
         shutil.rmtree(out.parent, ignore_errors=True)
+
+
+def sample_while(
+    pid: int, seconds: float, work: Callable[[], object], rate: int = 100
+) -> Profile | None:
+    """Samples `pid` while `work` is done again and again for about `seconds` (work that
+    outlasts the sampling is not cut short); None when py-spy is not installed."""
+    started = start_sampling(pid, seconds, rate)
+    if started is None:
+        return None
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        work()
+    return finish_sampling(started, seconds)
 
 
 def _classify(frames: list[str], markers: _Markers, default: str) -> str:
@@ -110,7 +134,7 @@ def _classify(frames: list[str], markers: _Markers, default: str) -> str:
     return default
 
 
-def summarize(collapsed: str, seconds: float, top: int = 12) -> Profile:
+def summarize(collapsed: str, seconds: float, *, rate: int = 100, top: int = 12) -> Profile:
     components: Counter[str] = Counter()
     libraries: Counter[str] = Counter()
     functions: Counter[str] = Counter()
@@ -125,8 +149,38 @@ def summarize(collapsed: str, seconds: float, top: int = 12) -> Profile:
         functions[frames[-1]] += count
     return Profile(
         seconds=seconds,
+        rate=rate,
         samples=sum(components.values()),
         components=components.most_common(),
         libraries=libraries.most_common(),
         functions=functions.most_common(top),
+    )
+
+
+def profile_tables(profile: Profile) -> list[str]:
+    """The three tables of a profile, as Markdown lines."""
+    total = profile.samples or 1
+
+    def table(title: str, rows: list[tuple[str, int]], quote: bool = False) -> list[str]:
+        mark = "`" if quote else ""
+        return [
+            "",
+            f"| {title} | share of samples |",
+            "|---|---|",
+            *(f"| {mark}{name}{mark} | {count / total:.1%} |" for name, count in rows),
+        ]
+
+    return [
+        *table("threadlog component", profile.components),
+        *table("library", profile.libraries),
+        *table("innermost function (self time)", profile.functions, quote=True),
+    ]
+
+
+def sampled(profile: Profile) -> str:
+    """How the profile was taken, for the sentence that introduces its tables."""
+    return (
+        f"py-spy sampled it for {profile.seconds:.0f} s at {profile.rate} Hz (non-blocking), "
+        f"keeping only the thread that held the GIL ({profile.samples:,} samples: the process "
+        f"held the GIL {profile.busy:.0%} of that time, and waited the rest)"
     )

@@ -11,6 +11,7 @@ from bench.load import LoadResult
 from bench.machine import Machine, socket_buffer_bytes
 from bench.measure import Sample
 from bench.population import BATCH_EVENTS, Population
+from bench.profile import Profile, profile_tables, sampled
 from bench.read_latency import Latencies, ReadLatencyResult
 from bench.rebuild import TARGET_EVENTS_PER_SECOND, RebuildResult
 from bench.report_load import load_section, load_summary, soak_section
@@ -280,6 +281,14 @@ def _token_write(config: TokenWriteConfig, results: list[TokenWriteResult]) -> s
         *(_token_row(result) for result in results),
     ]
     lines += ["", _stall_note(results)]
+    for result in results:
+        if result.profile is not None:
+            heading = (
+                f"**Where threadlog's time goes** storing tokens at C = {result.concurrency} "
+                "(the path above, run again and again in the benchmark's process after the "
+                "measured repetitions; its writer thread included)"
+            )
+            lines += ["", *_profile_text(result.profile, heading)]
     return "\n".join(lines) + "\n"
 
 
@@ -347,7 +356,25 @@ def _replay(config: ReplayConfig, result: ReplayResult) -> str:
         "",
         _replay_breakdown(result),
     ]
+    if result.profile is not None:
+        lines += [
+            "",
+            *_profile_text(
+                result.profile,
+                "**Where the server's time goes** while "
+                "it replays the conversation back to back (one replay after another, after "
+                "the measured ones)",
+            ),
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _profile_text(profile: Profile, heading: str) -> list[str]:
+    return [
+        f"{heading}: {sampled(profile)}. By threadlog component (the innermost frame of "
+        "threadlog's own code on the stack) and by library (the innermost library frame):",
+        *profile_tables(profile),
+    ]
 
 
 def _replay_breakdown(result: ReplayResult) -> str:

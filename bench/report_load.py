@@ -13,7 +13,7 @@ from bench.load import (
     Search,
 )
 from bench.measure import Sample, percentile
-from bench.profile import Profile
+from bench.profile import Profile, profile_tables, sampled
 from bench.soak import SoakResult
 
 DASH = "\N{EN DASH}"
@@ -242,7 +242,17 @@ def load_section(result: LoadResult) -> str:
         f"- threadlog / ceiling at the loads both served without error: {_pairs(result)}.",
     ]
     if result.profile is not None:
-        lines += ["", _profile(result.profile, config.conversations)]
+        heading = (
+            f"**Where the server's time goes** at the target load ({config.conversations} "
+            "conversations, one more step)"
+        )
+        lines += ["", _profile(result.profile, heading)]
+    if result.profile_one is not None:
+        heading = (
+            "**Where the server's CPU goes at N = 1** (one conversation, one more step: the "
+            "CPU-per-token target)"
+        )
+        lines += ["", _profile(result.profile_one, heading)]
     return "\n".join(lines) + "\n"
 
 
@@ -265,28 +275,12 @@ def _ratio(value: float) -> str:
     return f"{value:,.1f} times" if value != float("inf") else "∞ (no token arrived)"
 
 
-def _profile(profile: Profile, conversations: int) -> str:
-    total = profile.samples or 1
-
-    def table(title: str, rows: list[tuple[str, int]], quote: bool = False) -> list[str]:
-        mark = "`" if quote else ""
-        return [
-            "",
-            f"| {title} | share of samples |",
-            "|---|---|",
-            *(f"| {mark}{name}{mark} | {count / total:.1%} |" for name, count in rows),
-        ]
-
+def _profile(profile: Profile, heading: str) -> str:
     lines = [
-        f"**Where the server's time goes** at the target load ({conversations} "
-        f"conversations, one more step): py-spy sampled the server process for "
-        f"{profile.seconds:.0f} s at 100 Hz (non-blocking), keeping only the thread that held "
-        f"the GIL ({profile.samples:,} samples): the Python work that one process can do on one "
+        f"{heading}: {sampled(profile)}: the Python work that one process can do on one "
         "core at a time. By threadlog component (the innermost frame of threadlog's own code "
         "on the stack) and by library (the innermost library frame):",
-        *table("threadlog component", profile.components),
-        *table("library", profile.libraries),
-        *table("innermost function (self time)", profile.functions, quote=True),
+        *profile_tables(profile),
     ]
     return "\n".join(lines)
 

@@ -10,6 +10,7 @@ as domain events, and building and encoding their envelopes (`envelope_of`,
 takes (it serves the stored rows: `stored_envelopes` in infra/store/envelope.py).
 """
 
+import dataclasses
 import tempfile
 import time
 import uuid
@@ -22,6 +23,7 @@ import httpx
 from bench.access import OWNER
 from bench.measure import Sample, progress, ratios
 from bench.processes import stream_of, threadlog_server
+from bench.profile import Profile, sample_while
 from bench.servers import Servers
 from tests.support import ADMIN_KEY
 from threadlog.domain.application import ConversationService
@@ -41,6 +43,7 @@ TARGET_MS = 100.0  # DESIGN.md, Targets
 class ReplayConfig:
     events: int
     repetitions: int
+    profile_seconds: float = 0  # py-spy on the server replaying, when the target is missed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +54,7 @@ class ReplayResult:
     read_ms: Sample
     encode_ms: Sample  # envelopes of the events read, built and encoded
     ratio: Sample  # SSE / direct read, per repetition
+    profile: Profile | None = None  # the server replaying again and again
 
     @property
     def target_met(self) -> bool:
@@ -92,7 +96,8 @@ def run_replay(servers: Servers, config: ReplayConfig) -> ReplayResult:
                     base_url=app.base_url, headers={"X-API-Key": ADMIN_KEY}, timeout=60
                 ) as client:
                     _wait_until_caught_up(client, service.recorder.max_notification_id() or 0)
-                    return _measure(client, service, conversation_id, config)
+                    measured = _measure(client, service, conversation_id, config)
+                    return _profiled(measured, client, app.pid, conversation_id, config)
             finally:
                 server.stop()
                 servers.release_stream(stream_of(server))
@@ -181,6 +186,24 @@ def _measure(
         encode_ms=Sample.of(encode * 1000 for _, encode in reads),
         ratio=ratios(sse_ms, read_ms),
     )
+
+
+def _profiled(
+    measured: ReplayResult,
+    client: httpx.Client,
+    pid: int,
+    conversation_id: UUID,
+    config: ReplayConfig,
+) -> ReplayResult:
+    """The result with a profile of the server replaying back to back, where it missed."""
+    if measured.target_met or not config.profile_seconds:
+        return measured
+    progress("sse replay: py-spy sampling the server while it replays")
+    path = f"/v1/conversations/{conversation_id}/events"
+    profile = sample_while(
+        pid, config.profile_seconds, lambda: _replay(client, path, config.events), rate=250
+    )
+    return dataclasses.replace(measured, profile=profile)
 
 
 def _replay(client: httpx.Client, path: str, events: int) -> tuple[float, int]:

@@ -14,6 +14,8 @@ A flush that makes no progress for STALL_SECONDS counts the repetition as stalle
 
 import asyncio
 import contextlib
+import dataclasses
+import os
 import threading
 import time
 import uuid
@@ -24,6 +26,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from bench.measure import Sample, progress, ratios
+from bench.profile import Profile, sample_while
 from bench.servers import Servers
 from threadlog.domain.application import ConversationService
 from threadlog.domain.conversation import Conversation
@@ -68,6 +71,7 @@ class TokenWriteConfig:
     raw_rows_per_transaction: int = 100
     copy_rows_per_transaction: int = 1000
     writer_max_events: int = Settings().writer_max_events
+    profile_seconds: float = 0  # py-spy on threadlog's path at the largest C, if it missed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +86,7 @@ class TokenWriteResult:
     copy_ratio: Sample | None  # threadlog / COPY, per repetition
     stalled: int  # repetitions whose writer made no progress for STALL_SECONDS
     mean_event_bytes: int  # the stored `state` of one token event, on average
+    profile: Profile | None = None  # this process storing tokens again and again
 
     @property
     def target_met(self) -> bool:
@@ -142,7 +147,29 @@ class _LiveRun:
 def run_token_write(servers: Servers, config: TokenWriteConfig) -> list[TokenWriteResult]:
     with _scratch(servers, config) as scratch:
         template = _template(scratch.service, config.tokens_per_conversation)
-    return [_measure_concurrency(servers, config, template, count) for count in config.concurrency]
+    results = [
+        _measure_concurrency(servers, config, template, count) for count in config.concurrency
+    ]
+    last = results[-1]
+    if config.profile_seconds and not last.target_met:
+        results[-1] = dataclasses.replace(last, profile=_profile(servers, config, last))
+    return results
+
+
+def _profile(
+    servers: Servers, config: TokenWriteConfig, result: TokenWriteResult
+) -> Profile | None:
+    """This process (the benchmark runs threadlog's path in it) storing C conversations'
+    tokens again and again, sampled by py-spy."""
+    progress(f"token write: py-spy sampling threadlog's path at C={result.concurrency}")
+    with _scratch(servers, config) as scratch:
+        return sample_while(
+            os.getpid(),
+            config.profile_seconds,
+            lambda: _threadlog_rate(
+                scratch, result.concurrency, config.tokens_per_conversation, config.flush_every
+            ),
+        )
 
 
 def _measure_concurrency(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import faulthandler
 import pathlib
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -24,7 +23,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """A thread a failed test left behind (an executor thread waiting on a server that is
     gone) would keep this process from exiting, and CI from ever ending: after two
     minutes, every thread's stack is printed and the process exits with 1."""
-    faulthandler.dump_traceback_later(120, exit=True, file=sys.__stderr__)
+    # fd 2, not a file object: when the timer fires, pytest has given fd 2 back to stderr.
+    faulthandler.dump_traceback_later(120, exit=True, file=2)
 
 
 @pytest.fixture(scope="session")
