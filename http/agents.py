@@ -8,7 +8,7 @@ admin's): a visible agent that is not yours answers 403.
 
 import asyncio
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -276,6 +276,19 @@ async def _changeable(
     return agent
 
 
+class _Change(Protocol):
+    def __call__(self, agent_id: UUID, *, by: Actor) -> Agent: ...
+
+
+async def _change(
+    runtime: Runtime, request: Request[Any, Any, Any], agent_id: UUID, change: _Change
+) -> AgentOut:
+    """Publishes, unpublishes or retires the agent, if the caller may change it."""
+    await _changeable(runtime, request, agent_id)
+    agent = await asyncio.to_thread(change, agent_id, by=_actor(request))
+    return agent_out(runtime, agent)
+
+
 def _iso(moment: Any) -> str | None:
     return moment.isoformat() if moment is not None else None
 
@@ -520,11 +533,7 @@ class AgentController(Controller):
         runtime: NamedDependency[Runtime],
         agent_id: FromPath[UUID],
     ) -> AgentOut:
-        await _changeable(runtime, request, agent_id)
-        agent = await asyncio.to_thread(
-            runtime.catalog.service.publish, agent_id, by=_actor(request)
-        )
-        return agent_out(runtime, agent)
+        return await _change(runtime, request, agent_id, runtime.catalog.service.publish)
 
     @post(
         "/{agent_id:uuid}/unpublish",
@@ -538,11 +547,7 @@ class AgentController(Controller):
         runtime: NamedDependency[Runtime],
         agent_id: FromPath[UUID],
     ) -> AgentOut:
-        await _changeable(runtime, request, agent_id)
-        agent = await asyncio.to_thread(
-            runtime.catalog.service.unpublish, agent_id, by=_actor(request)
-        )
-        return agent_out(runtime, agent)
+        return await _change(runtime, request, agent_id, runtime.catalog.service.unpublish)
 
     @delete(
         "/{agent_id:uuid}",
@@ -556,11 +561,7 @@ class AgentController(Controller):
         runtime: NamedDependency[Runtime],
         agent_id: FromPath[UUID],
     ) -> AgentOut:
-        await _changeable(runtime, request, agent_id)
-        agent = await asyncio.to_thread(
-            runtime.catalog.service.retire, agent_id, by=_actor(request)
-        )
-        return agent_out(runtime, agent)
+        return await _change(runtime, request, agent_id, runtime.catalog.service.retire)
 
     @post(
         "/{agent_id:uuid}/copy",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 import time
@@ -210,3 +211,11 @@ def new_user(
     issued = admin.post(f"/v1/admin/users/{created.json()['id']}/keys", json={})
     assert issued.status_code == 201, issued.text
     return server.client(key=issued.json()["key"])
+
+
+_counter = itertools.count()
+
+
+def unique(name: str) -> str:
+    """A name no other test of the run uses (usernames, agent names: unique per server)."""
+    return f"{name}-{next(_counter)}-{time.monotonic_ns() % 1_000_000_000}"

@@ -3,7 +3,6 @@ try; pinning a run to the version it used; the marketplace; who may see and chan
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,9 @@ from tests.support import (
     parse_sse,
     post_message,
     settings_for,
+    unique,
     wait_for_run_end,
 )
-
-_counter = iter(range(1_000_000))
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{next(_counter)}-{time.monotonic_ns() % 1_000_000}"
 
 
 def instructions_model(seen: list[str | None], delay: float = 0.0) -> FunctionModel:

@@ -26,6 +26,7 @@ from tests.support import (
     post_message,
     scripted_model,
     settings_for,
+    unique,
     wait_for_run_end,
 )
 from threadlog.infra.settings import Settings
@@ -74,13 +75,6 @@ def site(
     with LiveServer(settings, scripted_model(["ok"], delay=0.05)) as server:
         yield Site(server, settings)
     delete_stream(nats_url, names.stream)
-
-
-_counter = iter(range(1_000_000))
-
-
-def unique(name: str) -> str:
-    return f"{name}-{next(_counter)}-{time.monotonic_ns()}"
 
 
 def assert_unauthorized(response: httpx.Response) -> None:
