@@ -72,6 +72,17 @@ class HandFedSource:
         self.nudges += 1
 
 
+def start_following(follower: Follower) -> None:
+    """Starts the follower and waits until it knows where the store ends: it hands on
+    what is committed after that (a consumer reads what came before from the store
+    itself, which `Collected` does not)."""
+    follower.start()
+    deadline = time.monotonic() + 10
+    while follower.position is None:
+        assert time.monotonic() < deadline, "the follower never started"
+        time.sleep(0.005)
+
+
 @pytest.fixture
 def read_models(store: Store) -> Iterator[ReadModels]:
     models = store.read_models()
@@ -82,7 +93,7 @@ def read_models(store: Store) -> Iterator[ReadModels]:
 @pytest.fixture
 def follower(store: Store) -> Iterator[Follower]:
     follower = Follower(store.service.recorder, interval_seconds=0.05)
-    follower.start()
+    start_following(follower)
     yield follower
     follower.stop()
 
@@ -299,7 +310,7 @@ def test_what_this_process_commits_is_handed_on_without_reading_it_back(store: S
     follower.follow_commits_of(service)
     collected = Collected()
     follower.add(collected)
-    follower.start()
+    start_following(follower)
     try:
         cid = start(service)
         collected.wait_for(last_position(store))
@@ -326,7 +337,7 @@ def test_another_writers_commits_between_this_process_commits_are_read_from_the_
     follower.follow_commits_of(service)
     collected = Collected()
     follower.add(collected)
-    follower.start()
+    start_following(follower)
     try:
         mine, theirs = start(service), start(other)
         stream(service, mine, tokens=0)
