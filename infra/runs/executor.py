@@ -10,16 +10,12 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 from uuid import UUID
 
 import structlog
 from pydantic_ai import Agent
 from pydantic_ai.exceptions import ModelConnectionError, ModelHTTPError, UnexpectedModelBehavior
-from pydantic_ai.messages import (
-    ModelMessage,
-)
-from pydantic_ai.run import AgentRunResult
+from pydantic_ai.usage import RunUsage
 from pydantic_core import to_jsonable_python
 
 from threadlog.domain.application import ConversationService
@@ -33,7 +29,7 @@ from threadlog.infra.agents.catalog import AgentCatalog, AgentUnrunnable
 from threadlog.infra.agents.registry import RegisteredAgent
 from threadlog.infra.agents.tools import RunDeps
 from threadlog.infra.runs.flusher import Flusher, FlushPolicy, FlushTick
-from threadlog.infra.runs.history import CompactionPolicy, ContentErased, Histories
+from threadlog.infra.runs.history import CompactionPolicy, ContentErased, Histories, Prepared
 from threadlog.infra.runs.recorder import RunRecorder, model_events
 from threadlog.infra.store.content import ContentKeys
 from threadlog.infra.store.eventstore import EventLog, while_store_recovers
@@ -88,8 +84,7 @@ def safe_failure(error: BaseException) -> tuple[str, str]:
     return "run_error", "The run failed because of an internal error."
 
 
-def usage_of(result: AgentRunResult[Any]) -> dict[str, int]:
-    usage = result.usage
+def usage_of(usage: RunUsage) -> dict[str, int]:
     return {
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
@@ -277,11 +272,11 @@ class RunExecutor:
             # The owner's key, fetched off the event loop before the first token needs it.
             await asyncio.to_thread(self._content.warm, conversation.owner)
             # Compacted first (HistoryCompacted) when over the agent's context budget.
-            prompt, history = await self._histories.prepare(
+            prepared = await self._histories.prepare(
                 flusher, registered, request.run_id, request.message_id, cause, seal
             )
             run = _Run(flusher, request, cause, seal)
-            await self._stream(run, registered, prompt, history, text)
+            await self._stream(run, registered, prepared, text)
             bound.info("run.completed", events=flusher.conversation.version - first_version)
             metrics.RUNS_COMPLETED.inc()
         except asyncio.CancelledError:
@@ -312,8 +307,7 @@ class RunExecutor:
         self,
         run_of: "_Run",
         registered: RegisteredAgent,
-        prompt: str,
-        history: list[ModelMessage],
+        prepared: Prepared,
         text: list[str],
     ) -> None:
         flusher, request, cause, seal = run_of.flusher, run_of.request, run_of.cause, run_of.seal
@@ -328,7 +322,9 @@ class RunExecutor:
         )
         agent = registered.agent
         async with agent.iter(
-            prompt, message_history=history, deps=RunDeps(report_progress=recorder.progress)
+            prepared.prompt,
+            message_history=prepared.history,
+            deps=RunDeps(report_progress=recorder.progress),
         ) as run:
             async for node in run:
                 if Agent.is_model_request_node(node):
@@ -359,10 +355,11 @@ class RunExecutor:
         first_token = recorder.first_token
         if first_token is not None:
             metrics.MODEL_FIRST_TOKEN.observe(first_token - started)
+        usage = result.usage + prepared.usage  # the compaction's summary request included
         conversation.complete_run(
             run_id=request.run_id,
-            usage=usage_of(result),
-            cost_usd=registered.cost_usd(result.usage),
+            usage=usage_of(usage),
+            cost_usd=registered.cost_usd(usage),
             duration_ms=round((finished - started) * 1000, 3),
             time_to_first_token_ms=(
                 round((first_token - started) * 1000, 3) if first_token is not None else None

@@ -21,6 +21,7 @@ from pydantic_ai.messages import (
     ModelRequest,
     UserPromptPart,
 )
+from pydantic_ai.usage import RunUsage
 
 from threadlog.domain.content import Seal
 from threadlog.domain.events import (
@@ -72,6 +73,16 @@ class _Read:
     prompt: MessagePosted | None = None
     compaction: HistoryCompacted | None = None
     turns: list[_Turn] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a run sends its model: the prompt, the history before it, and what preparing
+    them cost (the summary request of a compaction: part of the run's usage and cost)."""
+
+    prompt: str
+    history: list[ModelMessage]
+    usage: RunUsage = field(default_factory=RunUsage)
 
 
 class Histories:
@@ -150,7 +161,7 @@ class Histories:
         message_id: str,
         cause: Cause,
         seal: Seal,
-    ) -> tuple[str, list[ModelMessage]]:
+    ) -> Prepared:
         """The run's prompt and the history its model sees, compacted first (and
         `HistoryCompacted` stored) when it would exceed the agent's context budget."""
         conversation_id = live.conversation.id
@@ -162,14 +173,14 @@ class Histories:
             summary_tokens=self._policy.summary_tokens,
         )
         if budget.tokens <= 0:
-            return history.prompt, history.model_messages()
+            return Prepared(history.prompt, history.model_messages())
         counter = await asyncio.to_thread(
             counter_for, spec.model or registered.model_name, tokenizer=self._policy.tokenizer
         )
         instructions = spec.system_prompt
         planned = await asyncio.to_thread(plan, counter, instructions, history, budget)
         if planned is None:
-            return history.prompt, history.model_messages()
+            return Prepared(history.prompt, history.model_messages())
         prompt = summary_prompt(history.summary, planned.folded, planned.summary_limit)
         model = registered.agent.model
         if model is None:
@@ -217,4 +228,4 @@ class Histories:
             tokens_after=tokens_after,
             budget=budget.tokens,
         )
-        return history.prompt, compacted.model_messages()
+        return Prepared(history.prompt, compacted.model_messages(), usage)

@@ -123,6 +123,26 @@ def test_a_conversation_longer_than_the_budget_keeps_answering_with_the_demo_mod
         assert [m["message_id"] for m in state["messages"]] == expected
 
 
+def test_a_compacting_run_counts_its_summary_request_in_its_usage(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(context_budget=BUDGET, compaction_summary_tokens=100)
+    with LiveServer(settings) as server, server.client() as client:
+        _, events = converse(client, 6, "message {i}: tell me about event logs and streams")
+    summaries = {
+        c["data"]["run_id"]: c["data"]["usage"] for c in of_type(events, "HistoryCompacted")
+    }
+    assert summaries, "no run compacted"
+    for completed in of_type(events, "RunCompleted"):
+        usage, summary = completed["data"]["usage"], summaries.get(completed["data"]["run_id"])
+        if summary is None:
+            assert usage["requests"] == 1  # the reply alone
+            continue
+        assert usage["requests"] == 1 + summary["requests"]
+        assert usage["input_tokens"] > summary["input_tokens"]
+        assert usage["output_tokens"] > summary["output_tokens"]
+
+
 def test_history_compacted_matches_the_stream_schema(make_settings: SettingsFactory) -> None:
     settings = make_settings(context_budget=250, compaction_summary_tokens=60)
     with LiveServer(settings) as server, server.client() as client:
