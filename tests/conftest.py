@@ -21,8 +21,9 @@ from tests.servers import (
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
     """A thread a failed test left behind (an executor thread waiting on a server that is
-    gone) would keep this process from exiting, and CI from ever ending: after two
-    minutes, every thread's stack is printed and the process exits with 1."""
+    gone) keeps a serial run (PYTEST_WORKERS=0) from exiting, for ever: after two minutes,
+    every thread's stack is printed and the process exits with 1. (xdist ends its own
+    workers; a test that hangs is pytest-timeout's.)"""
     # fd 2, not a file object: when the timer fires, pytest has given fd 2 back to stderr.
     faulthandler.dump_traceback_later(120, exit=True, file=2)
 
