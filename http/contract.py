@@ -5,7 +5,7 @@ the app is built, with what the generator cannot know:
 
 - request bodies refuse unknown fields (`forbid_unknown_fields`): `additionalProperties:
   false`; a PATCH needs one field at least; limits that are settings (the shortest
-  password) and the agents this server defines (an enum);
+  password) and the agents a new conversation may name (a system agent's name or an id);
 - an optional query or header parameter is absent, never `null`;
 - every status code each route can answer, from its guards, parameters and body, plus
   the few that only its handler knows (`EXTRA_STATUSES`);
@@ -268,10 +268,8 @@ def _refine_bodies(schemas: dict[str, Any], settings: Settings, agents: list[str
     if agent is not None:
         for option in _options(agent):
             if option.get("type") == "string":
-                option.pop("pattern", None)
-                option.pop("minLength", None)
-                option.pop("maxLength", None)
-                option["enum"] = agents
+                option.clear()
+                option.update(agent_reference(agents))
 
 
 def _refine_ag_ui(document: dict[str, Any], agents: list[str]) -> None:
@@ -291,7 +289,21 @@ def _refine_ag_ui(document: dict[str, Any], agents: list[str]) -> None:
                 option["minItems"] = 1
     for parameter in document["paths"].get("/v1/ag-ui", {}).get("post", {}).get("parameters", []):
         if parameter["name"] == "agent":
-            parameter["schema"]["enum"] = agents
+            for option in _options(parameter["schema"]):
+                if option.get("type") == "string":
+                    option.clear()
+                    option.update(agent_reference(agents))
+
+
+def agent_reference(agents: list[str]) -> dict[str, Any]:
+    """An agent as a new conversation names it: a system agent's name, or the id of an
+    agent the caller may use (`GET /v1/agents`)."""
+    return {
+        "anyOf": [
+            {"type": "string", "enum": agents, "description": "A system agent's name"},
+            {"type": "string", "format": "uuid", "description": "An agent's id"},
+        ]
+    }
 
 
 def _options(schema: dict[str, Any]) -> list[dict[str, Any]]:

@@ -285,6 +285,20 @@ def test_an_agent_created_through_the_api_runs_in_a_conversation(site: Site) -> 
     assert prompt in site.seen
 
 
+def test_the_openapi_document_lets_a_conversation_name_an_agent_by_its_id(site: Site) -> None:
+    document = site.admin.get("/schema/openapi.json").json()
+    body = document["components"]["schemas"]["CreateConversation"]["properties"]["agent"]
+    [query] = [
+        p for p in document["paths"]["/v1/ag-ui"]["post"]["parameters"] if p["name"] == "agent"
+    ]
+    for schema in (body, query["schema"]):
+        options = [o for option in schema.get("oneOf", [schema]) for o in option.get("anyOf", [])]
+        names = [o for o in options if "enum" in o]
+        ids = [o for o in options if o.get("format") == "uuid"]
+        assert len(names) == 1 and {"assistant", "tools-demo"} <= set(names[0]["enum"]), schema
+        assert len(ids) == 1, schema
+
+
 def test_a_revision_applies_from_the_next_run_never_to_a_running_one(site: Site) -> None:
     with site.user() as alice:
         agent = create_agent(alice, system_prompt=unique("first"))

@@ -45,6 +45,18 @@ generation.allow-extra-parameters = false
 [[operations]]
 include-path = "/v1/ag-ui"
 generation.allow-extra-parameters = false
+# An agent is named by a system agent's name or by an agent's id: an id of the right shape
+# that names no agent the caller may use is a 400 (`unknown_agent`, documented).
+checks.positive_data_acceptance.expected-statuses = [
+  "2xx", "400", "401", "403", "404", "409", "429", "5xx",
+]
+
+[[operations]]
+include-path = "/v1/conversations"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = [
+  "2xx", "400", "401", "403", "404", "409", "429", "5xx",
+]
 
 # A retired agent is Gone (410, documented) to a request that is valid by the schema:
 # the stateful phase retires an agent (DELETE) and then reads or changes it.
