@@ -60,7 +60,11 @@ def test_a_tampered_event_shows_as_the_first_broken_link(
     # What someone with database access could do: edit an event's stored state.
     with psycopg.connect(server.database_url, autocommit=True) as conn:
         table = conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_name LIKE %s",
+            # The server's own tables only: the catalog has views named so too
+            # (PostgreSQL 17's pg_wait_events).
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' "
+            "AND table_name LIKE %s",
             ("%events",),
         ).fetchall()
         # The conversations' events (the users' and the agents' stores have their own).
