@@ -233,9 +233,11 @@ class LoadResult:
 
 
 def run_load(servers: Servers, config: LoadConfig) -> LoadResult:
-    def threadlog_step(n: int, label: str, profile: int = 0) -> tuple[LoadStep, Profile | None]:
+    def threadlog_step(
+        n: int, label: str, profile_rate: int = 0
+    ) -> tuple[LoadStep, Profile | None]:
         progress(f"load: {label}, {n} conversations x {config.clients_per_conversation} clients")
-        measured = _fresh_server_step(servers, n, config, profile=profile)
+        measured = _fresh_server_step(servers, n, config, profile_rate=profile_rate)
         progress(f"load: {n} conversations: {_brief(measured[0])}")
         return measured
 
@@ -288,7 +290,7 @@ def _search(measure: Callable[[int, str], LoadStep], config: LoadConfig) -> Sear
 
 
 def _fresh_server_step(
-    servers: Servers, n: int, config: LoadConfig, *, profile: int
+    servers: Servers, n: int, config: LoadConfig, *, profile_rate: int
 ) -> tuple[LoadStep, Profile | None]:
     """One step on a new database and server process: an overloaded step leaves a
     backlog (runs still streaming, events not yet relayed) that must not load the next."""
@@ -299,7 +301,7 @@ def _fresh_server_step(
             server = threadlog_server(servers, url, Path(data_dir), MODEL=model)
             try:
                 app = server.start("/health/ready")
-                return _threadlog_step(app, url, n, config, profile=profile)
+                return _threadlog_step(app, url, n, config, profile_rate=profile_rate)
             finally:
                 server.kill()
                 servers.release_stream(stream_of(server))
@@ -319,7 +321,7 @@ def headers() -> dict[str, str]:
 
 
 def _threadlog_step(
-    app: ServedApp, database_url: str, n: int, config: LoadConfig, *, profile: int = 0
+    app: ServedApp, database_url: str, n: int, config: LoadConfig, *, profile_rate: int = 0
 ) -> tuple[LoadStep, Profile | None]:
     conversations = asyncio.run(create_conversations(app.base_url, n))
     paths = [f"/v1/conversations/{c}/events" for c in conversations]
@@ -327,8 +329,12 @@ def _threadlog_step(
     try:
         clients.wait_ready()
         with psycopg.connect(database_url, autocommit=True) as database:
-            # profile: py-spy's samples per second (0: no sampling)
-            sampling = start_sampling(app.pid, config.profile_seconds, profile) if profile else None
+            # py-spy's samples per second (0: no sampling)
+            sampling = (
+                start_sampling(app.pid, config.profile_seconds, profile_rate)
+                if profile_rate
+                else None
+            )
             commits_before = _commits(database)
             with ResourceSampler(app.pid) as resources:
                 http_errors = asyncio.run(_post_messages(app.base_url, conversations))

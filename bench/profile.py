@@ -157,8 +157,18 @@ def summarize(collapsed: str, seconds: float, *, rate: int = 100, top: int = 12)
     )
 
 
-def profile_tables(profile: Profile) -> list[str]:
-    """The three tables of a profile, as Markdown lines."""
+def described(profile: Profile, heading: str) -> list[str]:
+    """A report's paragraph on `profile` (after its bold `heading`) and its three tables,
+    as Markdown lines."""
+    return [
+        f"{heading}: {_sampled(profile)}: the Python work that one process can do on one "
+        "core at a time. By threadlog component (the innermost frame of threadlog's own code "
+        "on the stack) and by library (the innermost library frame):",
+        *_tables(profile),
+    ]
+
+
+def _tables(profile: Profile) -> list[str]:
     total = profile.samples or 1
 
     def table(title: str, rows: list[tuple[str, int]], quote: bool = False) -> list[str]:
@@ -177,8 +187,8 @@ def profile_tables(profile: Profile) -> list[str]:
     ]
 
 
-def sampled(profile: Profile) -> str:
-    """How the profile was taken, for the sentence that introduces its tables."""
+def _sampled(profile: Profile) -> str:
+    """How the profile was taken."""
     return (
         f"py-spy sampled it for {profile.seconds:.0f} s at {profile.rate} Hz (non-blocking), "
         f"keeping only the thread that held the GIL ({profile.samples:,} samples: the process "

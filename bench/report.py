@@ -11,7 +11,7 @@ from bench.load import LoadResult
 from bench.machine import Machine, socket_buffer_bytes
 from bench.measure import Sample
 from bench.population import BATCH_EVENTS, Population
-from bench.profile import Profile, profile_tables, sampled
+from bench.profile import described
 from bench.read_latency import Latencies, ReadLatencyResult
 from bench.rebuild import TARGET_EVENTS_PER_SECOND, RebuildResult
 from bench.report_load import load_section, load_summary, soak_section
@@ -288,7 +288,7 @@ def _token_write(config: TokenWriteConfig, results: list[TokenWriteResult]) -> s
                 "(the path above, run again and again in the benchmark's process after the "
                 "measured repetitions; its writer thread included)"
             )
-            lines += ["", *_profile_text(result.profile, heading)]
+            lines += ["", *described(result.profile, heading)]
     return "\n".join(lines) + "\n"
 
 
@@ -359,7 +359,7 @@ def _replay(config: ReplayConfig, result: ReplayResult) -> str:
     if result.profile is not None:
         lines += [
             "",
-            *_profile_text(
+            *described(
                 result.profile,
                 "**Where the server's time goes** while "
                 "it replays the conversation back to back (one replay after another, after "
@@ -367,14 +367,6 @@ def _replay(config: ReplayConfig, result: ReplayResult) -> str:
             ),
         ]
     return "\n".join(lines) + "\n"
-
-
-def _profile_text(profile: Profile, heading: str) -> list[str]:
-    return [
-        f"{heading}: {sampled(profile)}. By threadlog component (the innermost frame of "
-        "threadlog's own code on the stack) and by library (the innermost library frame):",
-        *profile_tables(profile),
-    ]
 
 
 def _replay_breakdown(result: ReplayResult) -> str:

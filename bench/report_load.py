@@ -13,7 +13,7 @@ from bench.load import (
     Search,
 )
 from bench.measure import Sample, percentile
-from bench.profile import Profile, profile_tables, sampled
+from bench.profile import described
 from bench.soak import SoakResult
 
 DASH = "\N{EN DASH}"
@@ -246,13 +246,13 @@ def load_section(result: LoadResult) -> str:
             f"**Where the server's time goes** at the target load ({config.conversations} "
             "conversations, one more step)"
         )
-        lines += ["", _profile(result.profile, heading)]
+        lines += ["", *described(result.profile, heading)]
     if result.profile_one is not None:
         heading = (
             "**Where the server's CPU goes at N = 1** (one conversation, one more step: the "
             "CPU-per-token target)"
         )
-        lines += ["", _profile(result.profile_one, heading)]
+        lines += ["", *described(result.profile_one, heading)]
     return "\n".join(lines) + "\n"
 
 
@@ -273,16 +273,6 @@ def _pairs(result: LoadResult) -> str:
 
 def _ratio(value: float) -> str:
     return f"{value:,.1f} times" if value != float("inf") else "∞ (no token arrived)"
-
-
-def _profile(profile: Profile, heading: str) -> str:
-    lines = [
-        f"{heading}: {sampled(profile)}: the Python work that one process can do on one "
-        "core at a time. By threadlog component (the innermost frame of threadlog's own code "
-        "on the stack) and by library (the innermost library frame):",
-        *profile_tables(profile),
-    ]
-    return "\n".join(lines)
 
 
 def soak_section(result: SoakResult) -> str:

@@ -266,10 +266,7 @@ def _refine_bodies(schemas: dict[str, Any], settings: Settings, agents: list[str
                     option["minLength"] = settings.min_password_length
     agent = schemas.get("CreateConversation", {}).get("properties", {}).get("agent")
     if agent is not None:
-        for option in _options(agent):
-            if option.get("type") == "string":
-                option.clear()
-                option.update(agent_reference(agents))
+        _name_agents(agent, agents)
 
 
 def _refine_ag_ui(document: dict[str, Any], agents: list[str]) -> None:
@@ -289,21 +286,19 @@ def _refine_ag_ui(document: dict[str, Any], agents: list[str]) -> None:
                 option["minItems"] = 1
     for parameter in document["paths"].get("/v1/ag-ui", {}).get("post", {}).get("parameters", []):
         if parameter["name"] == "agent":
-            for option in _options(parameter["schema"]):
-                if option.get("type") == "string":
-                    option.clear()
-                    option.update(agent_reference(agents))
+            _name_agents(parameter["schema"], agents)
 
 
-def agent_reference(agents: list[str]) -> dict[str, Any]:
+def _name_agents(schema: dict[str, Any], agents: list[str]) -> None:
     """An agent as a new conversation names it: a system agent's name, or the id of an
-    agent the caller may use (`GET /v1/agents`)."""
-    return {
-        "anyOf": [
-            {"type": "string", "enum": agents, "description": "A system agent's name"},
-            {"type": "string", "format": "uuid", "description": "An agent's id"},
-        ]
-    }
+    agent the caller may use (`GET /v1/agents`); in place of the schema's string."""
+    for option in _options(schema):
+        if option.get("type") == "string":
+            option.clear()
+            option["anyOf"] = [
+                {"type": "string", "enum": agents, "description": "A system agent's name"},
+                {"type": "string", "format": "uuid", "description": "An agent's id"},
+            ]
 
 
 def _options(schema: dict[str, Any]) -> list[dict[str, Any]]:
