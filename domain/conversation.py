@@ -12,7 +12,7 @@ from uuid import UUID, uuid4
 
 from eventsourcing.domain import Aggregate
 
-from threadlog.domain.chain import GENESIS_HASH, chain_hash
+from threadlog.domain.chain import GENESIS_HASH
 from threadlog.domain.errors import (
     ConversationIsArchived,
     InvalidCompaction,
@@ -44,8 +44,10 @@ from threadlog.domain.events import (
     TokenStreamed,
     ToolCallCompleted,
     ToolCallStarted,
-    chain_document,
+    data_fields,
     event_data,
+    new_event_hash,
+    new_event_id,
     schema_version,
 )
 
@@ -85,10 +87,11 @@ def _chained_fields(
     cause: Cause,
     data: dict[str, Any],
 ) -> dict[str, Any]:
-    """The envelope of a new event, its hash computed over the whole document."""
-    event_id = uuid4()
+    """The envelope of a new event, its hash computed over the whole document: its
+    fields but the originator's id and version, in the order the event declares them."""
+    event_id = new_event_id()
     timestamp = event_class.create_timestamp()
-    document = chain_document(
+    event_hash = new_event_hash(
         type_name=event_class.__name__,
         event_id=event_id,
         conversation_id=aggregate_id,
@@ -100,15 +103,50 @@ def _chained_fields(
         prev_hash=prev_hash,
     )
     return {
-        "event_id": event_id,
         "timestamp": timestamp,
+        "event_id": event_id,
         "actor": cause.actor,
         "correlation_id": cause.correlation_id,
         "causation_id": cause.causation_id,
         "prev_hash": prev_hash,
-        "hash": chain_hash(document),
+        "hash": event_hash,
         **data,
     }
+
+
+def _new_event(
+    event_class: type[ConversationEvent], originator_id: UUID, version: int, fields: dict[str, Any]
+) -> ConversationEvent:
+    """`event_class(originator_id=…, originator_version=…, **fields)`, built without the
+    dataclass constructor: a frozen dataclass sets each of its dozen fields through
+    `object.__setattr__`, and every streamed token is an event. The same attributes in
+    the same order (the stored state keeps it); a field missing or unknown is refused
+    as the constructor refuses it."""
+    names = data_fields(event_class)
+    if len(fields) != _ENVELOPE_SIZE + len(names) or not all(n in fields for n in names):
+        return event_class(originator_id=originator_id, originator_version=version, **fields)
+    event = object.__new__(event_class)
+    state = vars(event)
+    state["originator_id"] = originator_id
+    state["originator_version"] = version
+    for name in _ENVELOPE_ORDER:
+        state[name] = fields[name]
+    for name in names:
+        state[name] = fields[name]
+    return event
+
+
+# A new event's envelope fields (as `_chained_fields` gives them) in declaration order.
+_ENVELOPE_ORDER = (
+    "timestamp",
+    "event_id",
+    "actor",
+    "correlation_id",
+    "causation_id",
+    "prev_hash",
+    "hash",
+)
+_ENVELOPE_SIZE = len(_ENVELOPE_ORDER)
 
 
 def validate_content(content: str, max_bytes: int) -> bytes:
@@ -179,10 +217,12 @@ class Conversation(Aggregate):
         return cls._create(ConversationStarted, id=conversation_id, **fields)
 
     def _record(self, event_class: type[ConversationEvent], cause: Cause, **data: Any) -> None:
-        fields = _chained_fields(
-            self.id, self.version + 1, self.last_hash, event_class, cause, data
-        )
-        self.trigger_event(event_class, **fields)
+        """`trigger_event`, with the chain's fields and the event built the fast way."""
+        position = self.version + 1
+        fields = _chained_fields(self.id, position, self.last_hash, event_class, cause, data)
+        event = _new_event(event_class, self.id, position, fields)
+        event.mutate(self)
+        self.pending_events.append(event)
 
     def post_message(
         self, *, content: str, client_message_id: str | None, model: ModelOf, cause: Cause

@@ -7,14 +7,15 @@ the conversation's hash chain. The rest of its fields are its ``data``.
 """
 
 import dataclasses
+import os
 from datetime import datetime
 from functools import cache
 from typing import Any
-from uuid import UUID
+from uuid import UUID, SafeUUID
 
 from eventsourcing.domain import Aggregate
 
-from threadlog.domain.chain import chain_hash
+from threadlog.domain.chain import ChainFields, chain_hash
 
 ENVELOPE_FIELDS = frozenset(
     {
@@ -285,6 +286,21 @@ class RunCancelled(ConversationEvent):
         aggregate.queue = [entry for entry in aggregate.queue if entry[1] != self.run_id]
 
 
+# The version (4) and variant (RFC 4122) bits of a random UUID.
+_UUID4_CLEAR = ~(0xC000 << 48 | 0xF000 << 64)
+_UUID4_SET = 0x8000 << 48 | 0x4000 << 64
+
+
+def new_event_id() -> UUID:
+    """`uuid4()` at a third of its cost (each streamed token takes one): the same random
+    bits and version, the UUID built without `UUID.__init__`'s checks of its arguments."""
+    value = (int.from_bytes(os.urandom(16)) & _UUID4_CLEAR) | _UUID4_SET
+    event_id = object.__new__(UUID)
+    object.__setattr__(event_id, "int", value)
+    object.__setattr__(event_id, "is_safe", SafeUUID.unknown)
+    return event_id
+
+
 @cache
 def data_fields(event_class: type[ConversationEvent]) -> tuple[str, ...]:
     """The names of an event type's own fields (its ``data``), in declaration order."""
@@ -325,6 +341,36 @@ def chain_document(
         "data": data,
         "prev_hash": prev_hash,
     }
+
+
+def new_event_hash(
+    *,
+    type_name: str,
+    event_id: UUID,
+    conversation_id: UUID,
+    position: int,
+    timestamp: datetime,
+    cause: Cause,
+    version: int,
+    data: dict[str, Any],
+    prev_hash: str,
+) -> str:
+    """`chain_hash(chain_document(…))` of a new event, at half its cost."""
+    return chain_hash(
+        ChainFields(
+            actor=cause.actor,
+            causation_id=cause.causation_id,
+            conversation_id=str(conversation_id),
+            correlation_id=cause.correlation_id,
+            data=data,
+            id=str(event_id),
+            position=position,
+            prev_hash=prev_hash,
+            schema_version=version,
+            timestamp=timestamp.isoformat(),
+            type=type_name,
+        )
+    )
 
 
 def event_chain_document(event: ConversationEvent) -> dict[str, Any]:

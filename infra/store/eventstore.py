@@ -40,7 +40,7 @@ from threadlog.infra.settings import Settings
 from threadlog.infra.store.content import ContentKeys
 from threadlog.infra.store.postgres import ColumnArraysPostgresApplicationRecorder
 from threadlog.infra.store.sqlite import NotifyingSQLiteApplicationRecorder
-from threadlog.infra.store.transcoder import MsgspecTranscoder
+from threadlog.infra.store.transcoder import MsgspecMapper, MsgspecTranscoder
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -63,6 +63,7 @@ def store_environment(settings: Settings) -> dict[str, str]:
         "AGGREGATE_CACHE_MAXSIZE": "1000",
         # eventsourcing's JSON format, read and written with msgspec (infra/store/transcoder.py).
         "TRANSCODER_TOPIC": get_topic(MsgspecTranscoder),
+        "MAPPER_TOPIC": get_topic(MsgspecMapper),
     }
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)

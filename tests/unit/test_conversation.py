@@ -1,6 +1,8 @@
 """The Conversation aggregate, on its own."""
 
+import dataclasses
 import itertools
+import uuid
 
 import pytest
 
@@ -22,6 +24,7 @@ from threadlog.domain.events import (
     RunStarted,
     TokenStreamed,
     event_data,
+    new_event_id,
     verify_event_hash,
 )
 
@@ -78,6 +81,29 @@ def test_every_event_links_to_its_predecessor_and_its_hash_verifies() -> None:
     assert all(verify_event_hash(e) for e in events)  # type: ignore[arg-type]
     for earlier, later in itertools.pairwise(events):
         assert later.prev_hash == earlier.hash  # type: ignore[attr-defined]
+
+
+def test_a_recorded_event_is_the_event_its_constructor_builds() -> None:
+    conversation = started()
+    posted = conversation.post_message(
+        content="hi", client_message_id="c-1", model="demo", cause=CAUSE
+    )
+    conversation.stream_token(run_id=posted.run_id, part=2, delta="Hel", cause=CAUSE)
+    for event in conversation.collect_events()[1:]:
+        fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(type(event))}  # type: ignore[arg-type]
+        built = type(event)(**fields)
+        assert built == event
+        # Same attributes in the same order: the stored state is written in that order.
+        assert list(vars(built).items()) == list(vars(event).items())
+
+
+def test_event_ids_are_random_version_4_uuids() -> None:
+    ids = [new_event_id() for _ in range(1000)]
+    assert len(set(ids)) == len(ids)
+    for event_id in ids:
+        assert (event_id.version, event_id.variant) == (4, uuid.RFC_4122)
+        assert uuid.UUID(str(event_id)) == event_id
+        assert hash(uuid.UUID(event_id.hex)) == hash(event_id)
 
 
 def test_a_changed_field_no_longer_verifies() -> None:
