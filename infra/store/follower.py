@@ -23,14 +23,19 @@ whose payload is the last id they committed and the committing process (this
 process's own are ignored once its commits are offered; a NOTIFY without a payload,
 a slow poll's wake on SQLite or a waiting reader's nudge always reads), and by a gap
 before the rows offered.
+
+On PostgreSQL the follower registers its LISTEN (infra/store/postgres.py): a commit
+NOTIFYs only while a listener wants it, so this process's own commits, which it is
+offered, do not cost the listening session a transaction each.
 """
 
 import contextlib
 import copy
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal, cast
+from typing import Any, Literal, cast
 from uuid import UUID
 
 import structlog
@@ -45,11 +50,12 @@ from eventsourcing.postgres import (
     PostgresDatastore,
     PostgresTrackingRecorder,
 )
+from psycopg import Connection
 from psycopg.sql import SQL, Identifier
 
 from threadlog.domain.application import ConversationService
 from threadlog.infra.store.eventstore import reconnect_promptly
-from threadlog.infra.store.postgres import committer
+from threadlog.infra.store.postgres import ColumnArraysPostgresApplicationRecorder, committer
 from threadlog.infra.store.sqlite import (
     CROSS_PROCESS_POLL_SECONDS,
     NotifyingSQLiteApplicationRecorder,
@@ -93,6 +99,7 @@ class Follower:
         self._announced = 0
         self._must_read = True
         self._offered_to: str | None = None  # this process, once its commits are offered
+        self._name = f"follower-{secrets.token_hex(6)}"  # its registration
         self.position: int | None = None
         """The last notification id read (None before the first start)."""
         self.reads = 0
@@ -284,16 +291,34 @@ class Follower:
         """One LISTEN connection; a failure (PostgreSQL restarting) restarts `_follow`."""
         try:
             with recorder.datastore.get_connection() as connection:
-                connection.execute(SQL("LISTEN {0}").format(Identifier(recorder.channel_name)))
+                unlisten = self._listen_on(recorder, connection)
                 self._announce("")  # what was committed before the LISTEN took effect
                 while not done.is_set():
                     for notify in connection.notifies(
                         timeout=_LISTEN_TIMEOUT_SECONDS, stop_after=1
                     ):
                         self._announce(notify.payload)
+                unlisten()
         except BaseException as error:
             self._listen_error = error
             self._wake.set()
+
+    def _listen_on(
+        self, recorder: PostgresApplicationRecorder, connection: Connection[Any]
+    ) -> Callable[[], None]:
+        """LISTENs, registered (where the recorder keeps a registry) for the commits not
+        offered to it; returns what unregisters it."""
+        connection.execute(SQL("LISTEN {0}").format(Identifier(recorder.channel_name)))
+        if not isinstance(recorder, ColumnArraysPostgresApplicationRecorder):
+            return lambda: None
+        name = self._name
+        recorder.register_listener(connection, name, self._offered_to)
+
+        def unlisten() -> None:
+            with contextlib.suppress(Exception):  # else pruned by a later registration
+                recorder.unregister_listener(connection, name)
+
+        return unlisten
 
 
 def _id_of(notification: Notification) -> int:

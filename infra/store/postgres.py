@@ -13,18 +13,41 @@ the NOTIFY, whose payload says the last id committed and by which process (a fol
 this process offers its rows to need not hear of them, and another one knows what to
 read: infra/store/follower.py). Until 2026-12-01 the save was three round trips (BEGIN
 and the lock, the INSERT, the NOTIFY and COMMIT).
+
+A NOTIFY costs every session that LISTENs in the database a transaction of its own
+(PostgreSQL wakes each listener of the database, whatever its channel, and it reads the
+queue in a transaction): with this process's follower listening, every token was two
+commits, though the follower takes this process's commits from memory. So a save
+notifies only while a listener registered in a table next to the events wants it: a
+follower registers the committer whose commits it need not hear of (its own process's,
+when they are handed to it), eventsourcing's subscriptions (the firehose) register for
+every commit. Registering takes the events table's lock, as a save does: a save either
+committed before the registration (the listener reads after registering) or sees it.
 """
 
+import contextlib
 import os
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    InterfaceError,
+    OperationalError,
+    StoredEvent,
+    Subscription,
+)
+from eventsourcing.postgres import (
+    PostgresApplicationRecorder,
+    PostgresDatastore,
+    PostgresSubscription,
+)
 from eventsourcing.utils import retry
-from psycopg.sql import SQL, Identifier, Literal
+from psycopg import Connection
+from psycopg.sql import SQL, Composed, Identifier, Literal
 
 from threadlog.infra import tracing
 
@@ -39,13 +62,20 @@ class ColumnArraysPostgresApplicationRecorder(PostgresApplicationRecorder):
             "table": Identifier(events_table_name),
             "append": Identifier(f"{events_table_name}_append"),
             "id_type": Identifier(datastore.originator_id_type),
+            "followers": Identifier(f"{events_table_name}_followers"),
         }
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{followers} ("
+                "name text PRIMARY KEY, committer text, listener integer NOT NULL)"
+            ).format(**names)
+        )
         self.sql_create_statements.append(
             SQL(
                 "CREATE OR REPLACE FUNCTION {schema}.{append}("
                 "ids {id_type}[], versions bigint[], topics text[], states bytea[], "
                 "committer text) RETURNS SETOF bigint LANGUAGE plpgsql AS $BODY$ "
-                "DECLARE inserted bigint[]; "
+                "DECLARE inserted bigint[]; payload text; "
                 "BEGIN "
                 "SET LOCAL lock_timeout = {lock_timeout}; "
                 "LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE; "
@@ -55,8 +85,11 @@ class ColumnArraysPostgresApplicationRecorder(PostgresApplicationRecorder):
                 "RETURNING notification_id) "
                 "SELECT array_agg(notification_id ORDER BY notification_id) INTO inserted "
                 "FROM stored; "
-                "PERFORM pg_notify({channel}, "
-                "inserted[cardinality(inserted)] || ' ' || committer); "
+                "payload := inserted[cardinality(inserted)] || ' ' || committer; "
+                "IF EXISTS (SELECT FROM {schema}.{followers} f "
+                "WHERE f.committer IS DISTINCT FROM $5) THEN "
+                "PERFORM pg_notify({channel}, payload); "
+                "END IF; "
                 "RETURN QUERY SELECT unnest(inserted); "
                 "END; $BODY$"
             ).format(
@@ -64,6 +97,20 @@ class ColumnArraysPostgresApplicationRecorder(PostgresApplicationRecorder):
                 channel=Literal(self.channel_name),
                 **names,
             )
+        )
+        self._register = _Registration(
+            lock=SQL("LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE").format(**names),
+            # Listeners gone (their listening session ended) are dropped.
+            prune=SQL(
+                "DELETE FROM {schema}.{followers} "
+                "WHERE listener NOT IN (SELECT pid FROM pg_stat_activity)"
+            ).format(**names),
+            upsert=SQL(
+                "INSERT INTO {schema}.{followers} VALUES (%s, %s, pg_backend_pid()) "
+                "ON CONFLICT (name) DO UPDATE "
+                "SET committer = excluded.committer, listener = excluded.listener"
+            ).format(**names),
+            delete=SQL("DELETE FROM {schema}.{followers} WHERE name = %s").format(**names),
         )
         self._append = SQL(
             "SELECT * FROM {schema}.{append}(%b::{id_type}[], %b::bigint[], %b::text[], "
@@ -95,6 +142,56 @@ class ColumnArraysPostgresApplicationRecorder(PostgresApplicationRecorder):
             )
             rows = curs.fetchall()
         return [next(iter(row.values())) for row in rows]
+
+    def register_listener(
+        self, connection: Connection[Any], name: str, committer: str | None
+    ) -> None:
+        """Has every later save not made by `committer` (None: every save) NOTIFY the
+        store's channel, which `connection` (in autocommit) LISTENs on. Whatever was
+        committed before is in the table when this returns: read it after."""
+        with connection.transaction():
+            connection.execute(self._register.lock)
+            connection.execute(self._register.prune)
+            connection.execute(self._register.upsert, (name, committer))
+
+    def unregister_listener(self, connection: Connection[Any], name: str) -> None:
+        connection.execute(self._register.delete, (name,))
+
+    def subscribe(
+        self, gt: int | None = None, topics: Sequence[str] = ()
+    ) -> Subscription[ApplicationRecorder]:
+        return _RegisteredSubscription(recorder=self, gt=gt, topics=topics)
+
+
+class _RegisteredSubscription(PostgresSubscription):
+    """eventsourcing's subscription, registered to be notified of every save."""
+
+    def _listen(self) -> None:
+        recorder = self._recorder
+        assert isinstance(recorder, ColumnArraysPostgresApplicationRecorder)
+        name = f"subscription-{secrets.token_hex(6)}"
+        try:
+            with recorder.datastore.get_connection() as conn:
+                conn.execute(SQL("LISTEN {0}").format(Identifier(recorder.channel_name)))
+                recorder.register_listener(conn, name, None)
+                self._has_been_notified.set()  # what was saved before it registered
+                while not self._has_been_stopped and not self._thread_error:
+                    for _ in conn.notifies(timeout=0.1, stop_after=1):
+                        self._has_been_notified.set()
+                with contextlib.suppress(Exception):  # else pruned by a later registration
+                    recorder.unregister_listener(conn, name)
+        except BaseException as error:
+            if self._thread_error is None:
+                self._thread_error = error
+            self.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class _Registration:
+    lock: Composed
+    prune: Composed
+    upsert: Composed
+    delete: Composed
 
 
 def _uuid(originator_id: UUID | str) -> UUID:

@@ -14,8 +14,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from uuid import UUID
 
+import psycopg
 import pytest
 from eventsourcing.persistence import Tracking
+from eventsourcing.postgres import PostgresApplicationRecorder
+from psycopg.sql import SQL, Identifier
 
 from tests.contract.test_projections import AGENT, USER, Store, list_rows, message_rows, run, start
 from tests.contract.test_projections import store as store
@@ -356,3 +359,87 @@ def test_another_writers_commits_between_this_process_commits_are_read_from_the_
     assert collected.ids() == [n.id for n in stored]  # each once, in order, no gap
     for before, after in zip(collected.batches, collected.batches[1:], strict=False):
         assert after.after == before.up_to
+
+
+def heard_before_marker(store: Store, commit: Callable[[], object]) -> list[str]:
+    """The NOTIFY payloads on the store's channel while `commit` runs (heard by a LISTEN
+    of the test's, which registers nothing): those before a marker sent after it."""
+    recorder = store.service.recorder
+    assert isinstance(recorder, PostgresApplicationRecorder)
+    channel = Identifier(recorder.channel_name)
+    url = store.settings.database_url
+    assert url is not None
+    with psycopg.connect(url, autocommit=True) as probe, psycopg.connect(url) as marker:
+        probe.execute(SQL("LISTEN {0}").format(channel))
+        commit()
+        marker.execute(SQL("NOTIFY {0}, 'marker'").format(channel))
+        marker.commit()
+        heard: list[str] = []
+        for notify in probe.notifies(timeout=30):
+            if notify.payload == "marker":
+                return heard
+            heard.append(notify.payload)
+    raise AssertionError("the marker never came")
+
+
+def wait_registered_for_every_commit(store: Store) -> None:
+    """Waits until a listener registered for every commit (a subscription)."""
+    recorder = store.service.recorder
+    assert isinstance(recorder, PostgresApplicationRecorder)
+    table = Identifier(f"{recorder.events_table_name}_followers")
+    query = SQL("SELECT count(*) FROM {0} WHERE committer IS NULL").format(table)
+    url = store.settings.database_url
+    assert url is not None
+    deadline = time.monotonic() + 10
+    with psycopg.connect(url, autocommit=True) as connection:
+        while (row := connection.execute(query).fetchone()) is None or row[0] == 0:
+            assert time.monotonic() < deadline, "the subscription never registered"
+            time.sleep(0.01)
+
+
+def postgres_only(store: Store) -> None:
+    if store.settings.database_url is None:
+        pytest.skip("LISTEN/NOTIFY: PostgreSQL only")
+
+
+def test_commits_the_only_follower_is_offered_notify_no_one(store: Store) -> None:
+    postgres_only(store)
+    service = store.service
+    follower = Follower(service.recorder)
+    follower.follow_commits_of(service)
+    start_following(follower)
+    try:
+        collected = Collected()
+        follower.add(collected)
+        last = 0
+
+        def commit() -> None:
+            nonlocal last
+            last = stream(service, start(service), tokens=3)
+
+        heard = heard_before_marker(store, commit)
+        collected.wait_for(last)
+    finally:
+        follower.stop()
+    assert heard == []
+
+
+def test_a_subscription_is_notified_of_every_commit(store: Store) -> None:
+    postgres_only(store)
+    service = store.service
+    follower = Follower(service.recorder)
+    follower.follow_commits_of(service)
+    start_following(follower)
+    subscription = service.recorder.subscribe(gt=last_position(store))
+    try:
+        wait_registered_for_every_commit(store)
+        cid = start(service)
+        posted = stream(service, cid, tokens=0)
+        while next(subscription).id < posted:
+            pass
+        heard = heard_before_marker(store, lambda: token(service, cid))
+        assert next(subscription).id > posted
+    finally:
+        subscription.stop()
+        follower.stop()
+    assert len(heard) == 1
