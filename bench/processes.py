@@ -5,6 +5,7 @@ the SSE clients run in `python -m bench.sse_clients` processes, so neither the
 clients' work nor the benchmark's own shows in the server's CPU time and memory.
 """
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -29,20 +30,58 @@ PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name (the third field first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes `pid` started, and theirs (`threadlog serve` starts its background
+    process): a server's CPU and memory are its whole tree's."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int(_stat(int(entry.name))[1])
+            except (OSError, IndexError, ValueError):
+                continue  # it ended meanwhile
+            children.setdefault(parent, []).append(int(entry.name))
+    found, pending = [], list(children.get(pid, ()))
+    while pending:
+        child = pending.pop()
+        found.append(child)
+        pending.extend(children.get(child, ()))
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+    """User + system CPU time the process, its descendants and the children it waited
+    for have used so far."""
+    fields = _stat(pid)
+    ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    for child in descendants(pid):
+        # One that ended meanwhile is in its parent's cutime once waited for.
+        with contextlib.suppress(OSError):
+            ticks += sum(int(f) for f in _stat(child)[11:13])
+    return ticks / TICKS
 
 
 def rss_bytes(pid: int) -> int:
-    pages = Path(f"/proc/{pid}/statm").read_text().split()[1]
-    return int(pages) * PAGE_BYTES
+    """The resident memory of the process and its descendants."""
+    total = 0
+    for process in (pid, *descendants(pid)):
+        try:
+            total += int(Path(f"/proc/{process}/statm").read_text().split()[1])
+        except OSError:
+            if process == pid:
+                raise
+    return total * PAGE_BYTES
 
 
 class ResourceSampler:
     """Samples a process's resident memory every `interval` seconds in a thread, and its
-    CPU time at start and stop: peak RSS and CPU seconds over a measured window."""
+    CPU time at start and stop: peak RSS and CPU seconds over a measured window (of the
+    process and its descendants)."""
 
     def __init__(self, pid: int, interval: float = 0.1) -> None:
         self._pid = pid

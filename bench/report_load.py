@@ -146,7 +146,9 @@ def load_section(result: LoadResult) -> str:
     lines = [
         "## 7. Model → client token latency under load\n",
         "- The server: `threadlog serve` in its own OS process on PostgreSQL and NATS (relay "
-        "and read-model projections on, one process), a new database and process for each "
+        "and read-model projections on; since 2026-12-01 `threadlog serve` runs them in the "
+        "background process it starts, `THREADLOG_BACKGROUND_PROCESS`, where until then they "
+        "shared the API process), a new database and server for each "
         f"load step, with the paced model (`THREADLOG_MODEL=paced:{config.tokens_per_second:g}"
         f":{config.tokens}`, infra/agents/paced_model.py): each run streams "
         f"{config.tokens:,} tokens at {config.tokens_per_second:g} per second "
@@ -167,7 +169,8 @@ def load_section(result: LoadResult) -> str:
         "passed.",
         "- Errors: tokens never received (by the deadline), duplicated or out of order, runs "
         "not ended by the deadline, HTTP errors. Server CPU: seconds of CPU of the server "
-        "process while the step ran (in brackets: per wall second, i.e. cores); peak RSS: "
+        "process and the processes it started (its background process) while the step ran "
+        "(in brackets: per wall second, i.e. cores); peak RSS: of those processes together, "
         "sampled every 100 ms from /proc. PostgreSQL, NATS and the clients run on the same "
         "2 CPUs, shared with whatever else the machine runs: the load average at each step's "
         "end is in the last column.",

@@ -33,7 +33,13 @@ class HealthController(Controller):
         }
         if runtime.relay is not None:
             checks["relay_position"] = str(runtime.relay.published_position)
-        ok = checks["store"] == "ok" and checks["nats"] == "ok"
+        if runtime.background_process is not None:
+            checks["background_process"] = runtime.background_process.state()
+        ok = all(
+            checks[name] == "ok"
+            for name in ("store", "nats", "background_process")
+            if name in checks
+        )
         if checks["store"] == "ok":
             checks.update(await _projection_lags(runtime))
         return Response(

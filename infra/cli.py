@@ -110,6 +110,10 @@ def _tracing() -> Tracing | None:
 
 
 def serve(settings: Settings) -> None:
+    if settings.background_process is None:
+        # On SQLite another process would hear of commits only by polling (every
+        # CROSS_PROCESS_POLL_SECONDS), and reads that wait for their writes would wait that.
+        settings = settings.replace(background_process=settings.database_url is not None)
     app = create_app(settings, tracing=_tracing())
     config = uvicorn.Config(
         app,

@@ -35,6 +35,7 @@ from threadlog.infra.auth import (
     ensure_admin,
     open_identities,
 )
+from threadlog.infra.background import BackgroundProcess
 from threadlog.infra.runs.control import RunControl
 from threadlog.infra.runs.executor import RunExecutor
 from threadlog.infra.runs.flusher import FlushPolicy
@@ -91,6 +92,8 @@ class Runtime:
     tokens: Tokens
     rate_limiter: RateLimiter | None = None
     relay: Relay | None = None
+    # The relay and the projections' own process (`background_process`), if any.
+    background_process: BackgroundProcess | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -210,10 +213,15 @@ class Runtime:
                 runtime.rate_limiter = RateLimiter(
                     bucket, window_seconds=window, connected=lambda: nc.is_connected
                 )
+            # The relay and the projections run here, or in the background process.
+            in_background = bool(settings.background_process) and (
+                settings.relay or settings.projections
+            )
+            here = not in_background
             # One follower of the log feeds the projections and the relay, coalesced
             # (a process with neither, a worker, opens none: it has connections of its own).
             follower = None
-            if settings.projections or settings.relay:
+            if here and (settings.projections or settings.relay):
                 follower = Follower(
                     service.recorder,
                     interval_seconds=settings.follow_interval_ms / 1000,
@@ -221,7 +229,7 @@ class Runtime:
                 )
                 stack.callback(follower.stop)
                 follower.follow_commits_of(service)
-            if settings.projections:
+            if here and settings.projections:
                 read_models.start(follower)
             if not settings.workers and RunsReadModel.name in read_models.runners:
                 orphans = OrphanedRuns(
@@ -250,7 +258,7 @@ class Runtime:
                     interval_seconds=settings.orphan_check_seconds,
                 )
                 runtime.background.append(asyncio.create_task(unqueued.run_forever()))
-            if settings.relay:
+            if here and settings.relay:
                 runtime.relay = Relay(
                     service,
                     js,
@@ -263,6 +271,12 @@ class Runtime:
                 runtime.background.append(asyncio.create_task(runtime.relay.run_forever()))
             if follower is not None:
                 follower.start()
+            if in_background:
+                runtime.background_process = BackgroundProcess(
+                    settings.replace(nats_url=nats_url), service
+                )
+                runtime.background_process.start()
+                stack.push_async_callback(runtime.background_process.stop)
             metrics.RUNTIME.sources = runtime.metric_sources()
             stack.callback(setattr, metrics.RUNTIME, "sources", None)
             stack.push_async_callback(runtime._stop_background)

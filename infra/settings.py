@@ -89,6 +89,10 @@ class Settings:
     relay_repair_seconds: float = 30.0
     # Run the read-model projections in this process (run them in exactly one process).
     projections: bool = True
+    # The relay and the projections (as `relay` and `projections` say) run in a second
+    # process this one starts and stops, not in this one: a process runs one thread of
+    # Python at a time. Unset: `threadlog serve` turns it on with PostgreSQL.
+    background_process: bool | None = None
     # Events applied to a read model per transaction at most.
     projection_batch_size: int = 500
     # The log's follower (relay and projections) reads at most this often while commits
@@ -260,7 +264,7 @@ def _parse(name: str, annotation: Any, raw: str) -> Any:
     try:
         if "Path" in kind:
             return Path(raw)
-        if kind == "bool" or annotation is bool:
+        if kind in ("bool", "bool | None") or annotation is bool:
             return _parse_bool(raw)
         if kind == "int" or annotation is int:
             return int(raw)

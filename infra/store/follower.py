@@ -67,6 +67,7 @@ log = structlog.get_logger(__name__)
 FOLLOW_INTERVAL_SECONDS = 0.05
 RESTART_DELAY_SECONDS = 1.0
 _LISTEN_TIMEOUT_SECONDS = 0.5  # how often the listener checks it should stop
+ANNOUNCED_POLL_SECONDS = 1.0
 
 
 Consumer = Callable[[Batch], None]
@@ -99,6 +100,7 @@ class Follower:
         self._announced = 0
         self._must_read = True
         self._offered_to: str | None = None  # this process, once its commits are offered
+        self._poll_seconds: float | None = None  # on PostgreSQL: a read unwoken this often
         self._name = f"follower-{secrets.token_hex(6)}"  # its registration
         self.position: int | None = None
         """The last notification id read (None before the first start)."""
@@ -140,6 +142,21 @@ class Follower:
         through `service`: one that does not is read only at the next gap, poll or nudge."""
         service.on_commit(self._offer_recordings)
         self._offered_to = committer()
+
+    def follow_announcements_of(self, committer_id: str) -> Callable[[int], None]:
+        """Another process (the API process that started this one: infra/background.py)
+        says what it committed by calling the returned function with the last id of
+        each commit: its commits NOTIFY no one on its behalf (`committer_id` is its
+        `committer()`), and each announcement is read with a query, coalesced as
+        NOTIFYs are. An announcement lost on the way is made good by a slow poll."""
+        self._offered_to = committer_id
+        self._poll_seconds = ANNOUNCED_POLL_SECONDS
+        return self._announce_id
+
+    def _announce_id(self, last: int) -> None:
+        with self._lock:
+            self._announced = max(self._announced, last)
+        self._wake.set()
 
     def _offer_recordings(self, recordings: Sequence[Recording[UUID]]) -> None:
         self.offer([recording.notification for recording in recordings])
@@ -274,7 +291,7 @@ class Follower:
             )
             listener.start()
             try:
-                yield None
+                yield self._poll_seconds
             finally:
                 done.set()
                 listener.join(timeout=5)
