@@ -51,6 +51,7 @@ log = structlog.get_logger(__name__)
 UPSTREAM = ConversationService.name
 RESTART_DELAY_SECONDS = 1.0
 _POLL_SECONDS = 0.1
+_FIRST_POLL_SECONDS = 0.005
 # An idle runner wakes this often (to write a tracking record behind skipped events); a
 # batch, a waiting reader or `stop` wake it at once. Four runners at 0.1 s were the
 # largest part of an idle server's CPU.
@@ -312,6 +313,7 @@ class ProjectionRunner:
         deadline = time.monotonic() + seconds
         if self.is_running:
             self._nudge(position)
+        delay = 0.0
         while True:
             if self.is_running:
                 if self.position >= position:
@@ -320,7 +322,10 @@ class ProjectionRunner:
             else:
                 if await asyncio.to_thread(self.view.has_tracking_id, UPSTREAM, position):
                     return True
-                delay = _POLL_SECONDS
+                # Run by another process (`threadlog serve`'s background process): it
+                # most likely gets there within its follower's interval, so look early,
+                # then less and less often.
+                delay = min(delay * 2, _POLL_SECONDS) if delay else _FIRST_POLL_SECONDS
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(delay)
