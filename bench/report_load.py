@@ -247,13 +247,14 @@ def load_section(result: LoadResult) -> str:
     if result.profile is not None:
         heading = (
             f"**Where the server's time goes** at the target load ({config.conversations} "
-            "conversations, one more step)"
+            "conversations, one more step; the API process, where the live path runs: its "
+            "background process is not sampled)"
         )
         lines += ["", *described(result.profile, heading)]
     if result.profile_one is not None:
         heading = (
             "**Where the server's CPU goes at N = 1** (one conversation, one more step: the "
-            "CPU-per-token target)"
+            "CPU-per-token target; the API process only)"
         )
         lines += ["", *described(result.profile_one, heading)]
     return "\n".join(lines) + "\n"

@@ -10,11 +10,13 @@ relay reads what it publishes from the store (its checkpoint says where it was),
 projections keep their checkpoints in their views, and the API process reads the
 views and those checkpoints (read-your-writes waits by polling them).
 
-The API process tells the background process what it committed over a pipe (the last
-id of each commit; a few microseconds, never blocking a commit): its commits then
-NOTIFY no one, as a NOTIFY costs every listening session a transaction
-(infra/store/postgres.py), and the background process's follower reads what each
-announcement says, coalesced. Other writers (workers) are heard by their NOTIFY.
+The API process tells the background process what it committed over a pipe, never
+blocking a commit: the rows themselves when they fit in one atomic write of the pipe
+(a lone token's commit), else the last id. Its commits then NOTIFY no one, as a NOTIFY
+costs every listening session a transaction (infra/store/postgres.py); the background
+process's follower takes the rows as its own process's commits (no query), and reads
+what an id says was committed, coalesced. A message the full pipe refused leaves a gap
+the follower reads from the store. Other writers (workers) are heard by their NOTIFY.
 
 The process is started with `multiprocessing`'s spawn (the settings pass as they are,
 not through the environment), restarted when it ends unasked, and ends itself when
@@ -31,10 +33,12 @@ import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import cast
 from uuid import UUID
 
+import msgspec
 import structlog
-from eventsourcing.persistence import Recording
+from eventsourcing.persistence import Notification, Recording
 
 from threadlog.domain.application import ConversationService
 from threadlog.infra.logging import configure_logging
@@ -89,13 +93,16 @@ class BackgroundProcess:
         return process
 
     def _announce(self, recordings: Sequence[Recording[UUID]]) -> None:
-        """The commit listener (in the saving thread): the commit's last id, or nothing
-        when the pipe is full or closed (the other process polls for what it missed)."""
+        """The commit listener (in the saving thread): the commit's rows or its last id,
+        or nothing when the pipe is full or closed (the other process reads the gap)."""
         said = self._announcements
         if said is None or not recordings:
             return
+        message = _encoder.encode([_row(r.notification) for r in recordings])
+        if len(message) > ATOMIC_MESSAGE_BYTES:
+            message = _encoder.encode(recordings[-1].notification.id)
         with contextlib.suppress(OSError):  # BlockingIOError, BrokenPipeError, closed
-            said.send_bytes(recordings[-1].notification.id.to_bytes(8, "big"))
+            said.send_bytes(message)
 
     @property
     def running(self) -> bool:
@@ -140,6 +147,34 @@ class BackgroundProcess:
         log.info("background.stopped", exitcode=process.exitcode)
 
 
+# A pipe writes this much at once or nothing (POSIX's PIPE_BUF; Connection adds a
+# 4-byte header): a non-blocking write of more could stop half-way and garble the pipe.
+ATOMIC_MESSAGE_BYTES = 4096 - 4
+_encoder = msgspec.msgpack.Encoder()
+
+
+_Row = tuple[int, UUID, int, str, bytes]
+_decoder = msgspec.msgpack.Decoder(int | list[_Row])
+
+
+def _row(notification: Notification) -> _Row:
+    """A committed row, as `_notification` builds it again."""
+    return (
+        notification.id,
+        cast(UUID, notification.originator_id),
+        notification.originator_version,
+        notification.topic,
+        notification.state,
+    )
+
+
+def _notification(row: _Row) -> Notification:
+    number, originator_id, version, topic, state = row
+    return Notification(
+        id=number, originator_id=originator_id, originator_version=version, topic=topic, state=state
+    )
+
+
 def run_background(
     settings: Settings, parent_pid: int, parent_committer: str, announcements: Connection
 ) -> None:
@@ -162,7 +197,11 @@ class _Announcements:
         def read() -> None:
             with contextlib.suppress(EOFError, OSError):  # the API process closed it or ended
                 while True:
-                    announce(int.from_bytes(self._pipe.recv_bytes(), "big"))
+                    message = _decoder.decode(self._pipe.recv_bytes())
+                    if isinstance(message, int):
+                        announce(message)
+                    else:
+                        follower.offer([_notification(row) for row in message])
 
         threading.Thread(target=read, name="threadlog-announcements", daemon=True).start()
 
