@@ -166,11 +166,19 @@ class Relay:
     async def _take(self, inbox: "_Inbox") -> list[LogBatch]:
         """The next batches, or none when the stream is due a comparison with the store;
         meanwhile a checkpoint left for later is recorded when due."""
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                # Python 3.11's `asyncio.timeout` can swallow a cancel that comes as it
+                # expires: the relay would wait on, and whoever stops it with it.
+                raise asyncio.CancelledError
             waits = [self._repair.interval_seconds] if self._repair.interval_seconds else []
             if self.published_position > self._checkpointed:
                 due = self._checkpointed_at + self._checkpoint_seconds - time.monotonic()
-                waits.append(max(due, 0))
+                if due <= 0:
+                    await self._checkpoint()
+                    continue
+                waits.append(due)
             try:
                 async with asyncio.timeout(min(waits) if waits else None):
                     return await inbox.take(self._batch_size)
