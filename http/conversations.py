@@ -36,7 +36,7 @@ from threadlog.infra.runs.executor import RunRequest
 from threadlog.infra.runs.outcomes import run_outcome
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.store.content import ContentKeys
-from threadlog.infra.store.envelope import EventEnvelope, served, stored_envelopes
+from threadlog.infra.store.envelope import EventEnvelope, served_envelopes
 from threadlog.infra.store.eventstore import EventLog, StoredRow
 from threadlog.infra.stream.feed import FeedEvent, Heartbeat, ends_run
 
@@ -101,11 +101,36 @@ def sse_frame(item: FeedEvent) -> bytes:
 def sse_frames(page: Sequence[FeedEvent], until_run: str | None) -> tuple[bytes, bool]:
     """The page's frames, up to the end of `until_run` if it ends in it, and whether it did."""
     if until_run is None:
-        return b"".join(map(sse_frame, page)), False
+        return joined_frames(page), False
     for index, item in enumerate(page):
         if ends_run(item, until_run):
-            return b"".join(map(sse_frame, page[: index + 1])), True
-    return b"".join(map(sse_frame, page)), False
+            return joined_frames(page[: index + 1]), True
+    return joined_frames(page), False
+
+
+def joined_frames(page: Sequence[FeedEvent]) -> bytes:
+    """`sse_frame` of each event, joined: each payload is copied once (into the page),
+    not first into a frame of its own (a catch-up page holds 1,000 events)."""
+    parts: list[bytes] = []
+    add = parts.extend
+    lines = _EVENT_LINES
+    for item in page:
+        line = lines.get(item.type) or _event_line(item.type)
+        add((b"id: %d" % item.position, line, item.payload, b"\n\n"))
+    return b"".join(parts)
+
+
+# A frame's lines after its id, up to its data, by event type: kept for the few types
+# there are (bounded all the same: the type of a live event comes in a NATS header).
+_EVENT_LINES: dict[str, bytes] = {}
+_EVENT_LINES_KEPT = 64
+
+
+def _event_line(type_name: str) -> bytes:
+    line = b"\nevent: %s\ndata: " % type_name.encode()
+    if len(_EVENT_LINES) < _EVENT_LINES_KEPT:
+        _EVENT_LINES[type_name] = line
+    return line
 
 
 def event_stream(frames: AsyncIterator[bytes]) -> Stream:
@@ -440,5 +465,4 @@ def _served_page(
     """A JSON page of events, content opened, the sealed values kept for re-hashing
     (built from the stored rows, no domain events: infra/store/envelope.py)."""
     rows = event_log.read_rows(conversation_id, after=after, limit=size + 1)
-    envelopes = stored_envelopes(rows[:size], conversation_id, event_log.mapper)
-    return rows, [served(item, keys) for item in envelopes]
+    return rows, served_envelopes(rows[:size], conversation_id, event_log.mapper, keys)

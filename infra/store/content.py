@@ -54,13 +54,6 @@ class Opened:
     erased: bool = False
 
 
-@dataclass(slots=True)  # not frozen: one per served event
-class OpenedData:
-    data: dict[str, Any]
-    erased: list[str]
-    sealed: dict[str, Any]  # the fields as stored, to re-hash the event
-
-
 @dataclass(frozen=True, slots=True)
 class _Cached:
     cipher: AESGCM | None  # None: the key is erased (or unknown)
@@ -131,23 +124,25 @@ class ContentKeys:
             return None, True
         return _decode(plain), False
 
-    def open_data(self, type_name: str, data: dict[str, Any]) -> OpenedData:
-        """An event's data with its sealed fields opened."""
+    def open_fields(
+        self, type_name: str, data: dict[str, Any]
+    ) -> tuple[list[str], dict[str, Any]] | None:
+        """Opens an event's sealed fields in `data` itself (a dict of the caller's own):
+        the names of those erased and the fields as stored; None when none is sealed."""
         # Runs once per served event (a replay opens thousands): no objects per field.
-        opened: dict[str, Any] | None = None
+        sealed: dict[str, Any] | None = None
         erased: list[str] = []
-        sealed: dict[str, Any] = {}
         for name in SEALED_FIELDS.get(type_name, ()):
             value = data.get(name)
             if not is_sealed(value):
                 continue
-            if opened is None:
-                opened = dict(data)
+            if sealed is None:
+                sealed = {}
             sealed[name] = value
-            opened[name], was_erased = self._opened(value)
+            data[name], was_erased = self._opened(value)
             if was_erased:
                 erased.append(name)
-        return OpenedData(data if opened is None else opened, erased, sealed)
+        return None if sealed is None else (erased, sealed)
 
     def _cipher(self, key_id: str) -> AESGCM | None:
         now = time.monotonic()

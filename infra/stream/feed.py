@@ -27,7 +27,7 @@ from threadlog.infra.store.envelope import (
     EventEnvelope,
     encode_envelope,
     served,
-    stored_envelopes,
+    served_envelopes,
 )
 from threadlog.infra.store.eventstore import EventLog, StoredRow
 from threadlog.infra.stream.live import FeedEvent, LiveEvents, LiveFollower
@@ -180,6 +180,7 @@ class ConversationFeed:
         return self._log.read_rows(conversation_id, after=after, up_to=up_to, limit=CATCH_UP_PAGE)
 
     def _encoded_page(self, conversation_id: UUID, rows: Sequence[StoredRow]) -> list[FeedEvent]:
-        # From the rows, no domain events built: the same bytes (infra/store/envelope.py).
-        envelopes = stored_envelopes(rows, conversation_id, self._log.mapper)
-        return [served_feed_event(item, self._keys) for item in envelopes]
+        # From the rows, no domain events built, content opened as each envelope is
+        # built: the same bytes (infra/store/envelope.py).
+        envelopes = served_envelopes(rows, conversation_id, self._log.mapper, self._keys)
+        return [FeedEvent(item.position, item.type, encode_envelope(item)) for item in envelopes]

@@ -35,6 +35,7 @@ from threadlog.infra.store.envelope import (
     encode_envelope,
     envelope_of,
     served,
+    served_envelopes,
     stored_envelopes,
 )
 from threadlog.infra.store.eventstore import EventLog, open_service, store_environment
@@ -206,6 +207,13 @@ def fast_path(service: ConversationService, keys: ContentKeys, cid: UUID) -> lis
     return [served_feed_event(item, keys).payload for item in fast_path_envelopes(service, cid)]
 
 
+def opened_path(service: ConversationService, keys: ContentKeys, cid: UUID) -> list[bytes]:
+    """The same, with the content opened as each envelope is built (`served_envelopes`)."""
+    log = EventLog(service)
+    opened = served_envelopes(log.read_rows(cid), cid, log.mapper, keys)
+    return [encode_envelope(item) for item in opened]
+
+
 def counting_domain_events(
     service: ConversationService, monkeypatch: pytest.MonkeyPatch
 ) -> list[StoredEvent]:
@@ -229,6 +237,7 @@ def test_the_fast_path_serves_every_event_type_as_the_domain_path_does(
     expected = domain_path(service, keys, cid)
     assert {envelope.type for envelope in fast_path_envelopes(service, cid)} == ALL_TYPES
     assert fast_path(service, keys, cid) == expected
+    assert opened_path(service, keys, cid) == expected
     assert any(b"\\u2028" in payload for payload in expected)
 
 
@@ -239,6 +248,7 @@ def test_the_fast_path_builds_no_domain_events(
     events = len(EventLog(service).read(cid))
     built = counting_domain_events(service, monkeypatch)
     assert len(fast_path(service, keys, cid)) == events
+    assert len(opened_path(service, keys, cid)) == events
     assert built == []
 
 
@@ -250,6 +260,7 @@ def test_erased_content_is_served_as_the_domain_path_serves_it(
     expected = domain_path(service, keys, cid)
     assert any(b'"erased":["delta"]' in payload for payload in expected)
     assert fast_path(service, keys, cid) == expected
+    assert opened_path(service, keys, cid) == expected
 
 
 def test_an_event_of_an_older_schema_version_is_upcast_as_the_mapper_upcasts_it(
@@ -261,6 +272,7 @@ def test_an_event_of_an_older_schema_version_is_upcast_as_the_mapper_upcasts_it(
     served_now = fast_path(service, keys, cid)
     assert len(built) == 1  # only the old row takes the domain path
     assert served_now == domain_path(service, keys, cid)
+    assert opened_path(service, keys, cid) == served_now
     last = fast_path_envelopes(service, cid)[-1]
     assert (last.type, last.schema_version, last.data["output"]) == ("MessageCompleted", 2, None)
     assert list(last.data) == list(event_data(EventLog(service).read(cid)[-1].event))
@@ -273,6 +285,7 @@ def test_rows_written_with_the_json_transcoder_are_served_as_before(
     append_v1_message_completed(json_service, cid)
     before = domain_path(json_service, keys, cid)  # the old code, reading its own rows
     assert fast_path(service, keys, cid) == before
+    assert opened_path(service, keys, cid) == before
     assert domain_path(service, keys, cid) == before
 
 
@@ -344,7 +357,9 @@ def test_rows_in_forms_eventsourcing_does_not_write_are_served_as_the_mapper_rea
     for topic, state in variants:
         position += 1
         insert_raw(service, cid, position, topic, state)
-    assert fast_path(service, keys, cid) == domain_path(service, keys, cid)
+    expected = domain_path(service, keys, cid)
+    assert fast_path(service, keys, cid) == expected
+    assert opened_path(service, keys, cid) == expected
 
 
 def test_a_row_missing_a_field_fails_as_on_the_domain_path(
@@ -361,6 +376,29 @@ def test_a_row_missing_a_field_fails_as_on_the_domain_path(
         domain_path(service, keys, cid)
     with pytest.raises(AttributeError):
         fast_path(service, keys, cid)
+    with pytest.raises(AttributeError):
+        opened_path(service, keys, cid)
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    ["2026-02-30T20:37:11.5+00:00", "2026-02-30T20:37:11+00:00", "0000-01-01T00:00:00+00:00"],
+)
+def test_a_row_whose_timestamp_is_not_a_date_fails_as_on_the_domain_path(
+    service: ConversationService, keys: ContentKeys, timestamp: str
+) -> None:
+    """Its form is `isoformat()`'s, but it is no date: the fast path does not serve it."""
+    cid = every_event_type(service, keys.seal_for(OWNER))
+    log = EventLog(service)
+    last = log.read_rows(cid)[-1]
+    state = json.loads(last.state) | {"timestamp": {"_type_": "datetime_iso", "_data_": timestamp}}
+    insert_raw(service, cid, last.position + 1, last.topic, state)
+    with pytest.raises(ValueError):
+        domain_path(service, keys, cid)
+    with pytest.raises(ValueError):
+        fast_path(service, keys, cid)
+    with pytest.raises(ValueError):
+        opened_path(service, keys, cid)
 
 
 def test_a_page_past_a_gap_in_positions_still_holds_the_next_events(
