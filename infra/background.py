@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as EventType
 from typing import cast
 from uuid import UUID
 
@@ -66,6 +67,7 @@ class BackgroundProcess:
         self._settings = settings
         self._context = multiprocessing.get_context("spawn")
         self._process: BaseProcess | None = None
+        self._following: EventType | None = None  # set by the process once it follows
         self._announcements: Connection | None = None  # the pipe's end this process writes
         self._watch: asyncio.Task[None] | None = None
         self.restarts = 0
@@ -78,9 +80,10 @@ class BackgroundProcess:
     def _spawn(self) -> BaseProcess:
         heard, said = self._context.Pipe(duplex=False)
         os.set_blocking(said.fileno(), False)  # a commit never waits for the other process
+        self._following = self._context.Event()
         process = self._context.Process(
             target=run_background,
-            args=(self._settings, os.getpid(), committer(), heard),
+            args=(self._settings, os.getpid(), committer(), heard, self._following),
             name="threadlog-background",
             daemon=True,
         )
@@ -114,6 +117,8 @@ class BackgroundProcess:
             return "failed: not started"
         if not self._process.is_alive():
             return f"failed: exited {self._process.exitcode}"
+        if self._following is None or not self._following.is_set():
+            return "starting"  # spawning, importing, opening: seconds on a busy machine
         return "ok"
 
     async def _restart_when_ended(self) -> None:
@@ -176,12 +181,18 @@ def _notification(row: _Row) -> Notification:
 
 
 def run_background(
-    settings: Settings, parent_pid: int, parent_committer: str, announcements: Connection
+    settings: Settings,
+    parent_pid: int,
+    parent_committer: str,
+    announcements: Connection,
+    following: EventType,
 ) -> None:
     """The background process's main: follows the log until SIGTERM, SIGINT or the
-    API process's end. `parent_committer` announces its commits on `announcements`."""
+    API process's end. `parent_committer` announces its commits on `announcements`;
+    `following` is set once the relay and the projections follow the log."""
     configure_logging(settings)
-    asyncio.run(_follow(settings, parent_pid, _Announcements(parent_committer, announcements)))
+    heard = _Announcements(parent_committer, announcements)
+    asyncio.run(_follow(settings, parent_pid, heard, following))
 
 
 class _Announcements:
@@ -206,7 +217,9 @@ class _Announcements:
         threading.Thread(target=read, name="threadlog-announcements", daemon=True).start()
 
 
-async def _follow(settings: Settings, parent_pid: int, announcements: _Announcements) -> None:
+async def _follow(
+    settings: Settings, parent_pid: int, announcements: _Announcements, following: EventType
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -256,6 +269,7 @@ async def _follow(settings: Settings, parent_pid: int, announcements: _Announcem
             )
             tasks.append(asyncio.create_task(relay.run_forever()))
         follower.start()
+        following.set()
         log.info(
             "background.following", relay=settings.relay, projections=list(read_models.runners)
         )

@@ -23,7 +23,7 @@ from threadlog.infra.settings import Settings
 from threadlog.infra.store.eventstore import open_service
 from threadlog.infra.stream.embedded import free_port
 
-SECONDS = 20.0
+SECONDS = 60.0  # a busy machine takes seconds to start a Python process
 
 
 @pytest.fixture
@@ -90,6 +90,7 @@ def test_serve_on_postgresql_relays_and_projects_in_a_background_process_it_stop
     with httpx.Client(
         base_url=serve.base_url, timeout=15, headers={"X-API-Key": ADMIN_KEY}
     ) as client:
+        # Ready only once the background process follows the log (serve waited for it).
         assert client.get("/health/ready").json()["checks"]["background_process"] == "ok"
         conversation_id = create_conversation(client, title="two processes")
         posted_at = projected(client, conversation_id)
