@@ -24,6 +24,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     gone) keeps a serial run (PYTEST_WORKERS=0) from exiting, for ever: after two minutes,
     every thread's stack is printed and the process exits with 1. (xdist ends its own
     workers; a test that hangs is pytest-timeout's.)"""
+    if hasattr(config, "workerinput"):
+        # An xdist worker that is done waits for the others' last tests (minutes, when
+        # one is a schemathesis run on a slow machine): xdist ends it, not this.
+        return
     # fd 2, not a file object: when the timer fires, pytest has given fd 2 back to stderr.
     faulthandler.dump_traceback_later(120, exit=True, file=2)
 
