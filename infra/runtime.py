@@ -56,6 +56,7 @@ from threadlog.infra.store.follower import Follower
 from threadlog.infra.store.writer import EventWriter
 from threadlog.infra.stream.embedded import EmbeddedNats
 from threadlog.infra.stream.feed import ConversationFeed
+from threadlog.infra.stream.frames import ServedFrames
 from threadlog.infra.stream.live import LiveEvents
 from threadlog.infra.stream.nats import StreamNames, connect, ensure_stream
 from threadlog.infra.stream.ratelimit import RateLimiter, open_bucket
@@ -183,7 +184,7 @@ class Runtime:
             stack.push_async_callback(live.close)
             service.on_commit(live.committed)
             service.on_commit(metrics.count_committed)
-            feed = ConversationFeed(event_log, live, content)
+            feed = ConversationFeed(event_log, live, content, _served_frames(settings, content))
             runs = await _runs(settings, nc, names, service, feed, executor)
             runtime = cls(
                 settings=settings,
@@ -369,6 +370,12 @@ async def _end_left_open(left_open: LeftOpenRuns) -> None:
         raise
     except Exception as error:  # the orphan check ends them later
         log.warning("runs.left_open_failed", error=repr(error))
+
+
+def _served_frames(settings: Settings, keys: ContentKeys) -> ServedFrames | None:
+    if settings.replay_cache_mb == 0:
+        return None
+    return ServedFrames(keys, settings.replay_cache_mb * 1024 * 1024)
 
 
 async def _forget_erased_keys(nc: NatsClient, names: StreamNames, keys: ContentKeys) -> None:

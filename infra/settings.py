@@ -68,6 +68,9 @@ class Settings:
     # the next, so that more flushes share it; a lone flush is written at once.
     writer_linger_ms: float = 5.0
     snapshot_interval: int = 500
+    # Replays keep the frames they served (infra/stream/frames.py), at most this many MiB
+    # per API process, least recently replayed dropped first; 0: every replay reads the store.
+    replay_cache_mb: int = 64
     max_message_bytes: int = 256 * 1024
     max_request_bytes: int = 1024 * 1024
     # All request headers together at most (431 above).
@@ -211,6 +214,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
+        if self.replay_cache_mb < 0:
+            raise SettingsError(f"{PREFIX}REPLAY_CACHE_MB must be 0 (off) or positive")
         if self.context_budget < 0:
             raise SettingsError(f"{PREFIX}CONTEXT_BUDGET must be 0 (off) or positive")
         if not 0 < self.compaction_tail_ratio < 1:

@@ -144,6 +144,10 @@ class ContentKeys:
                 erased.append(name)
         return None if sealed is None else (erased, sealed)
 
+    def opens(self, key_id: str) -> bool:
+        """Whether content sealed with the key still opens (never again once erased)."""
+        return self._cipher(key_id) is not None
+
     def _cipher(self, key_id: str) -> AESGCM | None:
         now = time.monotonic()
         # Read without the lock (a dict lookup is atomic): this runs for every opened value.

@@ -22,7 +22,7 @@ from uuid import UUID
 
 import msgspec
 
-from threadlog.infra.store.content import ContentKeys
+from threadlog.infra.store.content import KEY, ContentKeys
 from threadlog.infra.store.envelope import (
     EventEnvelope,
     encode_envelope,
@@ -30,6 +30,7 @@ from threadlog.infra.store.envelope import (
     served_envelopes,
 )
 from threadlog.infra.store.eventstore import EventLog, StoredRow
+from threadlog.infra.stream.frames import ServedFrames
 from threadlog.infra.stream.live import FeedEvent, LiveEvents, LiveFollower
 
 CATCH_UP_PAGE = 1000
@@ -76,10 +77,17 @@ def ends_run(item: FeedEvent, run_id: str) -> bool:
 
 
 class ConversationFeed:
-    def __init__(self, log: EventLog, live: LiveEvents, keys: ContentKeys) -> None:
+    def __init__(
+        self,
+        log: EventLog,
+        live: LiveEvents,
+        keys: ContentKeys,
+        frames: ServedFrames | None = None,
+    ) -> None:
         self._log = log
         self._keys = keys
         self._live = live
+        self._frames = frames  # None: every replay reads the store
 
     async def follow(
         self, conversation_id: UUID, *, after: int, heartbeat_seconds: float
@@ -157,9 +165,21 @@ class ConversationFeed:
     async def _stored(
         self, conversation_id: UUID, *, after: int, up_to: int | None = None
     ) -> AsyncIterator[list[FeedEvent]]:
-        """Non-empty pages, each decoded and encoded in a worker thread. The next page's
+        """Non-empty pages: those a replay kept as they are (infra/stream/frames.py),
+        then the store's, each decoded and encoded in a worker thread. The next page's
         rows are read while this one is encoded: the query's wait for PostgreSQL holds
         no GIL, so the two overlap."""
+        frames = self._frames
+        while frames is not None and frames.holds(conversation_id, after + 1):
+            kept = await asyncio.to_thread(
+                frames.page, conversation_id, after=after, up_to=up_to, limit=CATCH_UP_PAGE
+            )
+            if not kept:
+                break
+            yield kept
+            after = kept[-1].position
+        if up_to is not None and after >= up_to:
+            return
         rows = await asyncio.to_thread(self._rows, conversation_id, after, up_to)
         following: asyncio.Future[Sequence[StoredRow]] | None = None
         try:
@@ -183,4 +203,17 @@ class ConversationFeed:
         # From the rows, no domain events built, content opened as each envelope is
         # built: the same bytes (infra/store/envelope.py).
         envelopes = served_envelopes(rows, conversation_id, self._log.mapper, self._keys)
-        return [FeedEvent(item.position, item.type, encode_envelope(item)) for item in envelopes]
+        page = [FeedEvent(item.position, item.type, encode_envelope(item)) for item in envelopes]
+        if self._frames is not None:
+            self._frames.keep(conversation_id, page, opened_with(envelopes))
+        return page
+
+
+def opened_with(envelopes: Sequence[EventEnvelope]) -> set[str]:
+    """The ids of the keys the envelopes' content was opened with (not those erased)."""
+    key_ids: set[str] = set()
+    for item in envelopes:
+        if item.sealed:
+            erased = item.erased or ()
+            key_ids.update(value[KEY] for name, value in item.sealed.items() if name not in erased)
+    return key_ids

@@ -126,6 +126,25 @@ def test_erasing_a_users_content_makes_it_unreadable_in_every_read(
     assert listed[0]["title"] == "a visible title"  # titles are not content (docs/erasure.md)
 
 
+def test_a_replay_after_an_erasure_shows_it_erased_though_an_earlier_replay_kept_its_frames(
+    make_settings: SettingsFactory,
+) -> None:
+    with (
+        LiveServer(make_settings(), model=scripted_model(REPLY)) as server,
+        server.client() as admin,
+    ):
+        owner = new_user(server, admin, f"ann-{uuid.uuid4().hex[:8]}", ["user"])
+        conversation_id = converse(owner)
+        path = f"/v1/conversations/{conversation_id}/events"
+        opened = read_sse(owner, path)  # the server keeps these frames, content opened
+        assert erase(admin, user_id_of(owner)).status_code == 200
+        replayed = read_sse(owner, path)
+    assert by_type([e.data for e in opened], "MessagePosted")[0]["data"]["content"] is not None
+    posted = by_type([e.data for e in replayed], "MessagePosted")[0]
+    assert posted["data"]["content"] is None and posted["erased"] == ["content"]
+    assert [e.data["hash"] for e in replayed] == [e.data["hash"] for e in opened]
+
+
 def test_the_chain_still_verifies_after_an_erasure(make_settings: SettingsFactory) -> None:
     with (
         LiveServer(make_settings(), model=scripted_model(REPLY)) as server,
