@@ -25,7 +25,7 @@ from eventsourcing.utils import resolve_topic
 
 from threadlog.domain.content import SEALED_FIELDS
 from threadlog.domain.events import ConversationEvent, data_fields, event_data, schema_version
-from threadlog.infra.store.content import ContentKeys
+from threadlog.infra.store.content import KEY, ContentKeys
 from threadlog.infra.store.eventstore import LoggedEvent, StoredRow, stored_event
 from threadlog.infra.store.transcoder import MsgspecTranscoder, most_transcoded
 
@@ -318,11 +318,24 @@ def served(item: EventEnvelope, keys: ContentKeys) -> EventEnvelope:
     return msgspec.structs.replace(item, data=data, erased=erased or None, sealed=sealed)
 
 
-def served_payload(type_name: str, payload: bytes, keys: ContentKeys) -> bytes:
-    """A JetStream payload (content sealed) as a reader over HTTP gets it."""
+def served_payload(
+    type_name: str, payload: bytes, keys: ContentKeys
+) -> tuple[bytes, tuple[str, ...]]:
+    """A NATS payload (content sealed) as a reader over HTTP gets it, and the ids of
+    the keys its content was opened with (`opened_with`)."""
     if type_name not in SEALED_FIELDS:
-        return payload
-    return encode_envelope(served(_decoder.decode(payload), keys))
+        return payload, ()
+    opened = served(_decoder.decode(payload), keys)
+    return encode_envelope(opened), opened_with(opened)
+
+
+def opened_with(item: EventEnvelope) -> tuple[str, ...]:
+    """The ids of the keys a served envelope's content was opened with (not the erased)."""
+    sealed = item.sealed
+    if not sealed:
+        return ()
+    erased = item.erased or ()
+    return tuple(value[KEY] for name, value in sealed.items() if name not in erased)
 
 
 def encode_envelope(item: EventEnvelope) -> bytes:

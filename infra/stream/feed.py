@@ -10,7 +10,8 @@ before, during or after a run, it gets every event once, in position order.
 
 Catching up is paged: each page of stored rows is encoded in a worker thread while
 the next page's rows are read, and `follow_pages` hands over a page at a time so that
-a stream writes it as one chunk.
+a stream writes it as one chunk. Every page served, stored or live, is kept for the
+next replay of the same events (infra/stream/frames.py), which then sends it as is.
 """
 
 import asyncio
@@ -22,10 +23,11 @@ from uuid import UUID
 
 import msgspec
 
-from threadlog.infra.store.content import KEY, ContentKeys
+from threadlog.infra.store.content import ContentKeys
 from threadlog.infra.store.envelope import (
     EventEnvelope,
     encode_envelope,
+    opened_with,
     served,
     served_envelopes,
 )
@@ -65,7 +67,7 @@ _ending_decoder = msgspec.json.Decoder(_Ending)
 def served_feed_event(item: EventEnvelope, keys: ContentKeys) -> FeedEvent:
     """An event's envelope as a reader gets it: content opened, encoded once."""
     opened = served(item, keys)
-    return FeedEvent(opened.position, opened.type, encode_envelope(opened))
+    return FeedEvent(opened.position, opened.type, encode_envelope(opened), opened_with(opened))
 
 
 def ends_run(item: FeedEvent, run_id: str) -> bool:
@@ -126,6 +128,9 @@ class ConversationFeed:
                     yield Heartbeat()
                     continue
                 async for live_page in self._live_pages(conversation_id, follower, first, last):
+                    if self._frames is not None:
+                        # What a client saw live, a client coming back replays from here.
+                        self._frames.keep(conversation_id, live_page)
                     yield live_page
                     last = live_page[-1].position
         finally:
@@ -203,17 +208,10 @@ class ConversationFeed:
         # From the rows, no domain events built, content opened as each envelope is
         # built: the same bytes (infra/store/envelope.py).
         envelopes = served_envelopes(rows, conversation_id, self._log.mapper, self._keys)
-        page = [FeedEvent(item.position, item.type, encode_envelope(item)) for item in envelopes]
+        page = [
+            FeedEvent(item.position, item.type, encode_envelope(item), opened_with(item))
+            for item in envelopes
+        ]
         if self._frames is not None:
-            self._frames.keep(conversation_id, page, opened_with(envelopes))
+            self._frames.keep(conversation_id, page)
         return page
-
-
-def opened_with(envelopes: Sequence[EventEnvelope]) -> set[str]:
-    """The ids of the keys the envelopes' content was opened with (not those erased)."""
-    key_ids: set[str] = set()
-    for item in envelopes:
-        if item.sealed:
-            erased = item.erased or ()
-            key_ids.update(value[KEY] for name, value in item.sealed.items() if name not in erased)
-    return key_ids

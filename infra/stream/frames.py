@@ -17,7 +17,7 @@ dropped first once the frames take more than the limit (`THREADLOG_REPLAY_CACHE_
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -77,12 +77,19 @@ class ServedFrames:
             end = len(run.frames) if up_to is None else min(len(run.frames), up_to + 1 - run.first)
             return run.frames[start : min(end, start + limit)]
 
-    def keep(
-        self, conversation_id: UUID, frames: Sequence[FeedEvent], key_ids: Iterable[str]
-    ) -> None:
-        """Keeps a page just served from the store (consecutive positions): it extends
-        the conversation's run when it follows it, else it starts the run afresh."""
+    def keep(self, conversation_id: UUID, frames: Sequence[FeedEvent]) -> None:
+        """Keeps a page just served (consecutive positions): it extends the
+        conversation's run when it follows it, else it starts the run afresh. Frames
+        whose keys are not known (`opened_with` None) are not kept, nor what follows."""
         if not frames or self._max_bytes <= 0:
+            return
+        key_ids: set[str] = set()
+        for index, frame in enumerate(frames):
+            if frame.opened_with is None:
+                frames = frames[:index]
+                break
+            key_ids.update(frame.opened_with)
+        if not frames:
             return
         size = sum(len(frame.payload) for frame in frames) + _FRAME_OVERHEAD * len(frames)
         with self._lock:

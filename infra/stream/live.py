@@ -31,7 +31,13 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from threadlog.domain.content import SEALED_FIELDS
 from threadlog.domain.events import ConversationEvent
 from threadlog.infra.store.content import ContentKeys
-from threadlog.infra.store.envelope import encode_envelope, envelope, served, served_payload
+from threadlog.infra.store.envelope import (
+    encode_envelope,
+    envelope,
+    opened_with,
+    served,
+    served_payload,
+)
 from threadlog.infra.stream.nats import (
     HEADER_POSITION,
     HEADER_TYPE,
@@ -53,6 +59,10 @@ class FeedEvent:
     position: int
     type: str
     payload: bytes  # the event's wire JSON (EventEnvelope), content opened for the reader
+    # The ids of the keys its content was opened with (`opened_with`); None: not known,
+    # so never kept for later replays (infra/stream/frames.py sends a kept frame again
+    # only while its keys all open).
+    opened_with: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,10 +167,13 @@ class LiveEvents:
         watched = event.originator_id in self._followers
         served_item = None
         if watched:
-            payload = (
-                encode_envelope(served(item, self._keys)) if item.type in SEALED_FIELDS else stored
-            )
-            served_item = FeedEvent(item.position, item.type, payload)
+            if item.type in SEALED_FIELDS:
+                opened = served(item, self._keys)
+                served_item = FeedEvent(
+                    item.position, item.type, encode_envelope(opened), opened_with(opened)
+                )
+            else:
+                served_item = FeedEvent(item.position, item.type, stored, ())
         headers = event_headers(item)
         return Committed(event.originator_id, item.type, stored, headers, served_item)
 
@@ -264,11 +277,8 @@ class LiveEvents:
             return
         headers = message.headers or {}
         event_type = headers[HEADER_TYPE]
-        item = FeedEvent(
-            int(headers[HEADER_POSITION]),
-            event_type,
-            served_payload(event_type, message.data, self._keys),
-        )
+        payload, key_ids = served_payload(event_type, message.data, self._keys)
+        item = FeedEvent(int(headers[HEADER_POSITION]), event_type, payload, key_ids)
         for follower in followers:
             follower.offer(item)
 

@@ -86,6 +86,7 @@ async def replays(tmp_path: Path, nats_url: str) -> AsyncIterator[Replays]:
     keys = open_content_keys(settings)
     service = open_service(settings, keys)
     live = await LiveEvents.connect(nats_url, StreamNames(prefix=f"f{tmp_path.name[-8:]}"), keys)
+    service.on_commit(live.committed)
     log = CountingLog(service)
     feed = ConversationFeed(log, live, keys, ServedFrames(keys, 8 * 1024 * 1024))
     try:
@@ -146,7 +147,10 @@ async def test_kept_frames_whose_content_key_was_erased_are_read_again_and_show_
 
 
 def frames(first: int, count: int, size: int = 100) -> list[FeedEvent]:
-    return [FeedEvent(p, "ConversationRenamed", b"x" * size) for p in range(first, first + count)]
+    return [
+        FeedEvent(p, "ConversationRenamed", b"x" * size, opened_with=())
+        for p in range(first, first + count)
+    ]
 
 
 @pytest.fixture
@@ -159,7 +163,7 @@ def keys(tmp_path: Path) -> Iterator[ContentKeys]:
 def test_a_page_of_kept_frames_stops_at_up_to_and_at_the_limit(keys: ContentKeys) -> None:
     kept = ServedFrames(keys, 1024 * 1024)
     conversation_id = UUID(int=1)
-    kept.keep(conversation_id, frames(1, 10), ())
+    kept.keep(conversation_id, frames(1, 10))
     assert [f.position for f in kept.page(conversation_id, after=2, up_to=6, limit=9)] == [
         3,
         4,
@@ -179,10 +183,10 @@ def test_a_page_that_does_not_follow_the_kept_frames_starts_them_afresh(
 ) -> None:
     kept = ServedFrames(keys, 1024 * 1024)
     conversation_id = UUID(int=1)
-    kept.keep(conversation_id, frames(1, 5), ())
-    kept.keep(conversation_id, frames(6, 5), ())  # follows: extends them
+    kept.keep(conversation_id, frames(1, 5))
+    kept.keep(conversation_id, frames(6, 5))  # follows: extends them
     assert len(kept.page(conversation_id, after=0, up_to=None, limit=99)) == 10
-    kept.keep(conversation_id, frames(20, 5), ())  # a gap: starts afresh
+    kept.keep(conversation_id, frames(20, 5))  # a gap: starts afresh
     assert kept.page(conversation_id, after=0, up_to=None, limit=99) == []
     assert [f.position for f in kept.page(conversation_id, after=19, up_to=None, limit=99)] == [
         20,
@@ -199,9 +203,9 @@ def test_the_least_recently_replayed_conversation_is_dropped_past_the_limit(
     kept = ServedFrames(keys, 3 * 10 * 1000)  # about three conversations of 10 frames
     conversations = [UUID(int=n) for n in range(1, 5)]
     for conversation_id in conversations[:3]:
-        kept.keep(conversation_id, frames(1, 10, size=800), ())
+        kept.keep(conversation_id, frames(1, 10, size=800))
     kept.page(conversations[0], after=0, up_to=None, limit=99)  # replayed again: recent
-    kept.keep(conversations[3], frames(1, 10, size=800), ())
+    kept.keep(conversations[3], frames(1, 10, size=800))
     held = [kept.holds(c, 1) for c in conversations]
     assert held == [True, False, True, True]
     assert kept.size <= 3 * 10 * 1000
@@ -210,3 +214,19 @@ def test_the_least_recently_replayed_conversation_is_dropped_past_the_limit(
 def test_replay_cache_mb_must_not_be_negative() -> None:
     with pytest.raises(SettingsError, match="REPLAY_CACHE_MB"):
         Settings.from_env({"THREADLOG_REPLAY_CACHE_MB": "-1"})
+
+
+async def test_events_a_client_saw_live_are_replayed_from_the_kept_frames(
+    replays: Replays,
+) -> None:
+    conversation_id = replays.conversation(messages=2)
+    pages = replays.feed.follow_pages(conversation_id, after=0, heartbeat_seconds=5)
+    async with contextlib.aclosing(pages):
+        caught_up = await anext(pages)
+        await asyncio.to_thread(replays.service.rename, conversation_id, title="x", cause=CAUSE)
+        live = await asyncio.wait_for(anext(pages), 5)
+    read_by_first = replays.log.rows_read
+    replayed = await replays.replay(conversation_id)
+    assert not isinstance(caught_up, Heartbeat) and not isinstance(live, Heartbeat)
+    assert [e.payload for e in replayed] == [e.payload for e in [*caught_up, *live]]
+    assert replays.log.rows_read == read_by_first  # the live event was kept too
