@@ -51,6 +51,17 @@ SSE_STREAMS = _STREAMS.labels("sse")
 FIREHOSE_STREAMS = _STREAMS.labels("firehose")
 WEBSOCKETS = _STREAMS.labels("websocket")
 
+_REPLAY_PAGES = Counter(
+    "threadlog_replay_pages",
+    "Pages of stored events a stream caught up with, by where they came from",
+    ["source"],
+)
+REPLAY_PAGES_KEPT = _REPLAY_PAGES.labels("kept")
+REPLAY_PAGES_STORE = _REPLAY_PAGES.labels("store")
+REPLAY_KEPT_BYTES = Gauge(
+    "threadlog_replay_kept_bytes", "What the frames kept for replays take on this process"
+)
+
 RUNS_ACTIVE = Gauge("threadlog_runs_active", "Runs executing in this process now")
 _RUNS_ENDED = Counter("threadlog_runs_ended", "Runs this process executed to an end", ["outcome"])
 RUNS_COMPLETED = _RUNS_ENDED.labels("completed")

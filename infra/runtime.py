@@ -375,7 +375,9 @@ async def _end_left_open(left_open: LeftOpenRuns) -> None:
 def _served_frames(settings: Settings, keys: ContentKeys) -> ServedFrames | None:
     if settings.replay_cache_mb == 0:
         return None
-    return ServedFrames(keys, settings.replay_cache_mb * 1024 * 1024)
+    frames = ServedFrames(keys, settings.replay_cache_mb * 1024 * 1024)
+    metrics.REPLAY_KEPT_BYTES.set_function(lambda: frames.size)
+    return frames
 
 
 async def _forget_erased_keys(nc: NatsClient, names: StreamNames, keys: ContentKeys) -> None:

@@ -23,6 +23,7 @@ from uuid import UUID
 
 import msgspec
 
+from threadlog.infra import metrics
 from threadlog.infra.store.content import ContentKeys
 from threadlog.infra.store.envelope import (
     EventEnvelope,
@@ -181,6 +182,7 @@ class ConversationFeed:
             )
             if not kept:
                 break
+            metrics.REPLAY_PAGES_KEPT.inc()
             yield kept
             after = kept[-1].position
         if up_to is not None and after >= up_to:
@@ -193,7 +195,9 @@ class ConversationFeed:
                     following = asyncio.ensure_future(
                         asyncio.to_thread(self._rows, conversation_id, rows[-1].position, up_to)
                     )
-                yield await asyncio.to_thread(self._encoded_page, conversation_id, rows)
+                page = await asyncio.to_thread(self._encoded_page, conversation_id, rows)
+                metrics.REPLAY_PAGES_STORE.inc()
+                yield page
                 if following is None:
                     return
                 rows, following = await following, None

@@ -103,6 +103,9 @@ def test_metrics_move_with_real_traffic(make_settings: SettingsFactory, tmp_path
     assert moved(before, after, "threadlog_model_first_token_seconds_count") == 1
     assert moved(before, after, "threadlog_model_request_seconds_count") >= 1
     assert value(during, "threadlog_open_streams", kind="sse") >= 1
+    # The second catch-up (open_stream's) sent the pages the first (read_sse's) kept.
+    assert moved(before, after, "threadlog_replay_pages_total", source="kept") >= 1
+    assert value(after, "threadlog_replay_kept_bytes") > 0
     assert value(after, "threadlog_runs", status="completed") >= 1
     assert ("threadlog_relay_lag_events", ()) in after
     read_models = {
