@@ -237,11 +237,7 @@ async def _follow(
         stack.callback(service.close)
         nc = await connect(settings.nats_url, name="threadlog-background")
         stack.push_async_callback(nc.close)
-        names = StreamNames(
-            stream=settings.nats_stream,
-            prefix=settings.nats_subject_prefix,
-            replicas=settings.nats_stream_replicas,
-        )
+        names = StreamNames.of(settings)
         js = nc.jetstream()
         await ensure_stream(js, names)
         read_models = await asyncio.to_thread(

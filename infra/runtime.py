@@ -139,11 +139,7 @@ class Runtime:
             stack.callback(writer.stop)
             nc = await connect(nats_url)
             stack.push_async_callback(nc.close)
-            names = StreamNames(
-                stream=settings.nats_stream,
-                prefix=settings.nats_subject_prefix,
-                replicas=settings.nats_stream_replicas,
-            )
+            names = StreamNames.of(settings)
             js = nc.jetstream()
             await ensure_stream(js, names)
             event_log = EventLog(service)

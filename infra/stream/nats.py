@@ -13,6 +13,7 @@ from nats.js.api import DiscardPolicy, RawStreamMsg, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.errors import Error as JetStreamError
 
+from threadlog.infra.settings import Settings
 from threadlog.infra.store.envelope import EventEnvelope
 
 log = structlog.get_logger(__name__)
@@ -92,6 +93,14 @@ class StreamNames:
     stream: str = "THREADLOG"
     prefix: str = "threadlog"
     replicas: int = 1  # copies JetStream keeps of each stream (THREADLOG_NATS_STREAM_REPLICAS)
+
+    @classmethod
+    def of(cls, settings: Settings) -> "StreamNames":
+        return cls(
+            stream=settings.nats_stream,
+            prefix=settings.nats_subject_prefix,
+            replicas=settings.nats_stream_replicas,
+        )
 
     def conversation_subject(self, conversation_id: UUID | str, event_type: str) -> str:
         return f"{self.prefix}.conversation.{conversation_id}.{event_type}"
