@@ -179,35 +179,48 @@ def _token_write_summary(results: list[TokenWriteResult]) -> str:
 
 
 def _no_worse_summary(report: Report) -> str | None:
-    """One row: rebuild and export throughputs, cancel latency, against before's."""
+    """One row: rebuild and export throughputs, cancel latency, against before's: judged
+    on each one's ratio to the baseline measured in the same run (before's and this
+    run's), the absolute figures beside."""
     was: list[str] = []
     now: list[str] = []
     worse: list[str] = []
     extra = ""
 
-    def compare(name: str, old: float, new: float, unit: str, *, latency: bool) -> None:
+    def compare(
+        name: str, old: tuple[float, float], new: tuple[float, float], unit: str, *, latency: bool
+    ) -> None:
+        """`old`, `new`: (the figure, its ratio to the same run's baseline)."""
         digits = 1 if latency else 0
-        was.append(f"{name} {old:,.{digits}f} {unit}")
-        ratio = new / old
-        now.append(f"{name} {new:,.{digits}f} {unit} ({ratio:.2f}{TIMES})")
-        if (ratio > before.NO_WORSE_LATENCY) if latency else (ratio < before.NO_WORSE_THROUGHPUT):
+        was.append(f"{name} {old[0]:,.{digits}f} {unit} ({old[1]:.2f}{TIMES} its baseline)")
+        change = new[1] / old[1]
+        now.append(
+            f"{name} {new[0]:,.{digits}f} {unit} ({new[0] / old[0]:.2f}{TIMES} before; "
+            f"{new[1]:.2f}{TIMES} its baseline: {change:.2f}{TIMES} before's)"
+        )
+        if (change > before.NO_WORSE_LATENCY) if latency else (change < before.NO_WORSE_THROUGHPUT):
             worse.append(name)
 
     if report.store_reads is not None:
         rebuild = report.store_reads.rebuild
         for model in rebuild.models:
             old = before.REBUILD_EVENTS_PER_SECOND.get(model.name)
-            if old is None:
+            old_ratio = before.REBUILD_TO_LOG_READ.get(model.name)
+            if old is None or old_ratio is None:
                 now.append(f"rebuild `{model.name}` {_number(model.rate.median)} events/s")
             else:
                 compare(
-                    f"rebuild `{model.name}`", old, model.rate.median, "events/s", latency=False
+                    f"rebuild `{model.name}`",
+                    (old, old_ratio),
+                    (model.rate.median, model.ratio.median),
+                    "events/s",
+                    latency=False,
                 )
         export = report.store_reads.export
         compare(
             "NDJSON export",
-            before.EXPORT_EVENTS_PER_SECOND,
-            export.export_rate.median,
+            (before.EXPORT_EVENTS_PER_SECOND, before.EXPORT_TO_RAW_READ),
+            (export.export_rate.median, export.ratio.median),
             "events/s",
             latency=False,
         )
@@ -217,30 +230,40 @@ def _no_worse_summary(report: Report) -> str | None:
         )
     if report.cancel is not None:
         cancel = report.cancel
-        compare(
-            "cancel p50", before.CANCEL_P50_MS, cancel.cancel_percentile(50), "ms", latency=True
-        )
-        compare(
-            "cancel p99", before.CANCEL_P99_MS, cancel.cancel_percentile(99), "ms", latency=True
-        )
+        for q, old_ms, old_ratio in (
+            (50, before.CANCEL_P50_MS, before.CANCEL_P50_TO_BASELINE),
+            (99, before.CANCEL_P99_MS, before.CANCEL_P99_TO_BASELINE),
+        ):
+            new_ms = cancel.cancel_percentile(q)
+            compare(
+                f"cancel p{q}",
+                (old_ms, old_ratio),
+                (new_ms, new_ms / cancel.baseline_percentile(q)),
+                "ms",
+                latency=True,
+            )
     if not now:
         return None
     verdict = "**no worse**" if not worse else f"**worse**: {', '.join(worse)}"
     return (
         "| Projection rebuild, NDJSON export and cancel latency no worse than before "
-        f"(throughputs ≥ {before.NO_WORSE_THROUGHPUT:g} {TIMES} before, latencies ≤ "
-        f"{before.NO_WORSE_LATENCY:g} {TIMES} before) | {'; '.join(was)} | {'; '.join(now)} "
+        f"(each one's ratio to its baseline in the same run: throughputs ≥ "
+        f"{before.NO_WORSE_THROUGHPUT:g} {TIMES} before's, latencies ≤ "
+        f"{before.NO_WORSE_LATENCY:g} {TIMES} before's) | {'; '.join(was)} | {'; '.join(now)} "
         f"| {verdict}{extra} |"
     )
 
 
 def _no_worse_note() -> str:
     return (
-        f"“No worse” allows a throughput {1 - before.NO_WORSE_THROUGHPUT:.0%} lower and a "
-        f"latency {before.NO_WORSE_LATENCY - 1:.0%} higher than before, because the machine "
-        "is small, shared and noisy (the load average above): those before figures are "
-        "absolute, measured in another run under other load, where the other targets are "
-        "ratios to a baseline measured in this run, or absolute limits."
+        "“No worse” is judged on each figure's ratio to the baseline measured alongside it "
+        "in the same run (rebuild / reading the log, export / a raw server-side cursor, "
+        "cancel / `GET /health/`), against the same ratio in the before run "
+        f"(`bench/before.py`), allowing {1 - before.NO_WORSE_THROUGHPUT:.0%} less for a "
+        f"throughput and {before.NO_WORSE_LATENCY - 1:.0%} more for a latency: the absolute "
+        "figures are shown too, but the machine's speed varies between runs (2.2 to 2.5 "
+        "times within one day, 2026-12-01), and a ratio to a baseline measured in the same "
+        "run far less. The rebuild's own target (≥ 20,000 events/s) is absolute."
     )
 
 
