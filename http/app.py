@@ -36,7 +36,7 @@ from threadlog.http.stream import firehose
 from threadlog.http.users import AdminController, KeyController, UserController
 from threadlog.http.ws import conversation_socket
 from threadlog.infra.agents.registry import AgentRegistry
-from threadlog.infra.collector import tune_collector
+from threadlog.infra.interpreter import tune_interpreter
 from threadlog.infra.runtime import Runtime
 from threadlog.infra.settings import Settings
 from threadlog.infra.tracing import Tracing, install
@@ -80,7 +80,7 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with Runtime.open(settings, model=model, agents=agents) as runtime:
             app.state.runtime = runtime
-            tune_collector()
+            tune_interpreter()
             yield
 
     handlers: Any = exception_handlers()

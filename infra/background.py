@@ -42,6 +42,7 @@ import structlog
 from eventsourcing.persistence import Notification, Recording
 
 from threadlog.domain.application import ConversationService
+from threadlog.infra.interpreter import tune_interpreter
 from threadlog.infra.logging import configure_logging
 from threadlog.infra.settings import Settings
 from threadlog.infra.store.eventstore import open_service, reconnect_promptly, store_environment
@@ -271,6 +272,7 @@ async def _follow(
             )
             tasks.append(asyncio.create_task(relay.run_forever()))
         follower.start()
+        tune_interpreter()
         following.set()
         log.info(
             "background.following", relay=settings.relay, projections=list(read_models.runners)

@@ -20,7 +20,7 @@ from threadlog.domain.identity_service import Actor
 from threadlog.http.app import create_app
 from threadlog.infra import metrics
 from threadlog.infra.auth import Passwords, open_identities
-from threadlog.infra.collector import tune_collector
+from threadlog.infra.interpreter import tune_interpreter
 from threadlog.infra.logging import configure_logging
 from threadlog.infra.metrics import serve_metrics
 from threadlog.infra.runs.worker import RunWorker
@@ -144,7 +144,7 @@ async def _work(settings: Settings) -> None:
     worker_settings = settings.replace(workers=True, relay=False, projections=False)
     # Workers serve no reads: no read models, no connections for them.
     async with Runtime.open(worker_settings, read_model_names=()) as runtime:
-        tune_collector()
+        tune_interpreter()
         worker = RunWorker(
             service=runtime.service,
             executor=runtime.executor,
