@@ -78,11 +78,15 @@ class ServedFrames:
             return run.frames[start : min(end, start + limit)]
 
     def keep(self, conversation_id: UUID, frames: Sequence[FeedEvent]) -> None:
-        """Keeps a page just served (consecutive positions): it extends the
-        conversation's run when it follows it, else it starts the run afresh. Frames
-        whose keys are not known (`opened_with` None) are not kept, nor what follows."""
+        """Keeps a page just served (consecutive positions): what follows the
+        conversation's run extends it, a page that does not reach it starts the run
+        afresh. Frames whose keys are not known (`opened_with` None) are not kept, nor
+        what follows them."""
         if not frames or self._max_bytes <= 0:
             return
+        run = self._runs.get(conversation_id)
+        if run is not None and run.first <= frames[0].position and frames[-1].position < run.next:
+            return  # kept already (every client of a conversation offers its live pages)
         key_ids: set[str] = set()
         for index, frame in enumerate(frames):
             if frame.opened_with is None:
@@ -91,18 +95,18 @@ class ServedFrames:
             key_ids.update(frame.opened_with)
         if not frames:
             return
-        size = sum(len(frame.payload) for frame in frames) + _FRAME_OVERHEAD * len(frames)
         with self._lock:
             run = self._runs.get(conversation_id)
-            if run is not None and frames[0].position == run.next:
-                pass
-            elif run is not None and run.first <= frames[0].position < run.next:
-                return  # kept already
+            if run is not None and run.first <= frames[0].position <= run.next:
+                frames = frames[run.next - frames[0].position :]  # what it does not hold yet
             else:
                 if run is not None:
                     self._size -= run.size
                 run = _Run(first=frames[0].position)
                 self._runs[conversation_id] = run
+            if not frames:
+                return
+            size = sum(len(frame.payload) for frame in frames) + _FRAME_OVERHEAD * len(frames)
             run.frames.extend(frames)
             run.key_ids.update(key_ids)
             run.size += size

@@ -197,6 +197,33 @@ def test_a_page_that_does_not_follow_the_kept_frames_starts_them_afresh(
     ]
 
 
+def test_a_page_overlapping_the_kept_frames_extends_them_with_what_they_lack(
+    keys: ContentKeys,
+) -> None:
+    kept = ServedFrames(keys, 1024 * 1024)
+    conversation_id = UUID(int=1)
+    kept.keep(conversation_id, frames(1, 10))
+    kept.keep(conversation_id, frames(8, 6))  # 8 to 13
+    positions = [f.position for f in kept.page(conversation_id, after=0, up_to=None, limit=99)]
+    assert positions == list(range(1, 14))
+
+
+def test_frames_whose_keys_are_not_known_are_not_kept_nor_what_follows(
+    keys: ContentKeys,
+) -> None:
+    kept = ServedFrames(keys, 1024 * 1024)
+    conversation_id = UUID(int=1)
+    page = frames(1, 5)
+    page[2] = FeedEvent(3, "TokenStreamed", b"{}")  # opened_with None: not known
+    kept.keep(conversation_id, page)
+    assert [f.position for f in kept.page(conversation_id, after=0, up_to=None, limit=99)] == [
+        1,
+        2,
+    ]
+    kept.keep(UUID(int=2), [FeedEvent(1, "TokenStreamed", b"{}")])
+    assert not kept.holds(UUID(int=2), 1)
+
+
 def test_the_least_recently_replayed_conversation_is_dropped_past_the_limit(
     keys: ContentKeys,
 ) -> None:
