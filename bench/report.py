@@ -366,16 +366,18 @@ def _replay(config: ReplayConfig, result: ReplayResult) -> str:
         "- SSE: httpx `GET /v1/conversations/{id}/events` from position 0, timed from the "
         f"request until the {result.events:,}th `id:` frame has been received and parsed "
         f"({result.stream_bytes:,} bytes).",
-        "- Two servers on the same store: one as configured by default, which keeps the "
-        "frames a replay served (`infra/stream/frames.py`, `THREADLOG_REPLAY_CACHE_MB`, "
-        "since 2026-12-01), warmed by one replay, so that its replays send kept frames (a "
-        "client that comes back to the conversation it just read); and one that keeps none "
-        "(`THREADLOG_REPLAY_CACHE_MB=0`), so that every replay reads and encodes the stored "
-        "events, as a first replay of a conversation does.",
+        "- Two servers on the same store, one after the other: first one as configured by "
+        "default, which keeps the frames a replay served (`infra/stream/frames.py`, "
+        "`THREADLOG_REPLAY_CACHE_MB`, since 2026-12-01), warmed by one replay, so that its "
+        "replays send kept frames (a client that comes back to the conversation it just "
+        "read); then one that keeps none (`THREADLOG_REPLAY_CACHE_MB=0`; no relay, "
+        "projections or background process: the first had run them), so that every replay "
+        "reads and encodes the stored events, as a first replay of a conversation does.",
         f"- Baseline: `EventLog(service).read(conversation_id)` of all {result.events:,} events "
-        "straight from the store, no HTTP.",
-        f"- {config.repetitions} repetitions, after one warm-up of each, back to back "
-        f"(rotating which goes first); median (min{DASH}max).",
+        "straight from the store, no HTTP, measured alongside each server's replays (the "
+        "baseline row: both servers' reads).",
+        f"- {config.repetitions} repetitions per server, after one warm-up of each, back to "
+        f"back (alternating which goes first); median (min{DASH}max).",
         "",
         "| path | ms | SSE/direct read | target |",
         "|---|---|---|---|",

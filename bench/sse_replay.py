@@ -10,16 +10,15 @@ as domain events, and building and encoding their envelopes (`envelope_of`,
 takes (it serves the stored rows: `stored_envelopes` in infra/store/envelope.py).
 
 A replay keeps the frames it served (infra/stream/frames.py), so the same server's
-next replay sends them as they are: the server measured is such a server, warmed by
-one replay. A first replay, which reads the store, is measured on a second server
-that keeps none (`THREADLOG_REPLAY_CACHE_MB=0`), alongside.
+next replay sends them as they are: the server measured first is such a server,
+warmed by one replay. A first replay, which reads the store, is measured next on a
+server that keeps none (`THREADLOG_REPLAY_CACHE_MB=0`), each with its direct reads.
 """
 
 import dataclasses
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
@@ -102,35 +101,77 @@ def run_replay(servers: Servers, config: ReplayConfig) -> ReplayResult:
     try:
         progress(f"sse replay: storing a conversation of {config.events} events")
         conversation_id = _build_conversation(service, config.events)
-        with (
-            tempfile.TemporaryDirectory(prefix="threadlog-bench-") as data_dir,
-            tempfile.TemporaryDirectory(prefix="threadlog-bench-first-") as first_dir,
-        ):
-            # The servers in processes of their own, as clients meet them: the client's
-            # parsing does not share the server's GIL. The second keeps no frames.
-            server = threadlog_server(servers, url, Path(data_dir))
-            first = threadlog_server(servers, url, Path(first_dir), REPLAY_CACHE_MB="0")
-            try:
-                app = server.start("/health/ready")
-                first_app = first.start("/health/ready")
-                with (
-                    _client(app.base_url) as client,
-                    _client(first_app.base_url) as first_client,
-                ):
-                    caught_up = service.recorder.max_notification_id() or 0
-                    _wait_until_caught_up(client, caught_up)
-                    _wait_until_caught_up(first_client, caught_up)
-                    measured = _measure(client, first_client, service, conversation_id, config)
-                    return _profiled(measured, first_client, first_app.pid, conversation_id, config)
-            finally:
-                server.stop()
-                first.stop()
-                servers.release_stream(stream_of(server))
-                servers.release_stream(stream_of(first))
+        kept = _replays(servers, url, service, conversation_id, config, "frames kept")
+        # One server at a time: each holds dozens of connections, and the embedded
+        # PostgreSQL takes 100. This one serves the replays only: no relay, projections
+        # or background process (the first one ran them on the same store).
+        first = _replays(
+            servers,
+            url,
+            service,
+            conversation_id,
+            config,
+            "first replays",
+            REPLAY_CACHE_MB="0",
+            BACKGROUND_PROCESS="false",
+            RELAY="false",
+            PROJECTIONS="false",
+        )
     finally:
         service.close()
         keys.close()
         servers.databases.drop(url)
+    sse_ms, first_ms = kept.replay_ms, first.replay_ms
+    return ReplayResult(
+        events=config.events,
+        stream_bytes=kept.stream_bytes,
+        sse_ms=sse_ms,
+        first_ms=first_ms,
+        read_ms=Sample.of([*kept.read_ms.values, *first.read_ms.values]),
+        encode_ms=Sample.of([*kept.encode_ms.values, *first.encode_ms.values]),
+        ratio=ratios(sse_ms, kept.read_ms),
+        first_ratio=ratios(first_ms, first.read_ms),
+        profile=first.profile,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Replays:
+    """One server's replays, and the direct reads measured alongside them."""
+
+    replay_ms: Sample
+    read_ms: Sample
+    encode_ms: Sample
+    stream_bytes: int
+    profile: Profile | None
+
+
+def _replays(
+    servers: Servers,
+    url: str,
+    service: ConversationService,
+    conversation_id: UUID,
+    config: ReplayConfig,
+    label: str,
+    **settings: str,
+) -> _Replays:
+    """Replays on a `threadlog serve` of its own (as clients meet it: the client's
+    parsing does not share the server's GIL), with `settings`; a profile of it
+    replaying back to back when their median misses the target."""
+    with tempfile.TemporaryDirectory(prefix="threadlog-bench-") as data_dir:
+        server = threadlog_server(servers, url, Path(data_dir), **settings)
+        try:
+            app = server.start("/health/ready")
+            with _client(app.base_url) as client:
+                _wait_until_caught_up(client, service.recorder.max_notification_id() or 0)
+                measured = _measure(client, service, conversation_id, config, label)
+                profile = None
+                if measured.replay_ms.median >= TARGET_MS and config.profile_seconds:
+                    profile = _profile(client, app.pid, conversation_id, config, label)
+                return dataclasses.replace(measured, profile=profile)
+        finally:
+            server.stop()
+            servers.release_stream(stream_of(server))
 
 
 def _build_conversation(service: ConversationService, events: int) -> UUID:
@@ -188,63 +229,45 @@ def _client(base_url: str) -> httpx.Client:
 
 def _measure(
     client: httpx.Client,
-    first_client: httpx.Client,
     service: ConversationService,
     conversation_id: UUID,
     config: ReplayConfig,
-) -> ReplayResult:
+    label: str,
+) -> _Replays:
     event_log = EventLog(service)
     path = f"/v1/conversations/{conversation_id}/events"
     sse: list[float] = []
-    first: list[float] = []
     reads: list[tuple[float, float]] = []
-    # Warm every path (connections, prepared statements, caches; the frames the default
-    # server keeps) before measuring.
+    # Warm both paths (connections, prepared statements, caches; the frames a server
+    # keeps) before measuring.
     _replay(client, path, config.events)
-    _replay(first_client, path, config.events)
     _read(event_log, conversation_id, config.events)
     for repetition in range(config.repetitions):
-        progress(f"sse replay: repetition {repetition + 1}/{config.repetitions}")
-        steps: list[Callable[[], None]] = [
-            lambda: sse.append(_replay(client, path, config.events)[0]),
-            lambda: first.append(_replay(first_client, path, config.events)[0]),
-            lambda: reads.append(_read(event_log, conversation_id, config.events)),
-        ]
-        for step in steps[repetition % 3 :] + steps[: repetition % 3]:  # rotating the first
-            step()
-    stream_bytes = _replay(client, path, config.events)[1]
-    sse_ms = Sample.of(s * 1000 for s in sse)
-    first_ms = Sample.of(s * 1000 for s in first)
-    read_ms = Sample.of(read * 1000 for read, _ in reads)
-    return ReplayResult(
-        events=config.events,
-        stream_bytes=stream_bytes,
-        sse_ms=sse_ms,
-        first_ms=first_ms,
-        read_ms=read_ms,
+        progress(f"sse replay, {label}: repetition {repetition + 1}/{config.repetitions}")
+        if repetition % 2:
+            reads.append(_read(event_log, conversation_id, config.events))
+            sse.append(_replay(client, path, config.events)[0])
+        else:
+            sse.append(_replay(client, path, config.events)[0])
+            reads.append(_read(event_log, conversation_id, config.events))
+    return _Replays(
+        replay_ms=Sample.of(s * 1000 for s in sse),
+        read_ms=Sample.of(read * 1000 for read, _ in reads),
         encode_ms=Sample.of(encode * 1000 for _, encode in reads),
-        ratio=ratios(sse_ms, read_ms),
-        first_ratio=ratios(first_ms, read_ms),
+        stream_bytes=_replay(client, path, config.events)[1],
+        profile=None,
     )
 
 
-def _profiled(
-    measured: ReplayResult,
-    client: httpx.Client,
-    pid: int,
-    conversation_id: UUID,
-    config: ReplayConfig,
-) -> ReplayResult:
-    """The result with a profile of the server that keeps no frames replaying back to
-    back, where a first replay missed the target."""
-    if measured.first_met or not config.profile_seconds:
-        return measured
-    progress("sse replay: py-spy sampling the server while it replays")
+def _profile(
+    client: httpx.Client, pid: int, conversation_id: UUID, config: ReplayConfig, label: str
+) -> Profile | None:
+    """The server replaying the conversation back to back, sampled."""
+    progress(f"sse replay, {label}: py-spy sampling the server while it replays")
     path = f"/v1/conversations/{conversation_id}/events"
-    profile = sample_while(
+    return sample_while(
         pid, config.profile_seconds, lambda: _replay(client, path, config.events), rate=250
     )
-    return dataclasses.replace(measured, profile=profile)
 
 
 def _replay(client: httpx.Client, path: str, events: int) -> tuple[float, int]:
