@@ -94,10 +94,6 @@ def wants_json(request: Request[Any, Any, Any]) -> bool:
     return "application/json" in accept and "text/event-stream" not in accept
 
 
-def sse_frame(item: FeedEvent) -> bytes:
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (item.position, item.type.encode(), item.payload)
-
-
 def sse_frames(page: Sequence[FeedEvent], until_run: str | None) -> tuple[bytes, bool]:
     """The page's frames, up to the end of `until_run` if it ends in it, and whether it did."""
     if until_run is None:
@@ -109,8 +105,9 @@ def sse_frames(page: Sequence[FeedEvent], until_run: str | None) -> tuple[bytes,
 
 
 def joined_frames(page: Sequence[FeedEvent]) -> bytes:
-    """`sse_frame` of each event, joined: each payload is copied once (into the page),
-    not first into a frame of its own (a catch-up page holds 1,000 events)."""
+    """Each event's SSE frame (`id: <position>`, `event: <type>`, `data: <payload>`),
+    joined: each payload is copied once (into the page), not first into a frame of its
+    own (a catch-up page holds 1,000 events)."""
     parts: list[bytes] = []
     add = parts.extend
     lines = _EVENT_LINES

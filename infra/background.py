@@ -102,15 +102,13 @@ class BackgroundProcess:
         said = self._announcements
         if said is None or not recordings:
             return
-        last_id = _encoder.encode(recordings[-1].notification.id)
-        # The states alone already too large (a group commit under load): the id, without
-        # encoding rows only to throw them away on the writer's thread.
-        if sum(len(r.notification.state) for r in recordings) > ATOMIC_MESSAGE_BYTES:
-            message = last_id
-        else:
+        message = None
+        # The states alone already too large (a group commit under load): no rows encoded
+        # only to be thrown away on the writer's thread.
+        if sum(len(r.notification.state) for r in recordings) <= ATOMIC_MESSAGE_BYTES:
             message = _encoder.encode([_row(r.notification) for r in recordings])
-            if len(message) > ATOMIC_MESSAGE_BYTES:
-                message = last_id
+        if message is None or len(message) > ATOMIC_MESSAGE_BYTES:
+            message = _encoder.encode(recordings[-1].notification.id)
         with contextlib.suppress(OSError):  # BlockingIOError, BrokenPipeError, closed
             said.send_bytes(message)
 

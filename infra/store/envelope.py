@@ -325,7 +325,13 @@ def served_payload(
     the keys its content was opened with (`opened_with`)."""
     if type_name not in SEALED_FIELDS:
         return payload, ()
-    opened = served(_decoder.decode(payload), keys)
+    return served_bytes(_decoder.decode(payload), keys)
+
+
+def served_bytes(item: EventEnvelope, keys: ContentKeys) -> tuple[bytes, tuple[str, ...]]:
+    """`encode_envelope(served(item, keys))`, and the ids of the keys its content was
+    opened with (`opened_with`): what a reader's frame of the event carries."""
+    opened = served(item, keys)
     return encode_envelope(opened), opened_with(opened)
 
 

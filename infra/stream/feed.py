@@ -29,7 +29,7 @@ from threadlog.infra.store.envelope import (
     EventEnvelope,
     encode_envelope,
     opened_with,
-    served,
+    served_bytes,
     served_envelopes,
 )
 from threadlog.infra.store.eventstore import EventLog, StoredRow
@@ -67,8 +67,7 @@ _ending_decoder = msgspec.json.Decoder(_Ending)
 
 def served_feed_event(item: EventEnvelope, keys: ContentKeys) -> FeedEvent:
     """An event's envelope as a reader gets it: content opened, encoded once."""
-    opened = served(item, keys)
-    return FeedEvent(opened.position, opened.type, encode_envelope(opened), opened_with(opened))
+    return FeedEvent(item.position, item.type, *served_bytes(item, keys))
 
 
 def ends_run(item: FeedEvent, run_id: str) -> bool:

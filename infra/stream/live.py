@@ -34,8 +34,7 @@ from threadlog.infra.store.content import ContentKeys
 from threadlog.infra.store.envelope import (
     encode_envelope,
     envelope,
-    opened_with,
-    served,
+    served_bytes,
     served_payload,
 )
 from threadlog.infra.stream.nats import (
@@ -167,13 +166,10 @@ class LiveEvents:
         watched = event.originator_id in self._followers
         served_item = None
         if watched:
-            if item.type in SEALED_FIELDS:
-                opened = served(item, self._keys)
-                served_item = FeedEvent(
-                    item.position, item.type, encode_envelope(opened), opened_with(opened)
-                )
-            else:
-                served_item = FeedEvent(item.position, item.type, stored, ())
+            payload, key_ids = (
+                served_bytes(item, self._keys) if item.type in SEALED_FIELDS else (stored, ())
+            )
+            served_item = FeedEvent(item.position, item.type, payload, key_ids)
         headers = event_headers(item)
         return Committed(event.originator_id, item.type, stored, headers, served_item)
 

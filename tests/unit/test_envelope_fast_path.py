@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from threadlog.http.conversations import joined_frames, sse_frame
+from threadlog.http.conversations import joined_frames
 from threadlog.infra.store.envelope import EventEnvelope, _timestamp_string, encode_envelope
 from threadlog.infra.stream.feed import FeedEvent
 
@@ -88,6 +88,11 @@ def test_stored_timestamps_are_served_as_the_domain_path_serves_them(
 @given(st.text(alphabet="0123456789-+:.T \uff15", min_size=24, max_size=33))
 def test_text_of_a_timestamp_s_characters_is_parsed_as_the_mapper_parses_it(text: str) -> None:
     assert fast_path(text) == domain_path(text)
+
+
+def sse_frame(item: FeedEvent) -> bytes:
+    """One event's frame, as the wire contract spells it (DESIGN.md)."""
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (item.position, item.type.encode(), item.payload)
 
 
 def test_a_page_s_frames_are_each_event_s_frame_joined() -> None:
