@@ -7,6 +7,7 @@ themselves are read back from the events, not kept here.
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -120,20 +121,22 @@ def _new_event(
     """`event_class(originator_id=…, originator_version=…, **fields)`, built without the
     dataclass constructor: a frozen dataclass sets each of its dozen fields through
     `object.__setattr__`, and every streamed token is an event. The same attributes in
-    the same order (the stored state keeps it); a field missing or unknown is refused
-    as the constructor refuses it."""
-    names = data_fields(event_class)
-    if len(fields) != _ENVELOPE_SIZE + len(names) or not all(n in fields for n in names):
+    the same order (the stored state keeps it); fields missing, unknown or in another
+    order go through the constructor, which refuses or orders them."""
+    if tuple(fields) != _field_order(event_class):
         return event_class(originator_id=originator_id, originator_version=version, **fields)
     event = object.__new__(event_class)
     state = vars(event)
     state["originator_id"] = originator_id
     state["originator_version"] = version
-    for name in _ENVELOPE_ORDER:
-        state[name] = fields[name]
-    for name in names:
-        state[name] = fields[name]
+    state.update(fields)
     return event
+
+
+@cache
+def _field_order(event_class: type[ConversationEvent]) -> tuple[str, ...]:
+    """The fields `_new_event` sets, in the order the event declares them."""
+    return _ENVELOPE_ORDER + data_fields(event_class)
 
 
 # A new event's envelope fields (as `_chained_fields` gives them) in declaration order.
@@ -146,7 +149,6 @@ _ENVELOPE_ORDER = (
     "prev_hash",
     "hash",
 )
-_ENVELOPE_SIZE = len(_ENVELOPE_ORDER)
 
 
 def validate_content(content: str, max_bytes: int) -> bytes:
