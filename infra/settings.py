@@ -57,9 +57,12 @@ class Settings:
     # is at hand (downloaded once into TIKTOKEN_CACHE_DIR), else the estimate (UTF-8
     # bytes / 3); "estimate" always estimates (infra/agents/tokens.py).
     tokenizer: Literal["auto", "estimate"] = "auto"
-    # Token events are appended in batches: at most this many per transaction …
+    # A run hands its events to the writer as it decides them (those decided while its
+    # last flush is in flight, together when it lands), and waits for its flush when it
+    # has this many pending (infra/runs/flusher.py).
     token_batch_size: int = 64
-    # … and no later than this after the first pending token.
+    # A run whose flush was busy (one it awaits under way, or redone after a conflict)
+    # tries again after this long.
     token_flush_interval_ms: float = 5.0
     # Events per group-commit transaction at most. Larger saves (one big array parameter)
     # were seen to stall psycopg's pipeline for good on PostgreSQL (docs/benchmarks.md).

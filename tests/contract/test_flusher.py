@@ -1,5 +1,5 @@
-"""A run's pending events reach the store on the process's one flush tick: the same
-specifications on SQLite and on PostgreSQL."""
+"""A run's pending events reach the store through the group-commit writer without the
+run waiting for them: the same specifications on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -51,27 +51,51 @@ def deltas(service: ConversationService, conversation: Conversation) -> list[str
     return [t.event.delta for t in tokens]  # type: ignore[attr-defined]
 
 
-def test_many_runs_tokens_are_stored_on_one_tick_without_the_runs_waiting(
+async def stored_without_flushing(
+    service: ConversationService, lives: list[Conversation], expected: list[str]
+) -> list[list[str]]:
+    """Each conversation's stored deltas once they are `expected` (or after 10 s)."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        found = [await asyncio.to_thread(deltas, service, live) for live in lives]
+        if all(f == expected for f in found) or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.01)
+
+
+def test_a_token_goes_to_the_writer_at_once_and_its_run_does_not_wait(
     service: ConversationService, writer: CountingWriter
 ) -> None:
     lives = [run_with_tokens(service, []) for _ in range(5)]
 
-    async def stream() -> list[int]:
-        tick = FlushTick(TICK_SECONDS)
+    async def stream() -> tuple[int, list[list[str]]]:
+        tick = FlushTick(60)  # never in time: no tick is needed
         flushers = [Flusher(live, service, writer, FlushPolicy(), tick) for live in lives]
         for flusher in flushers:
             token(flusher, "a")
             await flusher.added()
-        pending = [len(f.conversation.pending_events) for f in flushers]
-        await asyncio.sleep(TICK_SECONDS * 4)
-        for flusher in flushers:
-            await flusher.flush()
-        return pending
+        handed_over = writer.submitted  # before the loop could settle any flush
+        return handed_over, await stored_without_flushing(service, lives, ["a"])
 
-    pending = asyncio.run(stream())
-    assert pending == [1] * 5  # `added` returned before any flush
-    assert writer.submitted == 5  # one flush each, on the tick
-    assert [deltas(service, live) for live in lives] == [["a"]] * 5
+    handed_over, stored = asyncio.run(stream())
+    assert handed_over == 5
+    assert stored == [["a"]] * 5
+
+
+def test_tokens_decided_while_a_flush_is_in_flight_go_together_when_it_lands(
+    service: ConversationService, writer: CountingWriter
+) -> None:
+    live = run_with_tokens(service, [])
+
+    async def stream() -> list[list[str]]:
+        flusher = Flusher(live, service, writer, FlushPolicy(), FlushTick(60))
+        for delta in "abc":  # no await yields: "a" is still in flight for "b" and "c"
+            token(flusher, delta)
+            await flusher.added()
+        return await stored_without_flushing(service, [live], ["a", "b", "c"])
+
+    assert asyncio.run(stream()) == [["a", "b", "c"]]
+    assert writer.submitted == 2  # "a", then "b" and "c" together
 
 
 def test_a_full_batch_is_stored_before_added_returns(
@@ -81,15 +105,15 @@ def test_a_full_batch_is_stored_before_added_returns(
 
     async def stream() -> None:
         flusher = Flusher(live, service, writer, FlushPolicy(batch_size=3), FlushTick(60))
-        for delta in "abc":
+        for delta in "abcd":  # "a" in flight, then "b", "c" and "d" make a batch
             token(flusher, delta)
             await flusher.added()
 
     asyncio.run(stream())
-    assert deltas(service, live) == ["a", "b", "c"]
+    assert deltas(service, live) == ["a", "b", "c", "d"]
 
 
-def test_a_tick_flush_that_conflicts_is_redone_on_the_conversation_as_stored(
+def test_a_flush_that_conflicts_is_redone_on_the_conversation_as_stored(
     service: ConversationService, writer: CountingWriter
 ) -> None:
     live = run_with_tokens(service, ["a"])
@@ -100,7 +124,7 @@ def test_a_tick_flush_that_conflicts_is_redone_on_the_conversation_as_stored(
         await asyncio.to_thread(service.rename, live.id, title="renamed", cause=CAUSE)
         token(flusher, "b")
         await flusher.added()
-        await asyncio.sleep(TICK_SECONDS * 4)  # the tick's flush conflicts, and is redone
+        await asyncio.sleep(TICK_SECONDS * 4)  # its flush conflicts, and is redone
         token(flusher, "c")
         await flusher.added()
         await flusher.flush()
