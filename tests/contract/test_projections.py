@@ -6,7 +6,8 @@ built by the projection runner; the rows are what a reader would see.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID, uuid4
@@ -36,7 +37,7 @@ from threadlog.projections.message_history import (
 )
 from threadlog.projections.read_models import ReadModels
 from threadlog.projections.run_stats import RunStats, StatsRows, all_stats
-from threadlog.projections.runner import Applied, ProjectionRunner
+from threadlog.projections.runner import Applied, Batch, LogBatch, ProjectionRunner
 from threadlog.projections.views import PostgresView, Sql, open_view, to_micros
 
 USER = Cause(actor="user:alice", correlation_id="req-1")
@@ -456,3 +457,52 @@ def test_a_failing_live_runner_stops_loudly_and_resumes_from_its_checkpoint(
     (row,) = list_rows(read_models)
     assert (row.message_count, row.run_status) == (2, "idle")
     assert row.position == service.get_conversation(cid).version
+
+
+class HandFedLog:
+    """A log source whose batches the test hands to the runner, in the test's thread."""
+
+    def __init__(self) -> None:
+        self.consumers: list[Callable[[LogBatch], None]] = []
+
+    def add(self, consumer: Callable[[LogBatch], None]) -> Callable[[], None]:
+        self.consumers.append(consumer)
+        return lambda: self.consumers.remove(consumer)
+
+    def nudge(self) -> None:
+        pass
+
+    def hand(self, batch: LogBatch) -> None:
+        for consumer in self.consumers:
+            consumer(batch)
+
+
+def test_a_batch_with_nothing_for_a_waiting_runner_moves_it_on_without_waking_its_thread(
+    store: Store, read_models: ReadModels
+) -> None:
+    service = store.service
+    cid = start(service)
+    run(service, cid, question="q", tokens=[], end="none")  # a run left streaming
+    before = service.recorder.max_notification_id() or 0
+    runner = ProjectionRunner(service, MessageHistory(), read_models.view(MessageHistory.name))
+    log = HandFedLog()
+    runner.start(log)
+    try:
+        assert runner.wait(before, timeout=10)
+        live = service.get_conversation(cid)
+        for delta in "abc":
+            live.stream_token(run_id=live.active_run_id or "", part=0, delta=delta, cause=AGENT)
+        service.save(live)
+        tokens = service.recorder.select_notifications(
+            start=before, limit=10, inclusive_of_start=False
+        )
+        deadline = time.monotonic() + 10
+        while not runner.waiting and time.monotonic() < deadline:
+            time.sleep(0.01)
+        log.hand(Batch(before, tokens[-1].id, tokens))
+        # Moved on when `hand` returns: in this thread, the runner's still waiting.
+        assert runner.position == tokens[-1].id
+        assert runner.skipped["TokenStreamed"] == 3
+        assert runner.waiting
+    finally:
+        runner.stop()
