@@ -39,7 +39,7 @@ from threadlog.infra.background import BackgroundProcess
 from threadlog.infra.runs.control import RunControl
 from threadlog.infra.runs.executor import RunExecutor
 from threadlog.infra.runs.flusher import FlushPolicy
-from threadlog.infra.runs.history import CompactionPolicy
+from threadlog.infra.runs.history import CompactionPolicy, warm_model_messages
 from threadlog.infra.runs.orphans import OrphanedRuns
 from threadlog.infra.runs.recovery import DataDirLock, LeftOpenRuns, owns_every_run
 from threadlog.infra.runs.unqueued import UnqueuedRuns
@@ -172,6 +172,7 @@ class Runtime:
                     tokenizer=settings.tokenizer,
                 ),
             )
+            await asyncio.to_thread(warm_model_messages)
             control = RunControl(nc, names, executor, service)
             await control.start()
             stack.push_async_callback(control.stop)
