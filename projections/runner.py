@@ -392,6 +392,7 @@ class ProjectionRunner:
             feeding = self._fed(self._source)
         lag = LagLog(self.name, self._store_position, self.progress_seconds)
         with feeding:
+            observed = self.position
             try:
                 while not self._stopping.is_set():
                     batches = self._take()
@@ -401,12 +402,15 @@ class ProjectionRunner:
                         lag.observe(self.position, idle=False)
                     self._settle(force=False)
                     if not batches:
-                        lag.observe(self.position, idle=True)
+                        # Batches `receive` handled meanwhile (the position moved) were work:
+                        # only a runner that saw none is idle (LagLog then asks the store).
+                        lag.observe(self.position, idle=self.position == observed)
                         if self._source is None:
                             # eventsourcing's subscription LISTENs in a thread of its own,
                             # after its first read: a commit in between would wait for the
                             # next one. An idle standalone runner looks for itself.
                             self._replay(self._handled, None, self._handle)
+                    observed = self.position
             finally:
                 with contextlib.suppress(Exception):
                     self._settle(force=True)
