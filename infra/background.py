@@ -15,9 +15,7 @@ blocking a commit: the rows themselves when they fit in one atomic write of the 
 (a lone token's commit), else the last id. Its commits then NOTIFY no one, as a NOTIFY
 costs every listening session a transaction (infra/store/postgres.py); the background
 process's follower takes the rows as its own process's commits (no query), and reads
-what an id says was committed, coalesced. It reads the pipe at most once per follower
-interval, every message waiting at once (64 KiB of pipe hold a dozen 4 KiB messages: the
-writer's linger spaces commits 5 ms apart). A message the full pipe refused leaves a gap
+what an id says was committed, coalesced. A message the full pipe refused leaves a gap
 the follower reads from the store. Other writers (workers) are heard by their NOTIFY.
 
 The process is started with `multiprocessing`'s spawn (the settings pass as they are,
@@ -209,26 +207,17 @@ class _Announcements:
         self.committer_id = committer_id
         self._pipe = pipe
 
-    def hand_to(self, follower: Follower, interval_seconds: float) -> None:
-        """Reads the pipe at most once per `interval_seconds` (the follower's: it reads the
-        store no more often), taking every message waiting: a commit each 20 ms (one
-        stream) is then not a wake-up of this thread and the follower's each."""
+    def hand_to(self, follower: Follower) -> None:
         announce = follower.follow_announcements_of(self.committer_id)
-
-        def hand(message: bytes) -> None:
-            said = _decoder.decode(message)
-            if isinstance(said, int):
-                announce(said)
-            else:
-                follower.offer([_notification(row) for row in said])
 
         def read() -> None:
             with contextlib.suppress(EOFError, OSError):  # the API process closed it or ended
                 while True:
-                    hand(self._pipe.recv_bytes())
-                    while self._pipe.poll():
-                        hand(self._pipe.recv_bytes())
-                    time.sleep(interval_seconds)
+                    message = _decoder.decode(self._pipe.recv_bytes())
+                    if isinstance(message, int):
+                        announce(message)
+                    else:
+                        follower.offer([_notification(row) for row in message])
 
         threading.Thread(target=read, name="threadlog-announcements", daemon=True).start()
 
@@ -261,12 +250,13 @@ async def _follow(
         stack.callback(read_models.close)
         for runner in read_models.runners.values():
             reconnect_promptly(runner.view)
-        interval = settings.follow_interval_ms / 1000
         follower = Follower(
-            service.recorder, interval_seconds=interval, batch_size=settings.projection_batch_size
+            service.recorder,
+            interval_seconds=settings.follow_interval_ms / 1000,
+            batch_size=settings.projection_batch_size,
         )
         stack.callback(follower.stop)
-        announcements.hand_to(follower, interval)
+        announcements.hand_to(follower)
         read_models.start(follower)
         tasks: list[asyncio.Task[None]] = []
         if settings.relay:
