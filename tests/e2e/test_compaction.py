@@ -57,8 +57,13 @@ def message_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e["type"] in ("MessagePosted", "MessageCompleted")]
 
 
-def messages(client: httpx.Client, conversation_id: str) -> list[dict[str, Any]]:
-    page = client.get(f"/v1/conversations/{conversation_id}/messages", params={"limit": 1000})
+def messages(client: httpx.Client, conversation_id: str, at: int) -> list[dict[str, Any]]:
+    """The transcript once the read model has every event up to global position `at`
+    (read-your-writes: without it the read model may not have the last run's reply yet)."""
+    page = client.get(
+        f"/v1/conversations/{conversation_id}/messages",
+        params={"limit": 1000, "min_position": at},
+    )
     assert page.status_code == 200, page.text
     items: list[dict[str, Any]] = page.json()["items"]
     return items
@@ -83,7 +88,7 @@ def test_a_conversation_longer_than_the_budget_keeps_answering_with_the_demo_mod
         conversation_id, events = converse(
             client, ROUNDS, "message {i}: tell me about event logs and streams"
         )
-        transcript = messages(client, conversation_id)
+        transcript = messages(client, conversation_id, events[-1]["global_position"])
         state_path = f"/v1/conversations/{conversation_id}/state"
         compactions = of_type(events, "HistoryCompacted")
         assert len(compactions) >= 2, [e["type"] for e in events]
@@ -297,11 +302,12 @@ def test_each_agent_has_its_budget_and_one_of_zero_never_compacts(
 def test_erasing_the_owners_content_erases_the_summary_too(make_settings: SettingsFactory) -> None:
     settings = make_settings(context_budget=250, compaction_summary_tokens=60)
     with LiveServer(settings) as server, server.client() as client:
-        conversation_id, _ = converse(client, 4, "my secret number {i} is 4711")
+        conversation_id, conversed = converse(client, 4, "my secret number {i} is 4711")
         me = client.get("/v1/users/me").json()["id"]
         assert client.delete(f"/v1/users/{me}/content").status_code == 200
         events = of_type(stored_events(client, conversation_id), "HistoryCompacted")
-        rows = [m for m in messages(client, conversation_id) if m["role"] == "compaction"]
+        at = conversed[-1]["global_position"]
+        rows = [m for m in messages(client, conversation_id, at) if m["role"] == "compaction"]
     assert events and len(rows) == len(events)
     for event in events:
         assert event["data"]["summary"] is None and event["erased"] == ["summary"]
