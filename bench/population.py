@@ -18,14 +18,13 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal
 from uuid import UUID
 
 import psycopg
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import IntegrityError, InternalError
 from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.sql import SQL, Identifier
 from pydantic_ai.messages import (
@@ -45,7 +44,7 @@ from threadlog.domain.conversation import Conversation
 from threadlog.domain.events import Cause
 from threadlog.infra.settings import Settings
 from threadlog.infra.store.content import open_content_keys
-from threadlog.infra.store.eventstore import open_service
+from threadlog.infra.store.eventstore import open_service, while_schema_races
 
 BATCH_EVENTS = 2_000  # events per transaction
 WORDS = (" The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".")
@@ -59,9 +58,6 @@ RENAMED_SHARE = 0.05
 ARCHIVED_SHARE = 0.02
 
 Ending = Literal["completed", "failed", "cancelled"]
-
-T = TypeVar("T")
-SCHEMA_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,30 +132,16 @@ def populate(database_url: str, config: PopulationConfig) -> Population:
     )
 
 
-def _racing_schema(open_: Callable[[], T]) -> T:
-    """Opens what creates (or replaces) the schema. The workers start together and
-    race on it; the loser sees PostgreSQL's "tuple concurrently updated" or a duplicate
-    key and tries again (as infra/runtime.py's `_creating_schema` does for servers)."""
-    for attempt in range(SCHEMA_ATTEMPTS):
-        try:
-            return open_()
-        except (IntegrityError, InternalError, psycopg.IntegrityError, psycopg.InternalError):
-            if attempt == SCHEMA_ATTEMPTS - 1:
-                raise
-            time.sleep(0.1 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
 def _populate_share(
     database_url: str, config: PopulationConfig, indexes: range
 ) -> tuple[dict[str, int], UUID | None]:
     """In a worker process: decides and saves the conversations at `indexes`."""
     plans = _plans(config)
     settings = Settings(database_url=database_url)
-    keys = _racing_schema(lambda: open_content_keys(settings))
+    keys = while_schema_races(lambda: open_content_keys(settings))
     # Content is sealed with the owner's key, as the service records it.
     seal = keys.seal_for(OWNER)
-    service = _racing_schema(lambda: open_service(settings, keys))
+    service = while_schema_races(lambda: open_service(settings, keys))
     by_type: Counter[str] = Counter()
     deep_id: UUID | None = None
     try:

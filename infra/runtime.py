@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import structlog
-from eventsourcing.persistence import IntegrityError, InternalError
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import get_topic
 from nats.aio.client import Client as NatsClient
@@ -51,6 +50,7 @@ from threadlog.infra.store.eventstore import (
     open_service,
     reconnect_promptly,
     store_environment,
+    while_schema_races,
 )
 from threadlog.infra.store.follower import Follower
 from threadlog.infra.store.writer import EventWriter
@@ -311,9 +311,6 @@ class Runtime:
         await asyncio.gather(*self.background, return_exceptions=True)
 
 
-SCHEMA_ATTEMPTS = 5
-
-
 def open_agents(settings: Settings) -> AgentService:
     """The agents store: its own tables next to the events (its own file on SQLite)."""
     env = store_environment(settings)
@@ -329,18 +326,8 @@ def open_agents(settings: Settings) -> AgentService:
 
 
 async def _creating_schema(open_: Callable[[], T]) -> T:
-    """Opens what creates tables if missing. Processes starting together on an empty
-    PostgreSQL database (an API and its workers) race on CREATE TABLE IF NOT EXISTS
-    (and on bootstrapping the admin); the loser sees a conflict ("duplicate key", or
-    PostgreSQL's "tuple concurrently updated", an InternalError) and tries again."""
-    for attempt in range(SCHEMA_ATTEMPTS):
-        try:
-            return await asyncio.to_thread(open_)
-        except (IntegrityError, InternalError):
-            if attempt == SCHEMA_ATTEMPTS - 1:
-                raise
-            await asyncio.sleep(0.1 * (attempt + 1))
-    raise AssertionError("unreachable")
+    """`while_schema_races(open_)`, off the event loop."""
+    return await asyncio.to_thread(while_schema_races, open_)
 
 
 async def _runs(

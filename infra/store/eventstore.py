@@ -16,7 +16,9 @@ from uuid import UUID
 
 import structlog
 from eventsourcing.persistence import (
+    IntegrityError,
     InterfaceError,
+    InternalError,
     Mapper,
     OperationalError,
     StoredEvent,
@@ -170,6 +172,25 @@ def while_store_recovers(call: Callable[[], T], *, seconds: float, what: str) ->
             log.warning("store.unavailable", what=what, error=repr(error), retry_in=delay)
             time.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_DELAY)
+
+
+SCHEMA_ATTEMPTS = 5
+
+
+def while_schema_races(open_: Callable[[], T]) -> T:
+    """Opens what creates tables if missing. Processes starting together on an empty
+    PostgreSQL database (an API and its workers) race on CREATE TABLE IF NOT EXISTS
+    (and on bootstrapping the admin); the loser sees a conflict ("duplicate key", or
+    PostgreSQL's "tuple concurrently updated", an InternalError) and tries again.
+    Blocks: call it in a thread of its own."""
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            return open_()
+        except (IntegrityError, InternalError):
+            if attempt == SCHEMA_ATTEMPTS - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def open_tracking(service: ConversationService) -> TrackingRecorder:
