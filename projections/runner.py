@@ -162,7 +162,7 @@ class ProjectionRunner:
         self._untracked_since: float | None = None
         self._deferred: dict[object, Notification] = {}  # activity only, per conversation
         self._wanted = 0  # the highest position a reader waits for
-        self._idle = False  # the runner's thread waits for batches (holding no state)
+        self._waiting = False  # the runner's thread waits for batches (holding no state)
 
     @property
     def is_running(self) -> bool:
@@ -171,7 +171,7 @@ class ProjectionRunner:
     @property
     def waiting(self) -> bool:
         """Its thread waits for batches (has handled every one it was given)."""
-        return self._idle
+        return self._waiting
 
     def checkpoint(self) -> int:
         return self.view.max_tracking_id(UPSTREAM) or 0
@@ -304,7 +304,7 @@ class ProjectionRunner:
         memory (or the activity deferred), and the runner's thread is not woken for it
         (one wake-up per read model per batch of tokens, all at once on the GIL)."""
         with self._arrived:
-            if self._idle and not self._inbox and self._needs_no_view(batch):
+            if self._waiting and not self._inbox and self._needs_no_view(batch):
                 self._consume(batch)  # the runner's thread waits for this lock meanwhile
                 return
             if len(self._inbox) >= _INBOX_BATCHES:
@@ -447,11 +447,11 @@ class ProjectionRunner:
         """The queued batches, merged where they follow each other; [] after a quiet while."""
         with self._arrived:
             if not self._inbox:
-                self._idle = True  # `receive` may handle batches meanwhile
+                self._waiting = True  # `receive` may handle batches meanwhile
                 try:
                     self._arrived.wait(_IDLE_WAIT_SECONDS)
                 finally:
-                    self._idle = False
+                    self._waiting = False
             batches = list(self._inbox)
             self._inbox.clear()
         if batches and isinstance(batches[-1], _Failure):
