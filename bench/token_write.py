@@ -2,7 +2,8 @@
 
 The threadlog path mirrors the run executor: C conversations, each a live aggregate
 with an active run, append TokenStreamed events and flush every B pending ones
-through one shared group-commit `EventWriter`, all in one asyncio loop. The baseline
+through the store's group-commit writer, all in one asyncio loop (on PostgreSQL the
+writer runs on that loop: infra/store/loop_writer.py). The baseline
 (the target's) inserts rows of the same sizes into a table of the same shape with
 psycopg's `executemany`, 100 rows per transaction, on one connection; a binary COPY of
 the same rows, 1,000 per transaction, into another such table is reported alongside.
@@ -16,7 +17,6 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +34,8 @@ from threadlog.domain.events import Cause
 from threadlog.infra.settings import Settings
 from threadlog.infra.store.content import open_content_keys
 from threadlog.infra.store.eventstore import open_service
-from threadlog.infra.store.writer import EventWriter
+from threadlog.infra.store.loop_writer import group_commit_writer
+from threadlog.infra.store.writer import GroupCommit
 
 STALL_SECONDS = 15.0
 DELTAS = (" The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".")
@@ -108,7 +109,7 @@ class _Stalled(Exception):
 @dataclass(slots=True)
 class _Scratch:
     service: ConversationService
-    writer: EventWriter
+    writer_max_events: int
     connection: psycopg.Connection[TupleRow]
     stalled: bool = False
 
@@ -239,31 +240,16 @@ def _scratch(servers: Servers, config: TokenWriteConfig) -> Iterator[_Scratch]:
     settings = Settings(database_url=url)
     keys = open_content_keys(settings)
     service = open_service(settings, keys)
-    writer = EventWriter(service, max_events=config.writer_max_events)
-    writer.start()
-    scratch: _Scratch | None = None
     try:
         with psycopg.connect(url, autocommit=True) as connection:
             for statement in RAW_SCHEMA:
                 connection.execute(statement)
-            scratch = _Scratch(service, writer, connection)
-            yield scratch
+            yield _Scratch(service, config.writer_max_events, connection)
     finally:
-        if scratch is not None and scratch.stalled:
-            _abandon(writer)
-        else:
-            writer.stop()
         service.close()
         keys.close()
         # Dropping with FORCE also ends a stalled writer's stuck session.
         servers.databases.drop(url)
-
-
-def _abandon(writer: EventWriter) -> None:
-    """Stops a stalled writer without waiting for it: its retries may take minutes."""
-    stopper = threading.Thread(target=writer.stop, name="bench-writer-stop", daemon=True)
-    stopper.start()
-    stopper.join(timeout=1.0)
 
 
 def _measure_all(
@@ -291,7 +277,8 @@ def _threadlog_rate(scratch: _Scratch, count: int, tokens: int, flush_every: int
     """Events/s; raises _Stalled if the writer stops making progress."""
     cause = Cause(actor="user:bench", correlation_id=uuid.uuid4().hex)
     runs = [_LiveRun(scratch.service, cause) for _ in range(count)]
-    seconds = asyncio.run(_stream_all(runs, scratch.writer, tokens, flush_every))
+    writer = group_commit_writer(scratch.service, max_events=scratch.writer_max_events)
+    seconds = asyncio.run(_stream_all(runs, writer, tokens, flush_every))
     if seconds is None:
         scratch.stalled = True
         raise _Stalled
@@ -299,9 +286,11 @@ def _threadlog_rate(scratch: _Scratch, count: int, tokens: int, flush_every: int
 
 
 async def _stream_all(
-    runs: Sequence[_LiveRun], writer: EventWriter, tokens: int, flush_every: int
+    runs: Sequence[_LiveRun], writer: GroupCommit, tokens: int, flush_every: int
 ) -> float | None:
-    """The seconds it took to store every token, or None if the writer stalled."""
+    """The seconds it took to store every token, or None if the writer stalled (it is
+    left to the end of the loop: its retries may take minutes)."""
+    await writer.open()
     started = time.perf_counter()
     stalled = False
     try:
@@ -310,10 +299,14 @@ async def _stream_all(
                 group.create_task(_stream(run, writer, tokens, flush_every))
     except* _Stalled:
         stalled = True
-    return None if stalled else time.perf_counter() - started
+    if stalled:
+        return None
+    seconds = time.perf_counter() - started
+    await writer.close()
+    return seconds
 
 
-async def _stream(run: _LiveRun, writer: EventWriter, tokens: int, flush_every: int) -> None:
+async def _stream(run: _LiveRun, writer: GroupCommit, tokens: int, flush_every: int) -> None:
     conversation = run.conversation
     for index in range(tokens):
         run.stream(index)
@@ -322,7 +315,7 @@ async def _stream(run: _LiveRun, writer: EventWriter, tokens: int, flush_every: 
     await _flush(writer, conversation)
 
 
-async def _flush(writer: EventWriter, conversation: Conversation) -> None:
+async def _flush(writer: GroupCommit, conversation: Conversation) -> None:
     try:
         await asyncio.wait_for(writer.append(conversation.collect_events()), STALL_SECONDS)
     except TimeoutError:

@@ -60,6 +60,11 @@ class ConversationService(Application[UUID]):
         exactly the events that save committed: the live path starts there."""
         self._commit_listeners.append(listener)
 
+    def committed(self, recordings: list[Recording[UUID]]) -> None:
+        """Tells the commit listeners of events stored without `save` or `append` (a
+        writer that sends its statements itself, asynchronously)."""
+        self._notify(recordings)
+
     def _notify(self, recordings: list[Recording[UUID]]) -> None:
         for listener in self._commit_listeners:
             listener(recordings)

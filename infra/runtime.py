@@ -53,7 +53,8 @@ from threadlog.infra.store.eventstore import (
     while_schema_races,
 )
 from threadlog.infra.store.follower import Follower
-from threadlog.infra.store.writer import EventWriter
+from threadlog.infra.store.loop_writer import group_commit_writer
+from threadlog.infra.store.writer import GroupCommit
 from threadlog.infra.stream.embedded import EmbeddedNats
 from threadlog.infra.stream.feed import ConversationFeed
 from threadlog.infra.stream.frames import ServedFrames
@@ -74,7 +75,7 @@ class Runtime:
     settings: Settings
     service: ConversationService
     event_log: EventLog
-    writer: EventWriter
+    writer: GroupCommit
     nc: NatsClient
     js: JetStreamContext
     names: StreamNames
@@ -130,13 +131,13 @@ class Runtime:
             if created_key is not None:
                 announce_admin_key(created_key)
             tokens = Tokens(settings)
-            writer = EventWriter(
+            writer = group_commit_writer(
                 service,
                 max_events=settings.writer_max_events,
                 linger_seconds=settings.writer_linger_ms / 1000,
             )
-            writer.start()
-            stack.callback(writer.stop)
+            await writer.open()
+            stack.push_async_callback(writer.close)
             nc = await connect(nats_url)
             stack.push_async_callback(nc.close)
             names = StreamNames.of(settings)

@@ -33,7 +33,7 @@ from threadlog.infra.runs.history import CompactionPolicy, ContentErased, Histor
 from threadlog.infra.runs.recorder import RunRecorder, model_events
 from threadlog.infra.store.content import ContentKeys
 from threadlog.infra.store.eventstore import EventLog, while_store_recovers
-from threadlog.infra.store.writer import STORE_OUTAGE_SECONDS, EventWriter
+from threadlog.infra.store.writer import STORE_OUTAGE_SECONDS, GroupCommit
 
 log = structlog.get_logger(__name__)
 
@@ -129,7 +129,7 @@ class RunExecutor:
         self,
         service: ConversationService,
         event_log: EventLog,
-        writer: EventWriter,
+        writer: GroupCommit,
         agents: AgentCatalog,
         *,
         policy: FlushPolicy,

@@ -26,7 +26,7 @@ from threadlog.domain.conversation import Conversation
 from threadlog.domain.errors import RunNotActive
 from threadlog.domain.events import ConversationEvent
 from threadlog.infra import tracing
-from threadlog.infra.store.writer import EventWriter, Recordings
+from threadlog.infra.store.writer import GroupCommit, Recordings
 
 REBASE_ATTEMPTS = 3
 
@@ -73,7 +73,7 @@ class Flusher:
         self,
         conversation: Conversation,
         service: ConversationService,
-        writer: EventWriter,
+        writer: GroupCommit,
         policy: FlushPolicy,
         tick: FlushTick,
     ):

@@ -84,8 +84,10 @@ def store_environment(settings: Settings) -> dict[str, str]:
         POSTGRES_PORT=str(params.get("port", "5432")),
         POSTGRES_USER=str(params.get("user", "postgres")),
         POSTGRES_PASSWORD=str(params.get("password", "")),
-        POSTGRES_POOL_SIZE="10",
-        POSTGRES_MAX_OVERFLOW="20",
+        # Kept open: 4 (reads and sync saves; a serving process's token writes have a
+        # connection of their own, infra/store/loop_writer.py). Up to 30 under load.
+        POSTGRES_POOL_SIZE="4",
+        POSTGRES_MAX_OVERFLOW="26",
         POSTGRES_CONNECT_TIMEOUT="5",
         POSTGRES_PRE_PING="y",
         APPLICATION_RECORDER_TOPIC=get_topic(ColumnArraysPostgresApplicationRecorder),

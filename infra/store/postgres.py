@@ -123,25 +123,36 @@ class ColumnArraysPostgresApplicationRecorder(PostgresApplicationRecorder):
     ) -> Sequence[int] | None:
         if not stored_events:
             return None
-        as_id = _uuid if self.datastore.originator_id_type == "uuid" else str
         with (
             tracing.span("store.insert", events=len(stored_events)),
             self.datastore.get_connection() as conn,
             conn.cursor() as curs,
         ):
-            curs.execute(
-                self._append,
-                (
-                    [as_id(e.originator_id) for e in stored_events],
-                    [e.originator_version for e in stored_events],
-                    [e.topic for e in stored_events],
-                    [e.state for e in stored_events],
-                    committer(),
-                ),
-                prepare=True,
-            )
+            curs.execute(self._append, self.append_params(stored_events), prepare=True)
             rows = curs.fetchall()
         return [next(iter(row.values())) for row in rows]
+
+    @property
+    def append_statement(self) -> Composed:
+        """The one statement that saves events (its rows: their notification ids)."""
+        return self._append
+
+    def append_params(self, stored_events: Sequence[StoredEvent]) -> tuple[Any, ...]:
+        as_id = _uuid if self.datastore.originator_id_type == "uuid" else str
+        return (
+            [as_id(e.originator_id) for e in stored_events],
+            [e.originator_version for e in stored_events],
+            [e.topic for e in stored_events],
+            [e.state for e in stored_events],
+            committer(),
+        )
+
+    def connection_params(self) -> dict[str, Any]:
+        """What the pool connects with, for a connection of one's own."""
+        kwargs = self.datastore.pool.kwargs
+        params = dict((kwargs() if callable(kwargs) else kwargs) or {})
+        params.pop("row_factory", None)
+        return {**params, "connect_timeout": max(1, round(self.datastore.pool.timeout))}
 
     def register_listener(
         self, connection: Connection[Any], name: str, committer: str | None

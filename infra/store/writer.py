@@ -11,8 +11,9 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from uuid import UUID
 
 import structlog
@@ -30,8 +31,22 @@ Events = Sequence[DomainEventProtocol[UUID]]
 Recordings = list[Recording[UUID]]
 
 
+class GroupCommit(Protocol):
+    """What a run's flusher hands its events to (this module's, or infra/store/loop_writer.py's)."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def append(self, events: Events) -> Recordings: ...
+
+    def submit(
+        self, events: Events, caller: SpanContext | None = None
+    ) -> "asyncio.Future[Recordings]": ...
+
+
 @dataclass(frozen=True, slots=True)
-class _Pending:
+class Pending:
     events: Events
     done: "asyncio.Future[Recordings]"  # settled in its loop, a commit's all at once
     # The span that waits for this append (tracing on): the group commit links to it.
@@ -55,7 +70,7 @@ class EventWriter:
         self._linger = linger_seconds
         self._max_events = max_events
         self._outage_seconds = outage_seconds
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="threadlog-writer", daemon=True)
         self._started = False
 
@@ -70,6 +85,12 @@ class EventWriter:
             self._thread.join()
             self._started = False
 
+    async def open(self) -> None:
+        self.start()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.stop)
+
     async def append(self, events: Events) -> Recordings:
         """Stores the events in one transaction (maybe shared with others' events)."""
         if not events:
@@ -82,7 +103,7 @@ class EventWriter:
         """`append` without awaiting: the future is settled once the events are stored.
         `caller`: the span the events were decided in (tracing on)."""
         done: asyncio.Future[Recordings] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Pending(events, done, caller))
+        self._queue.put(Pending(events, done, caller))
         return done
 
     def _run(self) -> None:
@@ -111,7 +132,7 @@ class EventWriter:
             self._commit(batch)
             committed = time.monotonic()
 
-    def _commit(self, batch: list[_Pending]) -> None:
+    def _commit(self, batch: list[Pending]) -> None:
         outcomes: list[_Outcome] = []
         self._store(batch, outcomes)
         # One wake-up of the loop for the whole commit, not one per flush.
@@ -120,9 +141,9 @@ class EventWriter:
             loops.setdefault(outcome[0].get_loop(), []).append(outcome)
         for loop, settled in loops.items():
             with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
-                loop.call_soon_threadsafe(_settle, settled)
+                loop.call_soon_threadsafe(settle, settled)
 
-    def _store(self, batch: list[_Pending], outcomes: "list[_Outcome]") -> None:
+    def _store(self, batch: list[Pending], outcomes: "list[_Outcome]") -> None:
         try:
             events = [e for p in batch for e in p.events]
             started = time.perf_counter()
@@ -133,7 +154,7 @@ class EventWriter:
                     seconds=self._outage_seconds,
                     what="append",
                 )
-            _count(events, time.perf_counter() - started)
+            count_commit(events, time.perf_counter() - started)
         except Exception as error:
             if len(batch) == 1:
                 outcomes.append((batch[0].done, None, error))
@@ -143,14 +164,19 @@ class EventWriter:
             for pending in batch:
                 self._store([pending], outcomes)
             return
-        offset = 0
-        for pending in batch:
-            size = len(pending.events)
-            outcomes.append((pending.done, recordings[offset : offset + size], None))
-            offset += size
+        outcomes.extend((pending.done, share, None) for pending, share in shares(batch, recordings))
 
 
-def _count(events: list[DomainEventProtocol[UUID]], seconds: float) -> None:
+def shares(batch: list[Pending], recordings: Recordings) -> Iterator[tuple[Pending, Recordings]]:
+    """Each flush of a group commit with its own events' recordings."""
+    offset = 0
+    for pending in batch:
+        size = len(pending.events)
+        yield pending, recordings[offset : offset + size]
+        offset += size
+
+
+def count_commit(events: list[DomainEventProtocol[UUID]], seconds: float) -> None:
     """Metrics, once per transaction (never per event: the token path is hot)."""
     metrics.WRITER_COMMIT.observe(seconds)
     metrics.WRITER_BATCH.observe(len(events))
@@ -159,7 +185,7 @@ def _count(events: list[DomainEventProtocol[UUID]], seconds: float) -> None:
 _Outcome = tuple["asyncio.Future[Recordings]", Recordings | None, BaseException | None]
 
 
-def _settle(outcomes: list[_Outcome]) -> None:
+def settle(outcomes: list[_Outcome]) -> None:
     for done, result, error in outcomes:
         # The awaiting task may have been cancelled meanwhile; its events are stored anyway.
         if done.done():

@@ -126,6 +126,7 @@ class LiveEvents:
         self._subject_of = names.live_subject
         self._keys = keys
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._followers: dict[UUID, set[LiveFollower]] = {}
         self._subscriptions: dict[UUID, NatsSubscription] = {}
         self._subscribing: dict[UUID, asyncio.Task[None]] = {}
@@ -143,6 +144,9 @@ class LiveEvents:
             log.warning("live.encode_failed", error=repr(error))
             return
         self._remember(recordings, items)
+        if threading.get_ident() == self._loop_thread:
+            self._hand_on(items)  # the loop's own writer (PostgreSQL): no wake-up to pay for
+            return
         with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
             self._loop.call_soon_threadsafe(self._hand_on, items)
 

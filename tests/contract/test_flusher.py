@@ -4,7 +4,8 @@ run waiting for them: the same specifications on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 from opentelemetry.trace import SpanContext
@@ -16,29 +17,52 @@ from threadlog.domain.conversation import Conversation
 from threadlog.domain.events import ConversationRenamed, TokenStreamed
 from threadlog.infra.runs.flusher import Flusher, FlushPolicy, FlushTick
 from threadlog.infra.store.eventstore import EventLog, topics_of
-from threadlog.infra.store.writer import Events, EventWriter, Recordings
+from threadlog.infra.store.loop_writer import group_commit_writer
+from threadlog.infra.store.writer import Events, GroupCommit, Recordings
 
 TICK_SECONDS = 0.05
+T = TypeVar("T")
 
 
-class CountingWriter(EventWriter):
-    """Counts the flushes handed to it."""
+class CountingWriter:
+    """The store's own group-commit writer, counting the flushes handed to it."""
 
-    submitted = 0
+    def __init__(self, service: ConversationService) -> None:
+        self._writer: GroupCommit = group_commit_writer(service)
+        self.submitted = 0
+
+    async def open(self) -> None:
+        await self._writer.open()
+
+    async def close(self) -> None:
+        await self._writer.close()
+
+    async def append(self, events: Events) -> Recordings:
+        return await self._writer.append(events)
 
     def submit(
         self, events: Events, caller: SpanContext | None = None
     ) -> asyncio.Future[Recordings]:
         self.submitted += 1
-        return super().submit(events, caller)
+        return self._writer.submit(events, caller)
 
 
 @pytest.fixture
-def writer(service: ConversationService) -> Iterator[CountingWriter]:
-    writer = CountingWriter(service)
-    writer.start()
-    yield writer
-    writer.stop()
+def writer(service: ConversationService) -> CountingWriter:
+    return CountingWriter(service)
+
+
+def run_with(writer: CountingWriter, scenario: Callable[[], Awaitable[T]]) -> T:
+    """Runs `scenario` with the writer open in its event loop (PostgreSQL's writes on it)."""
+
+    async def main() -> T:
+        await writer.open()
+        try:
+            return await scenario()
+        finally:
+            await writer.close()
+
+    return asyncio.run(main())
 
 
 def token(flusher: Flusher, delta: str) -> None:
@@ -77,7 +101,7 @@ def test_a_token_goes_to_the_writer_at_once_and_its_run_does_not_wait(
         handed_over = writer.submitted  # before the loop could settle any flush
         return handed_over, await stored_without_flushing(service, lives, ["a"])
 
-    handed_over, stored = asyncio.run(stream())
+    handed_over, stored = run_with(writer, stream)
     assert handed_over == 5
     assert stored == [["a"]] * 5
 
@@ -94,7 +118,7 @@ def test_tokens_decided_while_a_flush_is_in_flight_go_together_when_it_lands(
             await flusher.added()
         return await stored_without_flushing(service, [live], ["a", "b", "c"])
 
-    assert asyncio.run(stream()) == [["a", "b", "c"]]
+    assert run_with(writer, stream) == [["a", "b", "c"]]
     assert writer.submitted == 2  # "a", then "b" and "c" together
 
 
@@ -109,7 +133,7 @@ def test_a_full_batch_is_stored_before_added_returns(
             token(flusher, delta)
             await flusher.added()
 
-    asyncio.run(stream())
+    run_with(writer, stream)
     assert deltas(service, live) == ["a", "b", "c", "d"]
 
 
@@ -130,7 +154,7 @@ def test_a_flush_that_conflicts_is_redone_on_the_conversation_as_stored(
         await flusher.flush()
         return flusher
 
-    flusher = asyncio.run(stream())
+    flusher = run_with(writer, stream)
     assert deltas(service, live) == ["a", "b", "c"]
     stored = EventLog(service).read(live.id)
     types = [type(e.event).__name__ for e in stored]

@@ -24,7 +24,7 @@ from threadlog.domain.events import (
 )
 from threadlog.infra.settings import Settings
 from threadlog.infra.store.eventstore import EventLog, open_service, open_tracking, topics_of
-from threadlog.infra.store.writer import EventWriter
+from threadlog.infra.store.loop_writer import group_commit_writer
 
 CAUSE = Cause(actor="user:alice", correlation_id="req-1")
 
@@ -184,11 +184,11 @@ def test_the_writer_commits_many_conversations_events_together(
     service: ConversationService,
 ) -> None:
     lives = [run_with_tokens(service, []) for _ in range(5)]
-    writer = EventWriter(service)
-    writer.start()
-    try:
 
-        async def append_all() -> list[Any]:
+    async def append_all() -> list[Any]:
+        writer = group_commit_writer(service)
+        await writer.open()
+        try:
             batches = []
             for live in lives:
                 for delta in "abc":
@@ -197,10 +197,10 @@ def test_the_writer_commits_many_conversations_events_together(
                     )
                 batches.append(writer.append(live.collect_events()))
             return list(await asyncio.gather(*batches))
+        finally:
+            await writer.close()
 
-        results = asyncio.run(append_all())
-    finally:
-        writer.stop()
+    results = asyncio.run(append_all())
     assert [len(r) for r in results] == [3] * 5
     for live in lives:
         tokens = EventLog(service).read(live.id, topics=topics_of(TokenStreamed))
@@ -216,11 +216,11 @@ def test_a_conflict_in_a_shared_commit_fails_only_its_own_batch(
     service.save(bad)
     stale.stream_token(run_id=stale.active_run_id or "", part=0, delta="loses", cause=CAUSE)
     good.stream_token(run_id=good.active_run_id or "", part=0, delta="ok", cause=CAUSE)
-    writer = EventWriter(service)
-    writer.start()
-    try:
 
-        async def both() -> list[Any]:
+    async def both() -> list[Any]:
+        writer = group_commit_writer(service)
+        await writer.open()
+        try:
             return list(
                 await asyncio.gather(
                     writer.append(stale.collect_events()),
@@ -228,9 +228,9 @@ def test_a_conflict_in_a_shared_commit_fails_only_its_own_batch(
                     return_exceptions=True,
                 )
             )
+        finally:
+            await writer.close()
 
-        stale_result, good_result = asyncio.run(both())
-    finally:
-        writer.stop()
+    stale_result, good_result = asyncio.run(both())
     assert isinstance(stale_result, IntegrityError)
     assert isinstance(good_result, list) and len(good_result) == 1
