@@ -14,7 +14,9 @@ saves commits while the event loop's thread streams tokens; when one wants the G
 other holds, it waits until the interval runs out, and a token meets several such
 waits between the model and the client. At 50 conversations of 50 tokens/s the p99
 from model to client fell from 492 to 168 ms (medians of 7 and 9 load steps, same
-machine, interleaved; 2026-12-01), at the same CPU per token.
+machine, interleaved; 2026-12-01), at the same CPU per token. Since then the writer
+runs on the event loop on PostgreSQL (infra/store/loop_writer.py); the interval still
+serves SQLite's writer thread and the threads that read the store.
 """
 
 import gc

@@ -26,6 +26,7 @@ from threadlog.domain.identity_service import IdentityService
 from threadlog.infra import metrics
 from threadlog.infra.agents.catalog import AgentCatalog
 from threadlog.infra.agents.registry import AgentRegistry
+from threadlog.infra.agents.streams import pull_without_yielding
 from threadlog.infra.auth import (
     Authenticator,
     Passwords,
@@ -174,6 +175,7 @@ class Runtime:
                 ),
             )
             await asyncio.to_thread(warm_model_messages)
+            pull_without_yielding()
             control = RunControl(nc, names, executor, service)
             await control.start()
             stack.push_async_callback(control.stop)

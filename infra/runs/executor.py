@@ -297,7 +297,10 @@ class RunExecutor:
         finally:
             metrics.RUNS_ACTIVE.dec()
         conversation = flusher.conversation
-        if not conversation.pending_events and (
+        if conversation.pending_events:
+            return  # its ending was recorded on a reloaded copy (`_end_reloaded`)
+        service.remember(conversation)
+        if (
             conversation.version // self._snapshot_interval
             > first_version // self._snapshot_interval
         ):

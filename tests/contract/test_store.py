@@ -234,3 +234,25 @@ def test_a_conflict_in_a_shared_commit_fails_only_its_own_batch(
     stale_result, good_result = asyncio.run(both())
     assert isinstance(stale_result, IntegrityError)
     assert isinstance(good_result, list) and len(good_result) == 1
+
+
+def test_the_next_load_of_a_remembered_live_aggregate_replays_none_of_its_events(
+    service: ConversationService,
+) -> None:
+    live = run_with_tokens(service, [])  # loaded once: the repository caches that copy
+    for delta in "abc":
+        live.stream_token(run_id=live.active_run_id or "", part=0, delta=delta, cause=CAUSE)
+    service.append(live.collect_events())  # a run's path: the cached copy never sees these
+    asked_after: list[int | None] = []
+    store = service.repository.event_store
+    read = store.get
+
+    def spied(originator_id: Any, **kwargs: Any) -> Any:
+        asked_after.append(kwargs.get("gt"))
+        return read(originator_id, **kwargs)
+
+    store.get = spied  # type: ignore[method-assign]
+    service.remember(live)
+    loaded = service.get_conversation(live.id)
+    assert asked_after == [live.version]  # fast-forwarded from the live copy: nothing to replay
+    assert loaded.version == live.version and loaded is not live
