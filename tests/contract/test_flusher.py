@@ -52,7 +52,7 @@ def writer(service: ConversationService) -> CountingWriter:
     return CountingWriter(service)
 
 
-def run_with(writer: CountingWriter, scenario: Callable[[], Awaitable[T]]) -> T:
+def run_with(writer: GroupCommit, scenario: Callable[[], Awaitable[T]]) -> T:
     """Runs `scenario` with the writer open in its event loop (PostgreSQL's writes on it)."""
 
     async def main() -> T:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from eventsourcing.persistence import Recording
 
+from tests.contract.test_flusher import run_with
 from tests.contract.test_store import CAUSE, run_with_tokens
 from threadlog.domain.application import ConversationService
 from threadlog.domain.conversation import Conversation
@@ -39,17 +40,6 @@ def writer_of(service: ConversationService, *, outage_seconds: float = 5) -> Loo
     recorder = service.recorder
     assert isinstance(recorder, ColumnArraysPostgresApplicationRecorder)
     return LoopEventWriter(service, recorder, outage_seconds=outage_seconds)
-
-
-def with_writer(writer: LoopEventWriter, scenario: Callable[[], Awaitable[T]]) -> T:
-    async def main() -> T:
-        await writer.open()
-        try:
-            return await scenario()
-        finally:
-            await writer.close()
-
-    return asyncio.run(main())
 
 
 def token(live: Conversation, delta: str) -> None:
@@ -83,7 +73,7 @@ def test_commit_listeners_hear_of_exactly_what_it_stored(service: ConversationSe
         token(live, "b")
         return await writer.append(live.collect_events())
 
-    stored = with_writer(writer, append)
+    stored = run_with(writer, append)
     assert heard == [stored]
     assert [r.notification.originator_version for r in stored] == [
         r.domain_event.originator_version for r in stored
@@ -111,7 +101,7 @@ def test_a_writer_whose_connection_was_ended_reconnects_and_stores_the_next_flus
         token(live, "b")
         await writer.append(live.collect_events())
 
-    with_writer(writer, append_around_a_lost_connection)
+    run_with(writer, append_around_a_lost_connection)
     assert deltas(service, live) == ["a", "b"]
 
 
