@@ -91,6 +91,7 @@ class LoopEventWriter:
         self._queue: collections.deque[Pending] = collections.deque()
         self._wake: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._connection: psycopg.AsyncConnection[Any] | None = None
 
@@ -100,6 +101,7 @@ class LoopEventWriter:
             with contextlib.suppress(psycopg.Error):
                 await self._connect()
             self._closing = False
+            self._loop = asyncio.get_running_loop()
             self._task = asyncio.create_task(self._run(), name="threadlog-writer")
 
     async def close(self) -> None:
@@ -123,7 +125,10 @@ class LoopEventWriter:
         """`append` without awaiting: the future is settled once the events are stored."""
         if self._task is None or self._closing:
             raise RuntimeError("the event writer is not open")
-        done: asyncio.Future[Recordings] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # its futures are settled in its own loop only
+            raise RuntimeError("the event writer was opened in another event loop")
+        done: asyncio.Future[Recordings] = loop.create_future()
         self._queue.append(Pending(events, done, caller))
         self._nudge()
         return done

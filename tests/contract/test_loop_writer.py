@@ -129,3 +129,21 @@ def test_a_closed_writer_refuses_events(service: ConversationService) -> None:
 
     with pytest.raises(RuntimeError, match="not open"):
         asyncio.run(submit())
+
+
+def test_a_writer_refuses_events_from_another_event_loop(service: ConversationService) -> None:
+    live = run_with_tokens(service, [])
+    token(live, "a")
+    writer = writer_of(service)
+
+    def submit_elsewhere() -> None:
+        async def submit() -> None:
+            writer.submit(live.collect_events())
+
+        asyncio.run(submit())
+
+    async def from_another_loop() -> None:
+        with pytest.raises(RuntimeError, match="another event loop"):
+            await asyncio.to_thread(submit_elsewhere)
+
+    run_with(writer, from_another_loop)
