@@ -111,7 +111,6 @@ class _Scratch:
     service: ConversationService
     writer_max_events: int
     connection: psycopg.Connection[TupleRow]
-    stalled: bool = False
 
 
 class _LiveRun:
@@ -280,7 +279,6 @@ def _threadlog_rate(scratch: _Scratch, count: int, tokens: int, flush_every: int
     writer = group_commit_writer(scratch.service, max_events=scratch.writer_max_events)
     seconds = asyncio.run(_stream_all(runs, writer, tokens, flush_every))
     if seconds is None:
-        scratch.stalled = True
         raise _Stalled
     return count * tokens / seconds
 

@@ -7,9 +7,10 @@ domain events (`read`), or as the stored rows (`read_rows`), for readers that se
 events without building them (infra/store/envelope.py).
 """
 
+import asyncio
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypeVar, cast
 from uuid import UUID
@@ -173,6 +174,25 @@ def while_store_recovers(call: Callable[[], T], *, seconds: float, what: str) ->
                 raise
             log.warning("store.unavailable", what=what, error=repr(error), retry_in=delay)
             time.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY)
+
+
+async def until_store_recovers(
+    attempt: Callable[[], Awaitable[T]], *, seconds: float, what: str
+) -> T:
+    """`while_store_recovers` for a call on the event loop: `await attempt()`, tried
+    again while the store is unreachable, for at most `seconds`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    delay = RETRY_FIRST_DELAY
+    while True:
+        try:
+            return await attempt()
+        except STORE_UNAVAILABLE as error:
+            if loop.time() + delay > deadline:
+                raise
+            log.warning("store.unavailable", what=what, error=repr(error), retry_in=delay)
+            await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_DELAY)
 
 

@@ -39,7 +39,7 @@ from opentelemetry.trace import SpanContext
 
 from threadlog.domain.application import ConversationService
 from threadlog.infra import tracing
-from threadlog.infra.store.eventstore import RETRY_FIRST_DELAY, RETRY_MAX_DELAY
+from threadlog.infra.store.eventstore import until_store_recovers
 from threadlog.infra.store.postgres import ColumnArraysPostgresApplicationRecorder
 from threadlog.infra.store.writer import (
     STORE_OUTAGE_SECONDS,
@@ -209,27 +209,25 @@ class LoopEventWriter:
         """The insert, tried again while the store is unreachable (a PostgreSQL restart
         pauses the runs for up to `outage_seconds` instead of failing them)."""
         params = self._recorder.append_params(stored)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._outage_seconds
-        delay = RETRY_FIRST_DELAY
-        while True:
-            try:
-                connection = await self._connect()
-                with tracing.span("store.insert", events=len(stored)):
-                    cursor = await connection.execute(
-                        self._recorder.append_statement, params, prepare=True
-                    )
-                    rows = await cursor.fetchall()
-                return [row[0] for row in rows]
-            except (psycopg.OperationalError, psycopg.InterfaceError) as error:
-                await self._disconnect()
-                if loop.time() + delay > deadline:
-                    raise persistence_error(error) from error
-                log.warning("store.unavailable", what="append", error=repr(error), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_DELAY)
-            except psycopg.Error as error:
-                raise persistence_error(error) from error
+        return await until_store_recovers(
+            lambda: self._insert_once(params, len(stored)),
+            seconds=self._outage_seconds,
+            what="append",
+        )
+
+    async def _insert_once(self, params: tuple[Any, ...], events: int) -> list[int]:
+        try:
+            connection = await self._connect()
+            with tracing.span("store.insert", events=events):
+                cursor = await connection.execute(
+                    self._recorder.append_statement, params, prepare=True
+                )
+                rows = await cursor.fetchall()
+            return [row[0] for row in rows]
+        except psycopg.Error as error:
+            if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)):
+                await self._disconnect()  # the next attempt connects afresh
+            raise persistence_error(error) from error
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         connection = self._connection
